@@ -1,0 +1,19 @@
+"""ticketlab: find lottery tickets — sparse subnetworks that train as well as their dense parent.
+
+The command line is a thin layer over these functions; a notebook can call them directly,
+or use `fit` with its own nn.Module and a Dataset.
+"""
+
+from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.data import Dataset, load_data
+from ticketlab.models import build_model
+from ticketlab.presets import load_preset
+from ticketlab.training.loop import evaluate, fit
+from ticketlab.training.stage import TrainRun, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataConfig", "Dataset", "ModelConfig", "Runtime", "TicketlabError", "TrainConfig", "TrainRun",
+    "build_model", "evaluate", "fit", "load_data", "load_preset", "train",
+]

@@ -1,0 +1,128 @@
+"""Hyperparameters as frozen dataclasses, and the stable hash that names result folders.
+
+One dataclass per concern. The hash of a config covers only the fields that differ from
+their defaults, so adding a field with a neutral default keeps every old run's name valid
+(the OpenLTH habit). Every field carries a help text; the CLI is generated from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+
+class TicketlabError(Exception):
+    """A user-facing error: its message is one line saying what was wrong and what is expected."""
+
+
+def hp(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a help text (shown by --help)."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = hp("mnist5k", "dataset: mnist, fashion, cifar10, mnist5k, digits")
+    val_size: int | None = hp(None, "images held out of the training set for validation (default: per dataset)")
+    split_seed: int = hp(0, "seed of the train/validation split")
+    train_size: int | None = hp(None, "use only this many training images (after the validation split)")
+    augment: bool | None = hp(None, "random crop + flip (default: on for cifar10 only)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = hp("lenet300_100", "model from the zoo (see `ticketlab models`)")
+    bias: bool | None = hp(None, "give Linear/Conv layers biases (default: per model)")
+    shortcut: str = hp("A", "ResNet shortcut: A (zero-padded identity) or B (1x1 conv)")
+    init: str | None = hp(None, "weight init: kaiming_normal, kaiming_uniform, xavier_normal, torch (default: per model)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: str = hp("10ep", "training length: 160ep, 50000it, 2ep100it")
+    batch_size: int = hp(60, "minibatch size")
+    optimizer: str = hp("adam", "sgd, adam or adadelta")
+    lr: float = hp(1.2e-3, "learning rate")
+    momentum: float = hp(0.0, "SGD momentum")
+    nesterov: bool = hp(False, "Nesterov momentum (SGD)")
+    weight_decay: float = hp(0.0, "weight decay (decoupled from the loss, as the optimiser applies it)")
+    l1: float = hp(0.0, "L1 penalty on prunable weights, added to the loss")
+    l2: float = hp(0.0, "L2 penalty on prunable weights, added to the loss")
+    schedule: str = hp("constant", "LR schedule: constant, multistep, cosine")
+    milestones: str = hp("", "multistep: steps where LR is multiplied by gamma, e.g. 80ep,120ep")
+    gamma: float = hp(0.1, "multistep LR factor")
+    warmup: str = hp("0it", "linear LR warmup length, e.g. 500it")
+    seed: int = hp(0, "seed of the initialisation, data order and augmentation")
+    save_at: str = hp("0it", "steps to keep checkpoints of, for rewinding: 0it,1ep,500it")
+    select_by: str = hp("val_loss", "metric that picks the best step: val_loss or val_acc")
+    deterministic: bool = hp(False, "force deterministic kernels (slower on GPU; CPU is already deterministic)")
+
+
+C = TypeVar("C")
+
+
+def non_default(config: Any) -> dict[str, Any]:
+    """The fields of a config dataclass whose values differ from the defaults."""
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != f.default
+    }
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """A hash of JSON-able data that does not depend on dict order, process or platform."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def from_dict(cls: type[C], values: dict[str, Any], where: str) -> C:
+    """Build a config dataclass from a dict, refusing unknown keys with a clear message."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TicketlabError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}"
+        )
+    types = typing.get_type_hints(cls)
+    return cls(**{key: coerce(value, types[key], f"{where}.{key}") for key, value in values.items()})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how to run: nothing here changes results, so none of it is hashed."""
+
+    runs_dir: str | None = hp(None, "root of run directories (default: $TICKETLAB_RUNS or ./runs)")
+    data_dir: str | None = hp(None, "directory with dataset files (default: $TICKETLAB_DATA)")
+    device: str = hp("auto", "auto, cpu or cuda")
+    threads: int = hp(1, "CPU threads for PyTorch (1 is fastest for small batches here; see BENCHMARKS.md)")
+    force: bool = hp(False, "redo the run even if it is finished")
+    progress: bool = hp(True, "show progress bars")
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert text (from the command line or YAML) to a field's declared type."""
+    args = typing.get_args(annotation)
+    if value is None and type(None) in args:
+        return None
+    target = next((a for a in args if a is not type(None)), annotation) if args else annotation
+    if isinstance(value, target) and not (target is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if target is bool:
+            lowered = text.lower()
+            if lowered in ("true", "yes", "on", "1"):
+                return True
+            if lowered in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if target is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return target(text)
+    except (TypeError, ValueError):
+        raise TicketlabError(f"{where}: {value!r} is not a valid {target.__name__}") from None

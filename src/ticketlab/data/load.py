@@ -1,0 +1,141 @@
+"""load_data: find the raw data, split it, and put normalised tensors on a device."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ticketlab.config import DataConfig
+from ticketlab.data.cache import read_cached
+from ticketlab.data.download import REMOTE, DownloadError, download as download_files
+from ticketlab.data.local import IncompleteData
+from ticketlab.data.raw import DataError, Found, RawData
+from ticketlab.data.registry import DatasetSpec, get_spec
+from ticketlab.data.splits import split_indices
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # float32 (N, C, H, W), normalised with the data set's mean and std
+    y: torch.Tensor  # int64 (N,)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    source: str  # where the data came from, in words
+    augment: bool  # whether training batches should go through augment_batch
+    black: tuple[float, ...]  # a black pixel after normalisation, per channel: the crop's padding
+
+
+def data_root(data_dir: str | Path | None) -> Path | None:
+    """The folder the user keeps data in: data_dir, else $TICKETLAB_DATA, else none."""
+    root = data_dir if data_dir is not None else os.environ.get("TICKETLAB_DATA") or None
+    if root is None:
+        return None
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist; expected a folder holding data files")
+    return root
+
+
+def data_cache(cache_dir: str | Path | None) -> Path:
+    """Where downloads and parsed arrays go: cache_dir, else $TICKETLAB_CACHE, else ~/.cache/ticketlab."""
+    base = cache_dir if cache_dir is not None else os.environ.get("TICKETLAB_CACHE") or "~/.cache/ticketlab"
+    return Path(base).expanduser() / "data"
+
+
+def _find(spec: DatasetSpec, data_dir: str | Path | None, cache: Path, download: bool) -> Found:
+    if spec.find_files:
+        root = data_root(data_dir)
+        found = spec.find_files(root) if root else None
+        if found:
+            return found
+        try:
+            found = spec.find_files(cache)
+        except IncompleteData:
+            found = None  # an interrupted download, completed below
+        if found:
+            return found
+    # Installed packages come before downloads: an installed, checksum-verified local copy
+    # should never cost a network attempt.
+    if spec.find_bundled:
+        found = spec.find_bundled()
+        if found:
+            return found
+    reason = ""
+    if spec.name in REMOTE:
+        if not download:
+            reason = " (downloading is off)"
+        else:
+            try:
+                download_files(spec.name, cache)
+                found = spec.find_files(cache) if spec.find_files else None
+                if found:
+                    return found
+            except DownloadError as error:
+                reason = f" and {error}"
+    raise DataError(f"{spec.name}: no data found{reason}; {spec.help}")
+
+
+def _check(raw: RawData, spec: DatasetSpec, source: str) -> None:
+    for part, x, y in (("training", raw.train_x, raw.train_y), ("test", raw.test_x, raw.test_y)):
+        if x.dtype != np.uint8 or tuple(x.shape[1:]) != spec.input_shape or y.shape != (len(x),):
+            raise DataError(
+                f"{source}: {part} images {x.dtype} {tuple(x.shape)} with {len(y)} labels; "
+                f"expected uint8 (N, {', '.join(map(str, spec.input_shape))}) with N labels"
+            )
+
+
+def _split(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, device: torch.device) -> Split:
+    # Converted to float on the device: a uint8 copy is a quarter of the size to move.
+    images = torch.from_numpy(np.ascontiguousarray(x)).to(device).float()
+    mean = torch.tensor(spec.mean, device=device).view(-1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(-1, 1, 1)
+    images = images.div_(255).sub_(mean).div_(std)
+    return Split(images, torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device))
+
+
+def load_data(
+    cfg: DataConfig,
+    *,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Dataset:
+    """The data set cfg.name, split into train / val / test tensors on `device`.
+
+    Sources, in order: files in data_dir (else $TICKETLAB_DATA), the user cache, an installed
+    package, a download into the cache (when `download`). The test set is the official one
+    (or a fixed stratified hold-out); validation is cfg.val_size images drawn from the
+    training set with cfg.split_seed; cfg.train_size then keeps the first n training images.
+    """
+    spec = get_spec(cfg.name)
+    cache = data_cache(cache_dir) / spec.name
+    found = _find(spec, data_dir, cache, download)
+    raw = read_cached(found, cache)
+    _check(raw, spec, found.source)
+    val_size = spec.val_size if cfg.val_size is None else cfg.val_size
+    train, val = split_indices(len(raw.train_y), val_size, cfg.split_seed, cfg.train_size)
+    device = torch.device(device)
+    return Dataset(
+        name=spec.name,
+        train=_split(raw.train_x[train], raw.train_y[train], spec, device),
+        val=_split(raw.train_x[val], raw.train_y[val], spec, device),
+        test=_split(raw.test_x, raw.test_y, spec, device),
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        source=found.source,
+        augment=spec.augment if cfg.augment is None else cfg.augment,
+        black=tuple(-m / s for m, s in zip(spec.mean, spec.std)),
+    )

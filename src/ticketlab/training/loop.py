@@ -1,0 +1,239 @@
+"""The training loop: minibatch SGD on in-memory tensors, with checkpoints and exact resume.
+
+Everything random in an epoch (data order, augmentation) comes from a generator seeded by
+(seed, epoch), so resuming at an epoch boundary needs only the model, the optimiser, the
+global RNG state and the iteration. A run resumed after a kill ends with the same metrics
+as one never interrupted (on CPU; on GPU up to non-deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.config import TicketlabError, TrainConfig
+from ticketlab.data import Dataset, Split, augment_batch
+from ticketlab.store import atomic_torch_save, atomic_write_text, load_checkpoint
+from ticketlab.training.optim import build_optimizer, lr_factor_fn
+from ticketlab.training.progress import Progress
+from ticketlab.training.steps import Step, parse_steps, step_name
+
+METRIC_COLUMNS = ("epoch", "iteration", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                  "test_loss", "test_acc", "wall_time")
+EVAL_BATCH = 1000
+
+
+@dataclass
+class Schedule:
+    """The iteration arithmetic of one training run."""
+
+    iterations_per_epoch: int
+    total: int
+    save_at: dict[int, str] = field(default_factory=dict)  # iteration -> checkpoint name
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, num_train: int) -> Schedule:
+        if cfg.batch_size < 1:
+            raise TicketlabError(f"batch size must be at least 1, got {cfg.batch_size}")
+        per_epoch = math.ceil(num_train / cfg.batch_size)
+        total = Step.parse(cfg.steps).to_iterations(per_epoch)
+        if total < 1:
+            raise TicketlabError(f"training length {cfg.steps!r} is zero iterations; expected e.g. 10ep or 500it")
+        save_at = {}
+        for step in parse_steps(cfg.save_at):
+            iteration = step.to_iterations(per_epoch)
+            if iteration > total:
+                raise TicketlabError(
+                    f"checkpoint step {step} is after the end of training ({cfg.steps} = {total} iterations)"
+                )
+            save_at[iteration] = step_name(iteration, per_epoch)
+        return cls(per_epoch, total, save_at)
+
+    def name(self, iteration: int) -> str:
+        return step_name(iteration, self.iterations_per_epoch)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights the L1/L2 penalties act on: the model's declared prunable ones, else every Linear/Conv weight."""
+    declared = getattr(model, "prunable_parameters", None)
+    if declared is not None:
+        params = dict(model.named_parameters())
+        return [params[name] for name in declared()]
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of the model on a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+    for start in range(0, len(split.y), batch_size):
+        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(len(split.y), 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class Trainer:
+    """Trains one model on one dataset; with a directory it checkpoints and resumes there."""
+
+    def __init__(self, model: nn.Module, data: Dataset, cfg: TrainConfig, directory: Path | None = None,
+                 progress: bool = True, label: str = "train"):
+        if cfg.select_by not in ("val_loss", "val_acc"):
+            raise TicketlabError(f"select_by must be val_loss or val_acc, got {cfg.select_by!r}")
+        self.model, self.data, self.cfg, self.directory = model, data, cfg, directory
+        self.schedule = Schedule.of(cfg, len(data.train.y))
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.lr_factor = lr_factor_fn(cfg, self.schedule.iterations_per_epoch, self.schedule.total)
+        self.penalised = prunable_weights(model) if (cfg.l1 or cfg.l2) else []
+        self.progress, self.label = progress, label
+        self.iteration = 0
+        self.wall_time = 0.0
+        self.rows: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+
+    # --- checkpoints -------------------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        assert self.directory is not None
+        return self.directory / name
+
+    def _save_weights(self, name: str) -> None:
+        if self.directory is not None:
+            atomic_torch_save({"model": self.model.state_dict(), "iteration": self.iteration},
+                              self._path(f"checkpoints/{name}.pt"))
+
+    def _save_resume_point(self) -> None:
+        if self.directory is None:
+            return
+        atomic_torch_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration, "wall_time": self.wall_time, "rows": self.rows, "best": self.best,
+            "rng": torch.get_rng_state(),
+        }, self._path("resume.pt"))
+        atomic_write_text(self._path("metrics.csv"), metrics_csv(self.rows))
+
+    def _resume(self) -> None:
+        if self.directory is None or not self._path("resume.pt").exists():
+            return
+        state = load_checkpoint(self._path("resume.pt"))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration, self.wall_time = state["iteration"], state["wall_time"]
+        self.rows, self.best = state["rows"], state["best"]
+        torch.set_rng_state(state["rng"])
+
+    # --- the loop ----------------------------------------------------------------------
+    def _record(self, epoch: int, train_loss: float, train_acc: float) -> None:
+        val_loss, val_acc = evaluate(self.model, self.data.val)
+        test_loss, test_acc = evaluate(self.model, self.data.test)
+        row = {"epoch": epoch, "iteration": self.iteration, "step": self.schedule.name(self.iteration),
+               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+               "wall_time": round(self.wall_time, 3)}
+        self.rows.append(row)
+        better = self.best is None or (
+            val_loss < self.best["val_loss"] if self.cfg.select_by == "val_loss" else val_acc > self.best["val_acc"]
+        )
+        if better:
+            self.best = dict(row)
+            self._save_weights("best")
+
+    def _penalty(self) -> torch.Tensor | float:
+        penalty: torch.Tensor | float = 0.0
+        if self.cfg.l1:
+            penalty = penalty + self.cfg.l1 * sum(w.abs().sum() for w in self.penalised)
+        if self.cfg.l2:
+            penalty = penalty + self.cfg.l2 * sum(w.pow(2).sum() for w in self.penalised)
+        return penalty
+
+    def run(self) -> dict[str, Any]:
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self._resume()
+        schedule, train = self.schedule, self.data.train
+        if not self.rows:  # metrics before any training: the curves start at the init
+            self._record(0, float("nan"), float("nan"))
+        bar = Progress(schedule.total, self.label, enabled=self.progress, initial=self.iteration)
+        self.model.train()
+        while self.iteration < schedule.total:
+            epoch = self.iteration // schedule.iterations_per_epoch
+            generator = epoch_generator(self.cfg.seed, epoch)
+            order = torch.randperm(len(train.y), generator=generator).to(train.x.device)
+            loss_sum = torch.zeros((), device=train.x.device)
+            correct = torch.zeros((), device=train.x.device, dtype=torch.long)
+            seen = 0
+            started = time.perf_counter()
+            for batch in range(schedule.iterations_per_epoch):
+                if self.iteration == schedule.total:
+                    break
+                if self.iteration in schedule.save_at:
+                    self._save_weights(schedule.save_at[self.iteration])
+                index = order[batch * self.cfg.batch_size:(batch + 1) * self.cfg.batch_size]
+                x, y = train.x[index], train.y[index]
+                if self.data.augment:
+                    # Padding with black, as torchvision pads before normalising.
+                    x = augment_batch(x, generator, fill=self.data.black)
+                self.optimizer.param_groups[0]["lr"] = self.cfg.lr * self.lr_factor(self.iteration)
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                objective = loss + self._penalty() if self.penalised else loss
+                objective.backward()
+                self.optimizer.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                self.iteration += 1
+                bar.update()
+            self.wall_time += time.perf_counter() - started
+            self._record(epoch + 1, loss_sum.item() / seen, correct.item() / seen)
+            bar.note(val_acc=self.rows[-1]["val_acc"])
+            self._save_resume_point()
+        bar.close()
+        if self.iteration in schedule.save_at:
+            self._save_weights(schedule.save_at[self.iteration])
+        self._save_weights("final")
+        if self.directory is not None:  # only an unfinished run needs its resume point
+            self._path("resume.pt").unlink(missing_ok=True)
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        assert self.best is not None
+        return {"iterations": self.schedule.total, "iterations_per_epoch": self.schedule.iterations_per_epoch,
+                "final": self.rows[-1], "best": self.best, "select_by": self.cfg.select_by,
+                "wall_time": round(self.wall_time, 3), "checkpoints": sorted(self.schedule.save_at.values())}
+
+
+def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, directory: str | Path | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train `model` (any nn.Module) on `data`; with `directory`, checkpoint there and resume from it.
+
+    Returns the summary: final and best-by-validation metrics, iterations, wall time.
+    """
+    return Trainer(model, data, cfg, Path(directory) if directory is not None else None, progress).run()

@@ -1,0 +1,52 @@
+"""Optimisers and learning-rate schedules built from a TrainConfig.
+
+The schedule is a pure function of the iteration, so resuming needs no scheduler state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+from ticketlab.config import TicketlabError, TrainConfig
+from ticketlab.training.steps import Step, parse_steps
+
+OPTIMIZERS = ("sgd", "adam", "adadelta")
+SCHEDULES = ("constant", "multistep", "cosine")
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise TicketlabError(f"unknown optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_factor_fn(cfg: TrainConfig, iterations_per_epoch: int, total_iterations: int) -> Callable[[int], float]:
+    """The factor by which the base LR is multiplied at a given iteration."""
+    if cfg.schedule not in SCHEDULES:
+        raise TicketlabError(f"unknown schedule {cfg.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    milestones = sorted(s.to_iterations(iterations_per_epoch) for s in parse_steps(cfg.milestones))
+    if cfg.schedule == "multistep" and not milestones:
+        raise TicketlabError("schedule multistep needs --milestones, e.g. 80ep,120ep")
+    warmup = Step.parse(cfg.warmup).to_iterations(iterations_per_epoch)
+
+    def factor(iteration: int) -> float:
+        if cfg.schedule == "multistep":
+            value = cfg.gamma ** sum(iteration >= m for m in milestones)
+        elif cfg.schedule == "cosine":
+            value = 0.5 * (1 + math.cos(math.pi * min(iteration, total_iterations) / max(total_iterations, 1)))
+        else:
+            value = 1.0
+        if iteration < warmup:
+            value *= (iteration + 1) / warmup
+        return value
+
+    return factor

@@ -1,0 +1,104 @@
+"""The dense-training stage: a cached, resumable run named by its hyperparameters.
+
+`train(...)` returns at once when the same run already finished, resumes it when it was
+interrupted, and otherwise trains from the initialisation that the seed fixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, non_default
+from ticketlab.data import Dataset, load_data
+from ticketlab.models import build_model
+from ticketlab.store import Run, load_checkpoint
+from ticketlab.training.loop import Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise TicketlabError(f"unknown device {name!r}: expected auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TicketlabError("device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def apply_runtime(runtime: Runtime) -> torch.device:
+    """Set the thread count and pick the device; every entry point calls this once."""
+    if runtime.threads < 1:
+        raise TicketlabError(f"threads must be at least 1, got {runtime.threads}")
+    torch.set_num_threads(runtime.threads)
+    return resolve_device(runtime.device)
+
+
+def train_identity(data: DataConfig, model: ModelConfig, training: TrainConfig) -> dict[str, Any]:
+    return {"data": non_default(data), "model": non_default(model), "train": non_default(training)}
+
+
+def init_model(model: ModelConfig, dataset: Dataset, seed: int) -> nn.Module:
+    """The model at its initialisation; the seed alone fixes the weights."""
+    generator = torch.Generator().manual_seed(seed)
+    return build_model(model, dataset.input_shape, dataset.num_classes, generator=generator)
+
+
+@dataclass
+class TrainRun:
+    """A finished dense-training run: its directory, summary and checkpoints."""
+
+    run: Run
+    data: DataConfig
+    model_config: ModelConfig
+    training: TrainConfig
+    summary: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False  # True when the run had finished before this call
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
+        """Weights saved at a step: a `--save-at` step like `0it`/`3ep`, or `best` or `final`."""
+        path = self.run.file(f"checkpoints/{step}.pt")
+        if not path.exists():
+            saved = sorted(p.stem for p in self.run.file("checkpoints").glob("*.pt"))
+            raise TicketlabError(
+                f"run {self.run.name} has no checkpoint {step!r}; saved: {', '.join(saved)} "
+                "(train with --save-at to keep more)"
+            )
+        return load_checkpoint(path)["model"]
+
+
+def train(data: DataConfig = DataConfig(), model: ModelConfig = ModelConfig(),
+          training: TrainConfig = TrainConfig(), runtime: Runtime = Runtime()) -> TrainRun:
+    """Train a zoo model densely, or return the finished run with the same hyperparameters."""
+    run = Run("train", train_identity(data, model, training), runtime.runs_dir)
+    result = TrainRun(run, data, model, training)
+    if run.done and not runtime.force:
+        result.summary, result.cached = run.summary(), True
+        return result
+    device = apply_runtime(runtime)
+    dataset = load_data(data, data_dir=runtime.data_dir, device=device)
+    network = init_model(model, dataset, training.seed).to(device)
+    # Built before anything is written: it validates every training option.
+    trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name)
+    with run.lock():
+        if run.done and not runtime.force:  # another process finished it meanwhile
+            result.summary, result.cached = run.summary(), True
+            return result
+        if runtime.force:
+            run.clear()
+        run.start({"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
+                   "train": dataclasses.asdict(training), "data_source": dataset.source})
+        summary = trainer.run()
+        summary.update(data_source=dataset.source, device=str(device), threads=runtime.threads)
+        run.finish(summary)
+    result.summary = summary
+    return result

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ticketlab.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ticketlab.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["train", "run", "runs", "presets"])
+def test_every_command_has_help_with_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "(default:" in capsys.readouterr().out
+
+
+def test_train_help_lists_the_issue_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--dataset", "--epochs", "--optimizer", "--lr", "--batch-size", "--save-at",
+                 "--device", "--threads", "--force", "--quiet", "--json", "--l1", "--schedule", "--milestones"):
+        assert flag in text
+
+
+def test_train_prints_a_summary_and_json_last(tmp_path, capsys):
+    args = ["train", "--model", "lenet300_100", "--dataset", "digits", "--epochs", "2", "--optimizer", "adam",
+            "--lr", "1.2e-3", "--batch-size", "60", "--quiet", "--json", "--runs-dir", str(tmp_path)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("trained lenet300_100 on digits for 2ep")
+    result = json.loads(lines[-1])
+    assert result["command"] == "train" and result["cached"] is False
+    assert result["metrics"]["final"]["step"] == "2ep"
+    assert 0.5 < result["metrics"]["best"]["val_acc"] <= 1.0
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cached"] is True
+
+    assert main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["status"], r["kind"]) for r in listing["runs"]] == [("done", "train")]
+
+
+def test_run_quickstart_is_the_default_preset(tmp_path):
+    done = run_cli("run", "--quiet", "--json", "--runs-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["preset"] == "quickstart"
+    assert result["metrics"]["final"]["step"] == "10ep"
+    assert result["metrics"]["best"]["test_acc"] > 0.9  # LeNet-300-100 on 4,000 real MNIST images
+
+
+def test_run_a_yaml_file_and_bad_files_are_one_line_errors(tmp_path, capsys):
+    good = tmp_path / "mine.yaml"
+    good.write_text("data: {name: digits}\nmodel: {name: lenet300_100}\ntrain: {steps: 1ep, lr: 1e-2}\n")
+    assert main(["run", str(good), "--quiet", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "trained lenet300_100 on digits for 1ep" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    for text, message in [("train: {learning_rate: 1}", "unknown key(s) learning_rate"),
+                          ("trian: {}", "unknown section(s) trian"),
+                          ("train: {lr: fast}", "'fast' is not a valid float"),
+                          ("train: [1, 2", "not valid YAML")]:
+        bad.write_text(text)
+        assert main(["run", str(bad), "--quiet", "--runs-dir", str(tmp_path / "runs")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys):
+    for args, message in [
+        (["train", "--dataset", "cifar10"], "cifar10"),
+        (["train", "--dataset", "digits", "--model", "resnet1000"], "resnet1000"),
+        (["train", "--dataset", "digits", "--steps", "ten"], "bad step 'ten'"),
+        (["train", "--dataset", "digits", "--epochs", "1", "--steps", "5it"], "either --epochs or --steps"),
+        (["run", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    ]:
+        assert main([*args, "--quiet", "--runs-dir", str(tmp_path / "runs")]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("ticketlab: error:") and message in err
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
