@@ -1,0 +1,1 @@
+"""Sparsity: masks, pruning criteria, selection of what to prune, and masked training."""
