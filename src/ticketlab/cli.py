@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, coerce
+from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig, coerce
 
 # Flag names where a field's own name would be ambiguous on one command line.
 RENAMES = {DataConfig: {"name": "dataset"}, ModelConfig: {"name": "model"}}
@@ -104,13 +104,91 @@ def cmd_train(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.experiments import run_preset
     from ticketlab.presets import load_preset
-    from ticketlab.training.stage import train
 
-    preset = load_preset(args.preset)
-    result = train(preset.data, preset.model, preset.train, runtime_from_args(args))
-    lines, payload = _describe_training(result)
-    return [f"preset {preset.name}: {preset.description}", *lines], {"preset": preset.name, **payload}
+    result = run_preset(load_preset(args.preset), runtime_from_args(args))
+    lines, payload = _describe_training(result.train)
+    lines = [f"preset {result.preset.name}: {result.preset.description}", result.data_note, *lines]
+    payload = {"preset": result.preset.name, "data_note": result.data_note, **payload}
+    if result.prune is not None:
+        lines += _describe_prune(result.prune)
+        payload["prune"] = {"run_dir": str(result.prune.path), "metrics": result.prune.summary}
+    if result.sweep is not None:
+        lines += _describe_sweep(result.sweep)
+        payload["sweep"] = {"run_dir": str(result.sweep.path), "rows": result.sweep.rows}
+    return lines, payload
+
+
+def cmd_prune(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.sparsity.prune import prune
+    from ticketlab.training.stage import find_train_run
+
+    runtime = runtime_from_args(args)
+    cfg = config_from_args(args, PruneConfig)
+    result = prune(find_train_run(args.run, runtime.runs_dir), cfg, runtime)
+    return _describe_prune(result), {"run_dir": str(result.path), "cached": result.cached, "metrics": result.summary}
+
+
+def _describe_prune(result: Any) -> list[str]:
+    summary, cfg = result.summary, result.config
+    masked, dense = summary["masked"], summary["dense"]
+    return [
+        f"{'finished earlier: ' if result.cached else ''}pruned {100 * summary['sparsity']:.2f}% of "
+        f"{summary['total']:,} entries of {result.train.run.name} by {cfg.criterion} ({cfg.scope}, scores at {cfg.at})",
+        *("  " + line for line in result.run.file("report.txt").read_text().splitlines()),
+        *(["  units kept: " + ", ".join(f"{g} {c['kept']}/{c['total']}" for g, c in summary["units"].items())]
+          if "units" in summary else []),
+        f"  masked, no retraining: val acc {masked['val_acc']:.4f}, test acc {masked['test_acc']:.4f} "
+        f"(dense at {cfg.at}: val acc {dense['val_acc']:.4f}, test acc {dense['test_acc']:.4f})",
+        f"  run: {result.path}",
+    ]
+
+
+def _describe_sweep(result: Any) -> list[str]:
+    lines = [f"{'finished earlier: ' if result.cached else ''}sweep without retraining "
+             f"(dense test acc {result.dense_test_acc:.4f}); test accuracy by k:",
+             f"  {'k':>6} {'weight':>8} {'unit':>8}"]
+    by_k: dict[float, dict[str, float]] = {}
+    for row in result.rows:
+        by_k.setdefault(float(row["k"]), {})[row["method"]] = float(row["test_acc"])
+    lines += [f"  {k:>6g} {acc.get('weight', float('nan')):>8.4f} {acc.get('unit', float('nan')):>8.4f}"
+              for k, acc in by_k.items()]
+    lines.append(f"  table, plot, histograms: {result.path}")
+    return lines
+
+
+def cmd_sweep(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.analysis.sweep import sweep
+    from ticketlab.training.stage import find_train_run
+
+    runtime = runtime_from_args(args)
+    result = sweep(find_train_run(args.run, runtime.runs_dir), [k for k in args.ks.split(",") if k.strip()],
+                   step=args.step, runtime=runtime)
+    return _describe_sweep(result), {"run_dir": str(result.path), "cached": result.cached, "rows": result.rows}
+
+
+def cmd_criteria(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.sparsity.criteria import CRITERIA
+
+    rows = {name: {"structured": c.structured, "needs_data": c.needs_data, "needs_init": c.needs_init,
+                   "description": (type(c).__doc__ or "").strip().splitlines()[0]} for name, c in CRITERIA.items()}
+    lines = [f"{name:<20} {'units' if row['structured'] else 'weights':<8} {row['description']}"
+             for name, row in rows.items()]
+    return lines, {"criteria": rows}
+
+
+def _describe_run(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What a run is, in a few words, and the metrics that summarise it."""
+    hparams, summary = row["hparams"], row["summary"]
+    if row["kind"] == "train":
+        what = f"{hparams['model']['name']} on {hparams['data']['name']}, {hparams['train']['steps']}"
+        return what, summary.get("best", {})
+    if row["kind"] == "prune":
+        cfg = hparams["prune"]
+        what = f"{cfg['criterion']} {cfg['sparsity']:.3g} of {hparams['train']}"
+        return what, summary.get("masked", {})
+    return ", ".join(f"{k}={v}" for k, v in hparams.get("identity", {}).items()), {}
 
 
 def cmd_runs(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
@@ -119,15 +197,12 @@ def cmd_runs(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     rows = list_runs(args.runs_dir)
     if not rows:
         return [f"no runs under {runs_root(args.runs_dir)}"], {"runs": []}
-    lines = [f"{'run':<20} {'status':<12} {'dataset':<9} {'model':<13} {'steps':<9} {'val acc':>8} {'test acc':>8}"]
+    lines = [f"{'run':<20} {'status':<12} {'what':<46} {'val acc':>8} {'test acc':>8}"]
     for row in rows:
-        config, best = row["hparams"], row["summary"].get("best", {})
-        lines.append(
-            f"{row['name']:<20} {row['status']:<12} {config.get('data', {}).get('name', '?'):<9} "
-            f"{config.get('model', {}).get('name', '?'):<13} {config.get('train', {}).get('steps', '?'):<9} "
-            f"{best.get('val_acc', float('nan')):>8.4f} {best.get('test_acc', float('nan')):>8.4f}"
-        )
-    lines.append("(accuracies at the best step by validation)")
+        what, metrics = _describe_run(row)
+        lines.append(f"{row['name']:<20} {row['status']:<12} {what[:46]:<46} "
+                     f"{metrics.get('val_acc', float('nan')):>8.4f} {metrics.get('test_acc', float('nan')):>8.4f}")
+    lines.append("(training: at the best step by validation; prune: the masked network before retraining)")
     return lines, {"runs": [{k: row[k] for k in ("name", "path", "kind", "status", "summary")} for row in rows]}
 
 
@@ -160,6 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("preset", nargs="?", default="quickstart", help="preset name or FILE.yaml")
     add_runtime_flags(run)
     run.set_defaults(handler=cmd_run)
+
+    prune = commands.add_parser("prune", help="score a trained run's weights and save a mask (cached)",
+                                formatter_class=formatter)
+    prune.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+    add_config_flags(prune, PruneConfig, "pruning")
+    add_runtime_flags(prune)
+    prune.set_defaults(handler=cmd_prune)
+
+    sweep = commands.add_parser("sweep", help="accuracy of a trained run under weight and unit pruning, no retraining",
+                                formatter_class=formatter)
+    sweep.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+    sweep.add_argument("--ks", default="0,.25,.5,.6,.7,.8,.9,.95,.97,.99,.995,.999",
+                       help="comma-separated fractions pruned per layer")
+    sweep.add_argument("--step", default="best", help="checkpoint to prune: best, final or a saved step")
+    add_runtime_flags(sweep)
+    sweep.set_defaults(handler=cmd_sweep)
+
+    criteria = commands.add_parser("criteria", help="list the pruning criteria", formatter_class=formatter)
+    add_output_flags(criteria)
+    criteria.set_defaults(handler=cmd_criteria)
 
     runs = commands.add_parser("runs", help="list runs with their status and key metrics",
                                formatter_class=formatter)

@@ -62,6 +62,24 @@ class TrainConfig:
     deterministic: bool = hp(False, "force deterministic kernels (slower on GPU; CPU is already deterministic)")
 
 
+@dataclass(frozen=True)
+class PruneConfig:
+    criterion: str = hp("magnitude", "pruning criterion (see `ticketlab criteria`)")
+    sparsity: float = hp(0.8, "fraction of the prunable weights (or units) to prune, in [0, 1)")
+    scope: str = hp("global", "rank weights across all layers (global) or within each layer (layerwise)")
+    structured: bool = hp(False, "prune whole units (neurons, filters, channels) instead of single weights")
+    at: str = hp("final", "checkpoint the scores are taken from: a saved step (0it, 3ep), best or final")
+    compare: str = hp("0it", "checkpoint that criteria comparing two steps use (magnitude_sign, magnitude_increase)")
+    output_sparsity: float | None = hp(None, "prune the output layer at this rate on its own (0: keep it whole; "
+                                             "default: like the other layers)")
+    empty_layer: str = hp("keep", "when a layer would be emptied: keep its best unit (keep) or fail (error)")
+    parameters: str = hp("", "comma-separated names or patterns of the parameters to prune "
+                             "(default: every Linear/Conv weight)")
+    score_batches: int = hp(1, "validation batches that data-driven criteria (snip, grasp) score on")
+    score_batch_size: int = hp(64, "size of those batches")
+    seed: int = hp(0, "seed of random criteria")
+
+
 C = TypeVar("C")
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, non_default
+from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
-from ticketlab.store import Run, load_checkpoint
+from ticketlab.store import HPARAMS, Run, load_checkpoint, read_json, runs_root
 from ticketlab.training.loop import Trainer
 
 
@@ -76,11 +76,17 @@ class TrainRun:
         return load_checkpoint(path)["model"]
 
 
+def train_run_handle(data: DataConfig, model: ModelConfig, training: TrainConfig,
+                     runs_dir: str | None) -> TrainRun:
+    """The run these hyperparameters name, finished or not."""
+    return TrainRun(Run("train", train_identity(data, model, training), runs_dir), data, model, training)
+
+
 def train(data: DataConfig = DataConfig(), model: ModelConfig = ModelConfig(),
           training: TrainConfig = TrainConfig(), runtime: Runtime = Runtime()) -> TrainRun:
     """Train a zoo model densely, or return the finished run with the same hyperparameters."""
-    run = Run("train", train_identity(data, model, training), runtime.runs_dir)
-    result = TrainRun(run, data, model, training)
+    result = train_run_handle(data, model, training, runtime.runs_dir)
+    run = result.run
     if run.done and not runtime.force:
         result.summary, result.cached = run.summary(), True
         return result
@@ -101,4 +107,26 @@ def train(data: DataConfig = DataConfig(), model: ModelConfig = ModelConfig(),
         summary.update(data_source=dataset.source, device=str(device), threads=runtime.threads)
         run.finish(summary)
     result.summary = summary
+    return result
+
+
+def find_train_run(ref: str, runs_dir: str | None = None) -> TrainRun:
+    """A finished training run, by its directory or its name (`train-3fc3da0406aa`)."""
+    path = Path(ref)
+    if not (path / HPARAMS).exists():
+        path = runs_root(runs_dir) / ref
+    if not (path / HPARAMS).exists():
+        raise TicketlabError(f"no run {ref!r}: expected a run directory or a name listed by `ticketlab runs`")
+    hparams = read_json(path / HPARAMS)
+    if hparams.get("kind") != "train":
+        raise TicketlabError(f"{ref} is a {hparams.get('kind')} run; expected a train run")
+    data = from_dict(DataConfig, hparams["data"], f"{path}/hparams.json data")
+    model = from_dict(ModelConfig, hparams["model"], f"{path}/hparams.json model")
+    training = from_dict(TrainConfig, hparams["train"], f"{path}/hparams.json train")
+    result = train_run_handle(data, model, training, str(path.parent))
+    if result.run.path.resolve() != path.resolve():
+        raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun the training")
+    if not result.run.done:
+        raise TicketlabError(f"run {result.run.name} has not finished; run its training command again to resume it")
+    result.summary = result.run.summary()
     return result

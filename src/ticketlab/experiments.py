@@ -1,0 +1,40 @@
+"""Running a preset: its stages in order, each one cached, with the data fallback resolved first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, sweep
+from ticketlab.config import Runtime
+from ticketlab.data import DataError, load_data
+from ticketlab.presets import Preset
+from ticketlab.sparsity.prune import PruneRun, prune
+from ticketlab.training.stage import TrainRun, train
+
+
+@dataclass
+class ExperimentResult:
+    preset: Preset
+    data_note: str  # which data the experiment used, and why if it is the fallback
+    train: TrainRun
+    prune: PruneRun | None = None
+    sweep: SweepResult | None = None
+
+
+def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
+    data, training = preset.data, preset.train
+    try:
+        load_data(data, data_dir=runtime.data_dir)  # cached after the first call: cheap to ask
+        note = f"data: {data.name}"
+    except DataError as missing:
+        if preset.fallback is None:
+            raise
+        data, training = preset.fallback.data, preset.fallback.train
+        note = f"data: {data.name}, because {preset.data.name} is not available here ({missing})"
+    result = ExperimentResult(preset, note, train(data, preset.model, training, runtime))
+    if preset.prune is not None:
+        result.prune = prune(result.train, preset.prune, runtime)
+    if preset.sweep is not None:
+        result.sweep = sweep(result.train, preset.sweep.get("ks", DEFAULT_KS), step=preset.sweep.get("step", "best"),
+                             runtime=runtime)
+    return result

@@ -1,0 +1,133 @@
+"""The prune stage: a trained run's weights at some step, scored by a criterion, become a mask.
+
+The mask is a cached stage like training: `prune(...)` named by the training run and the
+pruning hyperparameters, returning at once when done. It also reports how the masked
+network scores right away (no retraining), on validation and test data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import PruneConfig, Runtime, TicketlabError, non_default
+from ticketlab.data import Dataset, load_data
+from ticketlab.sparsity.criteria import Criterion, ScoreContext, get_criterion
+from ticketlab.sparsity.mask import Mask, prunable_names
+from ticketlab.sparsity.selection import score_and_select
+from ticketlab.store import Run, atomic_write_text
+from ticketlab.training.loop import evaluate
+from ticketlab.training.stage import TrainRun, apply_runtime, init_model
+
+MASK_FILE = "mask.safetensors"
+
+
+@dataclass
+class PruneRun:
+    run: Run
+    train: TrainRun
+    config: PruneConfig
+    summary: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def path(self):
+        return self.run.path
+
+    def mask(self) -> Mask:
+        return Mask.load(self.run.file(MASK_FILE))
+
+
+def check_prune_config(cfg: PruneConfig) -> Criterion:
+    if not 0 <= cfg.sparsity < 1:
+        raise TicketlabError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
+    if cfg.output_sparsity is not None and not 0 <= cfg.output_sparsity < 1:
+        raise TicketlabError(f"output sparsity must be in [0, 1), got {cfg.output_sparsity}")
+    if cfg.scope not in ("global", "layerwise"):
+        raise TicketlabError(f"scope must be global or layerwise, got {cfg.scope!r}")
+    if cfg.empty_layer not in ("keep", "error"):
+        raise TicketlabError(f"empty_layer must be keep or error, got {cfg.empty_layer!r}")
+    criterion = get_criterion(cfg.criterion)
+    if cfg.structured and not criterion.structured:
+        raise TicketlabError(f"criterion {cfg.criterion} scores single weights; for whole units use a structured "
+                             "criterion (l1_norm, l2_norm, bn_scale)")
+    return criterion
+
+
+def score_batches(data: Dataset, cfg: PruneConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first validation batches: data-driven criteria never see the test set."""
+    val, size = data.val, cfg.score_batch_size
+    batches = [(val.x[i:i + size], val.y[i:i + size]) for i in range(0, len(val.y), size)][:cfg.score_batches]
+    if len(batches) < cfg.score_batches or len(batches[-1][1]) < size:
+        raise TicketlabError(f"{cfg.score_batches} batches of {size} need more than the {len(val.y)} validation "
+                             "images; use fewer or smaller batches, or a larger --val-size")
+    return batches
+
+
+def masked_metrics(model: nn.Module, data: Dataset, mask: Mask | None) -> dict[str, float]:
+    """Validation and test loss and accuracy of the model under the mask (the model is left as it was)."""
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()} if mask is not None else {}
+    if mask is not None:
+        mask.apply(model)
+    val_loss, val_acc = evaluate(model, data.val)
+    test_loss, test_acc = evaluate(model, data.test)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in saved:
+                param.copy_(saved[name])
+    return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+
+def unit_counts(model: nn.Module, mask: Mask) -> dict[str, dict[str, int]]:
+    """Kept and total units per channel group: a unit is kept while any of its producer weights is."""
+    counts = {}
+    for group in model.channel_groups():  # type: ignore[operator]
+        weights = [piece for piece in group.producers if piece.param in mask and piece.dim == 0]
+        kept = sum(any(bool(mask[piece.param][piece.index(unit)].any()) for piece in weights)
+                   for unit in range(group.size))
+        counts[group.name] = {"kept": kept, "total": group.size}
+    return counts
+
+
+def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = Runtime()) -> PruneRun:
+    """Score the trained run's weights at `cfg.at` and keep the best 1 - sparsity of them, as a cached mask."""
+    criterion = check_prune_config(cfg)
+    run = Run("prune", {"train": train.run.name, "prune": non_default(cfg)}, runtime.runs_dir)
+    result = PruneRun(run, train, cfg)
+    if run.done and not runtime.force:
+        result.summary, result.cached = run.summary(), True
+        return result
+    device = apply_runtime(runtime)
+    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+    model = init_model(train.model_config, data, train.training.seed).to(device)
+    model.load_state_dict(train.state_dict(cfg.at))
+    names = prunable_names(model, [p.strip() for p in cfg.parameters.split(",")] if cfg.parameters else None)
+    context = ScoreContext(
+        model=model, names=names,
+        init=({k: v.to(device) for k, v in train.state_dict(cfg.compare).items()} if criterion.needs_init else None),
+        batches=score_batches(data, cfg) if criterion.needs_data else None,
+        sparsity=cfg.sparsity, generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    mask = score_and_select(context, criterion, cfg.sparsity, scope=cfg.scope,
+                            output_sparsity=cfg.output_sparsity, empty_layer=cfg.empty_layer)
+    summary = {
+        "criterion": cfg.criterion, "target_sparsity": cfg.sparsity, "sparsity": mask.sparsity(),
+        "kept": mask.kept(), "total": mask.total(), "at": cfg.at,
+        "layers": [dataclasses.asdict(layer) | {"sparsity": layer.sparsity} for layer in mask.layers()],
+        "masked": masked_metrics(model, data, mask), "dense": masked_metrics(model, data, None),
+    }
+    if criterion.structured:
+        summary["units"] = unit_counts(model, mask)
+    with run.lock():
+        if runtime.force:
+            run.clear()
+        run.start({"train": train.run.name, "prune": dataclasses.asdict(cfg)})
+        mask.save(run.file(MASK_FILE))
+        atomic_write_text(run.file("report.txt"), mask.report() + "\n")
+        run.finish(summary)
+    result.summary = summary
+    return result
