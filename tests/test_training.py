@@ -143,3 +143,30 @@ def test_a_run_killed_mid_training_resumes_and_ends_identical(tmp_path):
         a = load_checkpoint(run_dir / "checkpoints" / f"{step}.pt")["model"]
         b = uninterrupted.state_dict(step)
         assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_training_restarted_mid_epoch_from_a_saved_step_continues_the_same_run(tmp_path):
+    # Plain SGD has no optimiser state, so weights at step k plus the data order from k on
+    # are all a restart needs: it must end bit-identical to the run it came from.
+    cfg = TrainConfig(steps="3ep", optimizer="sgd", lr=0.05, save_at="1ep5it")
+    original = train(DIGITS, LENET, cfg, quiet(tmp_path))
+    data = load_data(DIGITS)
+    model = init_model(LENET, data, seed=0)
+    model.load_state_dict(original.state_dict("1ep5it"))
+    per_epoch = original.summary["iterations_per_epoch"]
+    summary = fit(model, data, cfg, progress=False, start_iteration=per_epoch + 5)
+    final = original.state_dict("final")
+    assert all(torch.equal(model.state_dict()[k], final[k]) for k in final)
+    assert summary["final"]["val_loss"] == original.summary["final"]["val_loss"]
+    with pytest.raises(TicketlabError, match="cannot start at iteration"):
+        fit(model, data, cfg, progress=False, start_iteration=3 * per_epoch)
+
+
+def test_evaluation_every_n_iterations_finds_the_early_stop_iteration(tmp_path):
+    run = train(DIGITS, LENET, TrainConfig(steps="2ep", eval_every="10it"), quiet(tmp_path))
+    rows = metric_rows(run.path)
+    per_epoch = run.summary["iterations_per_epoch"]
+    expected = sorted({0, *range(10, 2 * per_epoch, 10), per_epoch, 2 * per_epoch})
+    assert [int(r["iteration"]) for r in rows] == expected
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert run.summary["best"]["iteration"] == int(best["iteration"])

@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = hp(0, "seed of the initialisation, data order and augmentation")
     save_at: str = hp("0it", "steps to keep checkpoints of, for rewinding: 0it,1ep,500it")
     select_by: str = hp("val_loss", "metric that picks the best step: val_loss or val_acc")
+    eval_every: str = hp("", "also evaluate every this many steps, e.g. 100it (default: at epoch ends only)")
     deterministic: bool = hp(False, "force deterministic kernels (slower on GPU; CPU is already deterministic)")
 
 
@@ -78,6 +79,17 @@ class PruneConfig:
     score_batches: int = hp(1, "validation batches that data-driven criteria (snip, grasp) score on")
     score_batch_size: int = hp(64, "size of those batches")
     seed: int = hp(0, "seed of random criteria")
+
+
+@dataclass(frozen=True)
+class LotteryConfig:
+    levels: int = hp(5, "pruning levels after the dense level 0 (more can be asked for later)")
+    rate: float = hp(0.2, "fraction of the remaining weights pruned at each level")
+    output_rate: float | None = hp(None, "rate for the output layer on its own (lottery-ticket paper: 0.1; "
+                                         "default: like the other layers)")
+    scope: str = hp("global", "rank weights across all layers (global) or within each layer (layerwise)")
+    criterion: str = hp("magnitude", "criterion that picks the weights to prune at each level")
+    rewind: str = hp("0it", "step the surviving weights are reset to: 0it (init) or later (500it, 3ep)")
 
 
 C = TypeVar("C")

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ class Schedule:
     iterations_per_epoch: int
     total: int
     save_at: dict[int, str] = field(default_factory=dict)  # iteration -> checkpoint name
+    eval_every: int = 0  # evaluate every this many iterations too (0: at epoch ends only)
 
     @classmethod
     def of(cls, cfg: TrainConfig, num_train: int) -> Schedule:
@@ -56,10 +57,27 @@ class Schedule:
                     f"checkpoint step {step} is after the end of training ({cfg.steps} = {total} iterations)"
                 )
             save_at[iteration] = step_name(iteration, per_epoch)
-        return cls(per_epoch, total, save_at)
+        eval_every = Step.parse(cfg.eval_every).to_iterations(per_epoch) if cfg.eval_every else 0
+        return cls(per_epoch, total, save_at, eval_every)
+
+    def evaluates_mid_epoch(self, iteration: int) -> bool:
+        """Whether `iteration` (not an epoch end: those always evaluate) gets a metrics row."""
+        return (self.eval_every > 0 and iteration % self.eval_every == 0
+                and iteration % self.iterations_per_epoch != 0 and iteration < self.total)
 
     def name(self, iteration: int) -> str:
         return step_name(iteration, self.iterations_per_epoch)
+
+
+class StepConstraint(Protocol):
+    """Something the loop keeps true of the model while it trains, such as a pruning mask."""
+
+    def enforce(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the model and the optimiser state satisfy the constraint; called once before
+        training starts or resumes (the resumed state may come from an unconstrained run)."""
+
+    def before_step(self) -> None:
+        """Adjust the gradients just before each optimiser step."""
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -104,7 +122,8 @@ class Trainer:
     """Trains one model on one dataset; with a directory it checkpoints and resumes there."""
 
     def __init__(self, model: nn.Module, data: Dataset, cfg: TrainConfig, directory: Path | None = None,
-                 progress: bool = True, label: str = "train"):
+                 progress: bool = True, label: str = "train", *, constraint: StepConstraint | None = None,
+                 start_iteration: int = 0):
         if cfg.select_by not in ("val_loss", "val_acc"):
             raise TicketlabError(f"select_by must be val_loss or val_acc, got {cfg.select_by!r}")
         self.model, self.data, self.cfg, self.directory = model, data, cfg, directory
@@ -112,8 +131,11 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.lr_factor = lr_factor_fn(cfg, self.schedule.iterations_per_epoch, self.schedule.total)
         self.penalised = prunable_weights(model) if (cfg.l1 or cfg.l2) else []
-        self.progress, self.label = progress, label
-        self.iteration = 0
+        self.progress, self.label, self.constraint = progress, label, constraint
+        if not 0 <= start_iteration < self.schedule.total:
+            raise TicketlabError(f"training cannot start at iteration {start_iteration}: it has "
+                                 f"{self.schedule.total} iterations ({cfg.steps})")
+        self.iteration = start_iteration  # after 0 when retraining from a late rewind point
         self.wall_time = 0.0
         self.rows: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -176,9 +198,11 @@ class Trainer:
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self._resume()
+        if self.constraint is not None:  # before the init metrics and the 0it checkpoint
+            self.constraint.enforce(self.optimizer)
         schedule, train = self.schedule, self.data.train
         if not self.rows:  # metrics before any training: the curves start at the init
-            self._record(0, float("nan"), float("nan"))
+            self._record(self.iteration // schedule.iterations_per_epoch, float("nan"), float("nan"))
         bar = Progress(schedule.total, self.label, enabled=self.progress, initial=self.iteration)
         self.model.train()
         while self.iteration < schedule.total:
@@ -189,7 +213,8 @@ class Trainer:
             correct = torch.zeros((), device=train.x.device, dtype=torch.long)
             seen = 0
             started = time.perf_counter()
-            for batch in range(schedule.iterations_per_epoch):
+            # A retraining from a late rewind point starts mid-epoch, with that epoch's data order.
+            for batch in range(self.iteration % schedule.iterations_per_epoch, schedule.iterations_per_epoch):
                 if self.iteration == schedule.total:
                     break
                 if self.iteration in schedule.save_at:
@@ -205,12 +230,18 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 objective = loss + self._penalty() if self.penalised else loss
                 objective.backward()
+                if self.constraint is not None:
+                    self.constraint.before_step()
                 self.optimizer.step()
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 self.iteration += 1
                 bar.update()
+                if schedule.evaluates_mid_epoch(self.iteration):
+                    self.wall_time += time.perf_counter() - started  # evaluation is not training time
+                    self._record(epoch, loss_sum.item() / seen, correct.item() / seen)
+                    started = time.perf_counter()
             self.wall_time += time.perf_counter() - started
             self._record(epoch + 1, loss_sum.item() / seen, correct.item() / seen)
             bar.note(val_acc=self.rows[-1]["val_acc"])
@@ -231,9 +262,11 @@ class Trainer:
 
 
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, directory: str | Path | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, constraint: StepConstraint | None = None, start_iteration: int = 0) -> dict[str, Any]:
     """Train `model` (any nn.Module) on `data`; with `directory`, checkpoint there and resume from it.
 
+    A `constraint` (e.g. sparsity.masked.MaskedTraining) is kept true at every step.
     Returns the summary: final and best-by-validation metrics, iterations, wall time.
     """
-    return Trainer(model, data, cfg, Path(directory) if directory is not None else None, progress).run()
+    return Trainer(model, data, cfg, Path(directory) if directory is not None else None, progress,
+                   constraint=constraint, start_iteration=start_iteration).run()

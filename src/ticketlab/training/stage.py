@@ -19,6 +19,7 @@ from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
 from ticketlab.store import HPARAMS, Run, load_checkpoint, read_json, runs_root
 from ticketlab.training.loop import Trainer
+from ticketlab.training.steps import Step, step_name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,9 +65,18 @@ class TrainRun:
     def path(self) -> Path:
         return self.run.path
 
+    def checkpoint_name(self, step: str) -> str:
+        """The file name a step's checkpoint has: `best`, `final`, or the canonical step (`500it` → `1ep109it`)."""
+        if step in ("best", "final"):
+            return step
+        iteration = Step.parse(step).to_iterations(self.summary["iterations_per_epoch"])
+        if iteration > self.summary["iterations"]:
+            raise TicketlabError(f"step {step} is after the end of training ({self.training.steps})")
+        return step_name(iteration, self.summary["iterations_per_epoch"])
+
     def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
         """Weights saved at a step: a `--save-at` step like `0it`/`3ep`, or `best` or `final`."""
-        path = self.run.file(f"checkpoints/{step}.pt")
+        path = self.run.file(f"checkpoints/{self.checkpoint_name(step)}.pt")
         if not path.exists():
             saved = sorted(p.stem for p in self.run.file("checkpoints").glob("*.pt"))
             raise TicketlabError(
