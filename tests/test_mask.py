@@ -112,3 +112,9 @@ def test_structured_mask_errors():
     name = model.channel_groups()[0].name
     with pytest.raises(TicketlabError, match="expected \\(64,\\)"):
         unit_mask_to_mask(model, {name: torch.ones(3, dtype=torch.bool)})
+
+
+def test_a_saved_mask_keeps_the_models_layer_order(tmp_path):
+    mask = Mask({"fc3.weight": torch.ones(2, dtype=torch.bool), "fc1.weight": torch.zeros(3, dtype=torch.bool)})
+    mask.save(tmp_path / "m.safetensors")
+    assert list(Mask.load(tmp_path / "m.safetensors")) == ["fc3.weight", "fc1.weight"]

@@ -15,7 +15,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig, coerce
+from ticketlab.config import (DataConfig, LotteryConfig, ModelConfig, PruneConfig, Runtime, TicketlabError,
+                              TrainConfig, coerce)
 
 # Flag names where a field's own name would be ambiguous on one command line.
 RENAMES = {DataConfig: {"name": "dataset"}, ModelConfig: {"name": "model"}}
@@ -107,13 +108,17 @@ def cmd_run(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     from ticketlab.experiments import run_preset
     from ticketlab.presets import load_preset
 
-    result = run_preset(load_preset(args.preset), runtime_from_args(args))
+    preset = load_preset(args.preset)
+    result = run_preset(preset.smoked() if args.smoke else preset, runtime_from_args(args))
     lines, payload = _describe_training(result.train)
     lines = [f"preset {result.preset.name}: {result.preset.description}", result.data_note, *lines]
     payload = {"preset": result.preset.name, "data_note": result.data_note, **payload}
     if result.prune is not None:
         lines += _describe_prune(result.prune)
         payload["prune"] = {"run_dir": str(result.prune.path), "metrics": result.prune.summary}
+    if result.lottery_report is not None:
+        lines += _describe_lottery(result.lottery_report)
+        payload["lottery"] = {"run_dir": str(result.lottery_report.path), "rows": result.lottery_report.rows}
     if result.sweep is not None:
         lines += _describe_sweep(result.sweep)
         payload["sweep"] = {"run_dir": str(result.sweep.path), "rows": result.sweep.rows}
@@ -166,6 +171,36 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     result = sweep(find_train_run(args.run, runtime.runs_dir), [k for k in args.ks.split(",") if k.strip()],
                    step=args.step, runtime=runtime)
     return _describe_sweep(result), {"run_dir": str(result.path), "cached": result.cached, "rows": result.rows}
+
+
+def _describe_lottery(report: Any) -> list[str]:
+    lines = ["lottery (test accuracy at the early-stop step, mean ± std over replicates):",
+             f"  {'procedure':<17} {'level':>5} {'remaining':>9} {'test acc':>17} {'early stop (it)':>19}"]
+    for row in report.rows:
+        lines.append(f"  {row['procedure']:<17} {row['level']:>5} {row['remaining_pct']:>8.1f}% "
+                     f"{row['test_acc_mean']:>8.4f} ± {row['test_acc_std']:.4f} "
+                     f"{row['early_stop_mean']:>10.0f} ± {row['early_stop_std']:.0f}")
+    lines.append(f"  table and plot: {report.path}")
+    return lines
+
+
+def cmd_lottery(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.lottery.experiment import run_lottery
+    from ticketlab.report.lottery import write_report
+    from ticketlab.sparsity.schedules import round_rate
+
+    cfg = config_from_args(args, LotteryConfig)
+    if args.target_sparsity is not None:
+        if cfg.rate != LotteryConfig.rate:
+            raise TicketlabError("give either --rate or --target-sparsity, not both")
+        cfg = dataclasses.replace(cfg, rate=round_rate(args.target_sparsity, cfg.levels))
+    runtime = runtime_from_args(args)
+    experiment = run_lottery(
+        config_from_args(args, DataConfig), config_from_args(args, ModelConfig), config_from_args(args, TrainConfig),
+        cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
+        control_levels=[int(v) for v in args.control_levels.split(",") if v] or None)
+    report = write_report(experiment, runtime)
+    return _describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
 
 
 def cmd_criteria(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
@@ -233,8 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a named experiment (preset) or a YAML file",
                               formatter_class=formatter)
     run.add_argument("preset", nargs="?", default="quickstart", help="preset name or FILE.yaml")
+    run.add_argument("--smoke", action="store_true", help="the preset's smoke variant: tiny generated data, few steps")
     add_runtime_flags(run)
     run.set_defaults(handler=cmd_run)
+
+    lottery = commands.add_parser("lottery", help="iterative pruning with rewinding (lottery tickets), with controls",
+                                  formatter_class=formatter)
+    add_config_flags(lottery, DataConfig, "data")
+    add_config_flags(lottery, ModelConfig, "model")
+    add_config_flags(lottery, TrainConfig, "training (dense level 0 and every retraining)")
+    add_config_flags(lottery, LotteryConfig, "lottery")
+    lottery.add_argument("--target-sparsity", type=float, default=None,
+                         help="reach this sparsity at the last level: sets --rate to 1-(1-s)^(1/levels)")
+    lottery.add_argument("--replicates", type=int, default=1, help="seeds: --seed, --seed+1, ...")
+    lottery.add_argument("--controls", default="",
+                         help="comma-separated: reinit, random_mask, reinit_survivors, finetune, scratch")
+    lottery.add_argument("--control-levels", default="", help="levels to run controls on (default: all)")
+    add_runtime_flags(lottery)
+    lottery.set_defaults(handler=cmd_lottery)
 
     prune = commands.add_parser("prune", help="score a trained run's weights and save a mask (cached)",
                                 formatter_class=formatter)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, sweep
 from ticketlab.config import Runtime
 from ticketlab.data import DataError, load_data
+from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
+from ticketlab.report.lottery import LotteryReport, write_report
 from ticketlab.presets import Preset
 from ticketlab.sparsity.prune import PruneRun, prune
 from ticketlab.training.stage import TrainRun, train
@@ -19,6 +21,8 @@ class ExperimentResult:
     train: TrainRun
     prune: PruneRun | None = None
     sweep: SweepResult | None = None
+    lottery: LotteryExperiment | None = None
+    lottery_report: LotteryReport | None = None
 
 
 def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
@@ -34,6 +38,11 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult
     result = ExperimentResult(preset, note, train(data, preset.model, training, runtime))
     if preset.prune is not None:
         result.prune = prune(result.train, preset.prune, runtime)
+    if preset.lottery is not None:
+        result.lottery = run_lottery(data, preset.model, training, preset.lottery, runtime,
+                                     replicates=preset.replicates, controls=preset.controls,
+                                     control_levels=preset.control_levels)
+        result.lottery_report = write_report(result.lottery, runtime)
     if preset.sweep is not None:
         result.sweep = sweep(result.train, preset.sweep.get("ks", DEFAULT_KS), step=preset.sweep.get("step", "best"),
                              runtime=runtime)

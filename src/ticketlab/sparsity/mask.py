@@ -8,13 +8,13 @@ unit (weights, bias, BatchNorm scale and shift, and the next layers' inputs).
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -152,16 +152,21 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # --- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
+        # safetensors sorts tensors by name; the order (the model's) is kept in the metadata,
+        # because scoring and random draws walk a mask's layers in order.
+        tensors = {n: t.contiguous() for n, t in self._tensors.items()}
         with atomic_path(Path(path)) as tmp:
-            tmp.write_bytes(save_safetensors({n: t.contiguous() for n, t in self._tensors.items()}))
+            tmp.write_bytes(save_safetensors(tensors, metadata={"order": json.dumps(list(tensors))}))
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:
         try:
-            return cls(load_safetensors(Path(path).read_bytes()))
+            with safe_open(Path(path), "pt") as handle:
+                order = json.loads((handle.metadata() or {}).get("order", "[]")) or list(handle.keys())
+                return cls({name: handle.get_tensor(name) for name in order})
         except FileNotFoundError:
             raise TicketlabError(f"mask file {path} does not exist") from None
-        except (SafetensorError, ValueError) as exc:
+        except (SafetensorError, ValueError, KeyError) as exc:
             raise TicketlabError(f"mask file {path} is corrupt or not a mask ({exc})") from None
 
 

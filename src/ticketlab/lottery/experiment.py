@@ -1,0 +1,59 @@
+"""A lottery experiment: replicates of dense training + levels, with controls on chosen levels."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.lottery.controls import CONTROLS, control
+from ticketlab.lottery.levels import Lottery, lottery
+from ticketlab.lottery.retrain import Retrained
+from ticketlab.training.stage import train
+from ticketlab.training.steps import parse_steps
+
+
+@dataclass
+class LotteryExperiment:
+    config: LotteryConfig
+    lotteries: list[Lottery]  # one per replicate (seed, seed + 1, ...)
+    controls: dict[tuple[int, int, str], Retrained] = field(default_factory=dict)  # (replicate, level, name)
+
+
+def with_rewind_checkpoint(training: TrainConfig, rewind: str) -> TrainConfig:
+    """The dense training, keeping the rewind step's weights (and the init, which criteria compare with)."""
+    saved = [str(step) for step in parse_steps(training.save_at)]
+    missing = [step for step in ("0it", str(parse_steps(rewind)[0])) if step not in saved]
+    # The user's own list stays as written, so a run they trained already is found again.
+    return dataclasses.replace(training, save_at=",".join([training.save_at, *missing]) if saved else ",".join(missing))
+
+
+def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg: LotteryConfig = LotteryConfig(),
+                runtime: Runtime = Runtime(), *, replicates: int = 1, controls: Sequence[str] = (),
+                control_levels: Sequence[int] | None = None) -> LotteryExperiment:
+    """Dense training and `cfg.levels` levels for each of `replicates` seeds, then the controls.
+
+    Controls run on `control_levels` (default: every pruned level). Everything is cached:
+    rerunning with more levels, replicates or controls does only the new work.
+    """
+    if replicates < 1:
+        raise TicketlabError(f"replicates must be at least 1, got {replicates}")
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise TicketlabError(f"unknown control(s) {', '.join(unknown)}: expected some of {', '.join(CONTROLS)}")
+    levels = list(control_levels) if control_levels is not None else list(range(1, cfg.levels + 1))
+    outside = [lv for lv in levels if not 1 <= lv <= cfg.levels]
+    if outside:
+        raise TicketlabError(f"controls on level(s) {', '.join(map(str, outside))}: this lottery has levels 1 to "
+                             f"{cfg.levels}")
+    dense_training = with_rewind_checkpoint(training, cfg.rewind)
+    experiment = LotteryExperiment(cfg, [])
+    for replicate in range(replicates):
+        seeded = dataclasses.replace(dense_training, seed=training.seed + replicate)
+        experiment.lotteries.append(lottery(train(data, model, seeded, runtime), cfg, runtime))
+    for replicate, result in enumerate(experiment.lotteries):
+        for level in levels:
+            for name in controls:
+                experiment.controls[(replicate, level, name)] = control(result, level, name, runtime)
+    return experiment

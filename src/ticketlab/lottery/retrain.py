@@ -1,0 +1,86 @@
+"""Retraining under a mask as a cached, resumable stage: what every lottery level and control does.
+
+A retraining starts from given weights (rewound, reinitialised, or trained) at a given
+iteration of the dense run's schedule, with the mask held by masked training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import Runtime
+from ticketlab.data import Dataset, load_data
+from ticketlab.sparsity.mask import Mask
+from ticketlab.sparsity.masked import MaskedTraining
+from ticketlab.store import Run, load_checkpoint
+from ticketlab.training.loop import Trainer
+from ticketlab.training.stage import TrainRun, apply_runtime, init_model
+from ticketlab.training.steps import Step
+
+MASK_FILE = "mask.safetensors"
+
+
+@dataclass
+class Setting:
+    """What all retrainings of one dense run share: its configs, its data on the device, the runtime."""
+
+    dense: TrainRun
+    data: Dataset
+    device: torch.device
+    runtime: Runtime
+
+    @classmethod
+    def of(cls, dense: TrainRun, runtime: Runtime) -> Setting:
+        device = apply_runtime(runtime)
+        return cls(dense, load_data(dense.data, data_dir=runtime.data_dir, device=device), device, runtime)
+
+    def model(self, seed: int | None = None) -> nn.Module:
+        """A fresh model on the device, initialised by `seed` (default: the dense run's seed)."""
+        seed = self.dense.training.seed if seed is None else seed
+        return init_model(self.dense.model_config, self.data, seed).to(self.device)
+
+    def iteration(self, step: str) -> int:
+        return Step.parse(step).to_iterations(self.dense.summary["iterations_per_epoch"])
+
+
+@dataclass
+class Retrained:
+    """A finished retraining: its run, mask and summary."""
+
+    run: Run
+    summary: dict[str, Any]
+
+    def mask(self) -> Mask:
+        return Mask.load(self.run.file(MASK_FILE))
+
+    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
+        return load_checkpoint(self.run.file(f"checkpoints/{step}.pt"))["model"]
+
+
+def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: Mask, *,
+            start_iteration: int, hparams: dict[str, Any], extra: dict[str, Any] | None = None) -> Retrained:
+    """Train `weights` under `mask` from `start_iteration` to the dense run's end, cached as `run`."""
+    if run.done and not setting.runtime.force:
+        return Retrained(run, run.summary())
+    model = setting.model()
+    model.load_state_dict(weights)
+    mask.apply(model)
+    trainer = Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
+                      label=run.name, constraint=MaskedTraining(model, mask), start_iteration=start_iteration)
+    with run.lock():
+        if run.done and not setting.runtime.force:  # another process finished it meanwhile
+            return Retrained(run, run.summary())
+        if setting.runtime.force:
+            run.clear()
+        run.start(hparams)
+        mask.save(run.file(MASK_FILE))
+        summary = trainer.run()
+        summary.update(remaining=mask.kept() / mask.total(), kept=mask.kept(), total=mask.total(),
+                       start_iteration=start_iteration, **(extra or {}))
+        run.finish(summary)
+    return Retrained(run, summary)
+

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from ticketlab.cli import main
+from ticketlab.config import TicketlabError
+from ticketlab.presets import load_preset, parse_preset, preset_names
+
+SMOKED = [name for name in preset_names() if load_preset(name).smoke]
+
+
+def test_every_preset_parses_and_describes_itself():
+    assert {"quickstart", "network-pruning-digits", "network-pruning-digits-l1", "lth-lenet", "lth-conv4",
+            "resnet20-imp", "seed003-exp1", "seed003-exp2"} <= set(preset_names())
+    for name in preset_names():
+        assert load_preset(name).description
+
+
+def test_lth_lenet_is_the_papers_setting():
+    preset = load_preset("lth-lenet")
+    assert (preset.train.optimizer, preset.train.lr, preset.train.batch_size, preset.train.steps) == \
+        ("adam", 1.2e-3, 60, "50000it")
+    assert (preset.lottery.rate, preset.lottery.output_rate, preset.lottery.rewind, preset.lottery.levels) == \
+        (0.2, 0.1, "0it", 20)
+    assert preset.fallback.data.name == "mnist5k" and preset.fallback.train.steps == "5000it"
+
+
+@pytest.mark.parametrize("name", SMOKED)
+def test_smoke_variants_run_end_to_end(name, tmp_path, capsys):
+    assert main(["run", name, "--smoke", "--quiet", "--json", "--runs-dir", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "smoke" in result["metrics"]["data_source"]
+    rows = result["lottery"]["rows"]
+    assert rows[0]["procedure"] == "ticket" and rows[0]["remaining_pct"] == 100.0
+    assert rows[-1]["remaining_pct"] < 100.0
+
+
+@pytest.mark.parametrize("name", ["lth-conv4", "resnet20-imp"])
+def test_cifar_presets_without_cifar_stop_with_the_data_error(name, tmp_path, capsys):
+    assert main(["run", name, "--quiet", "--runs-dir", str(tmp_path)]) == 2
+    assert "cifar-10-binary.tar.gz" in capsys.readouterr().err
+
+
+def test_bad_smoke_and_lottery_sections():
+    with pytest.raises(TicketlabError, match="smoke cannot change model"):
+        parse_preset("x", "smoke: {model: {name: conv4}}")
+    with pytest.raises(TicketlabError, match="replicates must be a whole number"):
+        parse_preset("x", "lottery: {levels: 2}\nreplicates: 0")
+    with pytest.raises(TicketlabError, match="no smoke variant"):
+        load_preset("quickstart").smoked()
