@@ -13,7 +13,7 @@ import torch
 
 from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.lottery.controls import CONTROLS, REINIT_SEED_OFFSET, control
-from ticketlab.lottery.experiment import LotteryExperiment, run_lottery, with_rewind_checkpoint
+from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.lottery.levels import cumulative, level_run, lottery
 from ticketlab.report.lottery import lottery_rows
 from ticketlab.lottery.retrain import Setting
@@ -21,7 +21,7 @@ from ticketlab.models import build_model
 from ticketlab.presets import load_preset
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import select
-from ticketlab.training.stage import train, train_run_handle
+from ticketlab.training.stage import train, train_run_handle, with_checkpoints
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DIGITS = DataConfig(name="digits")
@@ -216,7 +216,7 @@ def test_a_lottery_killed_after_level_1_resumes_without_retraining_it(tmp_path):
     killed = quiet(tmp_path / "killed")
     code = (f"from ticketlab.config import *; from ticketlab.lottery.experiment import run_lottery; "
             f"run_lottery({DIGITS!r}, {LENET!r}, {training!r}, {cfg!r}, {killed!r})")
-    dense = train_run_handle(DIGITS, LENET, with_rewind_checkpoint(training, cfg.rewind), killed.runs_dir)
+    dense = train_run_handle(DIGITS, LENET, with_checkpoints(training, ["0it", cfg.rewind]), killed.runs_dir)
     level_1, level_2 = (level_run(dense, cfg, n, killed) for n in (1, 2))
     process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -257,7 +257,7 @@ def test_a_level_past_what_the_mask_can_reach_fails_before_writing_it(tmp_path):
     runtime, training, cfg = quiet(tmp_path), TrainConfig(steps="20it"), LotteryConfig(levels=8, rate=0.9)
     with pytest.raises(TicketlabError, match="level 5 cannot prune further"):
         run_lottery(DIGITS, LENET, training, cfg, runtime)
-    dense = train_run_handle(DIGITS, LENET, with_rewind_checkpoint(training, cfg.rewind), runtime.runs_dir)
+    dense = train_run_handle(DIGITS, LENET, with_checkpoints(training, ["0it", cfg.rewind]), runtime.runs_dir)
     assert not level_run(dense, cfg, 5, runtime).path.exists()
     assert sorted(run_dirs(runtime)) == sorted([dense.run.name] + [level_run(dense, cfg, n, runtime).name
                                                                     for n in range(1, 5)])

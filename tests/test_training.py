@@ -13,7 +13,7 @@ from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, T
 from ticketlab.data import load_data
 from ticketlab.store import load_checkpoint
 from ticketlab.training.loop import fit
-from ticketlab.training.stage import init_model, train
+from ticketlab.training.stage import init_model, train, with_checkpoints
 
 DIGITS = DataConfig(name="digits")
 LENET = ModelConfig(name="lenet300_100")
@@ -170,3 +170,10 @@ def test_evaluation_every_n_iterations_finds_the_early_stop_iteration(tmp_path):
     assert [int(r["iteration"]) for r in rows] == expected
     best = min(rows, key=lambda r: float(r["val_loss"]))
     assert run.summary["best"]["iteration"] == int(best["iteration"])
+
+
+def test_with_checkpoints_adds_only_missing_steps_and_keeps_the_users_text():
+    cfg = TrainConfig(save_at="1ep,0it")
+    assert with_checkpoints(cfg, ["0it", "best"]) is cfg
+    assert with_checkpoints(cfg, ["500it", "0it", "500it"]).save_at == "1ep,0it,500it"
+    assert with_checkpoints(TrainConfig(save_at=""), ["3ep"]).save_at == "3ep"

@@ -92,6 +92,27 @@ class LotteryConfig:
     rewind: str = hp("0it", "step the surviving weights are reset to: 0it (init) or later (500it, 3ep)")
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    method: str = hp("anneal", "search method: anneal, random or greedy")
+    granularity: str = hp("weight", "what a mask keeps or prunes: weight (single weights) or filter (units)")
+    sparsity: float = hp(0.8, "fraction of the searchable units pruned, in (0, 1)")
+    at: str = hp("0it", "checkpoint whose masked network is scored: 0it (init), 500it, 3ep, best, final")
+    budget: int = hp(2000, "evaluations the search may spend")
+    mode: str = hp("default", "default (improved) or thesis (the EEE 198 constants and acceptance rule)")
+    metric: str = hp("accuracy", "objective: accuracy or loss of the masked network on the search subset")
+    val_size: int | None = hp(1024, "validation images the objective is computed on (default: all of validation)")
+    start: str = hp("random", "initial mask: random, or a criterion's mask (magnitude, snip, ...)")
+    neighbourhood: str = hp("sawtooth", "schedule of h (units swapped per move): sawtooth (thesis) or geometric")
+    layer_min: float = hp(0.0, "fraction of each layer's units every mask keeps (0: none; 1 unit is always kept)")
+    t0: float | None = hp(None, "initial temperature (default: thesis constant, or calibrated from random moves)")
+    cooling: float | None = hp(None, "temperature factor per step (default: per mode)")
+    restarts: int = hp(0, "restarts from the best mask so far (default mode)")
+    tabu: int | None = hp(None, "masks remembered to avoid revisiting (default: per mode)")
+    train_steps: int = hp(0, "train each candidate this many iterations before scoring it (0: score as is)")
+    seed: int = hp(0, "seed of the search")
+
+
 C = TypeVar("C")
 
 

@@ -16,7 +16,6 @@ too, so it exceeds k: those weights read a unit that is gone.
 from __future__ import annotations
 
 import csv
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import Run, atomic_write_text
+from ticketlab.store import Run, atomic_write_text, csv_text
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -149,7 +148,7 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
                 rows.append({"k": k, "method": method, "sparsity": sparsity_of(mask, names),
                              "test_loss": t_loss, "test_acc": t_acc, "val_loss": v_loss, "val_acc": v_acc})
                 histograms.draw(model, method, k)
-        atomic_write_text(out.file("sweep.csv"), rows_csv(rows))
+        atomic_write_text(out.file("sweep.csv"), csv_text(rows, COLUMNS))
         _plot_curves(out.file("sweep.png"), ks, rows,
                      title=f"{run.model_config.name} on {run.data.name}, {step} weights ({run.run.name})")
         animate([[histograms.path("weight", k), histograms.path("unit", k)] for k in ks], out.file("hist.gif"))
@@ -158,14 +157,6 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
                     "hidden_weights": sum(dict(model.named_parameters())[n].numel() for n in names),
                     "seconds": round(time.perf_counter() - started, 3), "device": str(device)})
     return SweepResult(out.path, rows, test_acc)
-
-
-def rows_csv(rows: list[dict[str, Any]]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def _cached(out: Run) -> SweepResult:

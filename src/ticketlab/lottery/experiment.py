@@ -10,8 +10,7 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Ti
 from ticketlab.lottery.controls import CONTROLS, control
 from ticketlab.lottery.levels import Lottery, lottery
 from ticketlab.lottery.retrain import Retrained
-from ticketlab.training.stage import train
-from ticketlab.training.steps import parse_steps
+from ticketlab.training.stage import train, with_checkpoints
 
 
 @dataclass
@@ -19,14 +18,6 @@ class LotteryExperiment:
     config: LotteryConfig
     lotteries: list[Lottery]  # one per replicate (seed, seed + 1, ...)
     controls: dict[tuple[int, int, str], Retrained] = field(default_factory=dict)  # (replicate, level, name)
-
-
-def with_rewind_checkpoint(training: TrainConfig, rewind: str) -> TrainConfig:
-    """The dense training, keeping the rewind step's weights (and the init, which criteria compare with)."""
-    saved = [str(step) for step in parse_steps(training.save_at)]
-    missing = [step for step in ("0it", str(parse_steps(rewind)[0])) if step not in saved]
-    # The user's own list stays as written, so a run they trained already is found again.
-    return dataclasses.replace(training, save_at=",".join([training.save_at, *missing]) if saved else ",".join(missing))
 
 
 def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg: LotteryConfig = LotteryConfig(),
@@ -47,7 +38,7 @@ def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg
     if outside:
         raise TicketlabError(f"controls on level(s) {', '.join(map(str, outside))}: this lottery has levels 1 to "
                              f"{cfg.levels}")
-    dense_training = with_rewind_checkpoint(training, cfg.rewind)
+    dense_training = with_checkpoints(training, ["0it", cfg.rewind])  # criteria may compare with the init
     experiment = LotteryExperiment(cfg, [])
     for replicate in range(replicates):
         seeded = dataclasses.replace(dense_training, seed=training.seed + replicate)

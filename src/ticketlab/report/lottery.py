@@ -10,9 +10,7 @@ of the test accuracy at the end of training.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Tr
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.schedules import round_rate
-from ticketlab.store import Run, atomic_write_text
+from ticketlab.store import Run, atomic_write_text, csv_text
 
 TICKET = "ticket"
 COLUMNS = ("procedure", "level", "remaining_pct", "n", "test_acc_mean", "test_acc_std", "early_stop_mean",
@@ -96,20 +94,12 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
         if runtime.force:
             out.clear()
         out.start({"lottery": dataclasses.asdict(cfg)})
-        atomic_write_text(out.file("table.csv"), _csv(rows))
+        atomic_write_text(out.file("table.csv"), csv_text(rows, COLUMNS))
         _plot(out.file("lottery.png"), rows, title=(
             f"{dense.model_config.name} on {dense.data.name}: rate {cfg.rate:g} ({cfg.scope}), rewind {cfg.rewind}, "
             f"{len(experiment.lotteries)} replicate(s)"))
         out.finish({"replicates": len(experiment.lotteries), "controls": _control_names(experiment), "rows": rows})
     return LotteryReport(out.path, rows)
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:

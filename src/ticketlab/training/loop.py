@@ -8,8 +8,6 @@ as one never interrupted (on CPU; on GPU up to non-deterministic kernels).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from torch import nn
 
 from ticketlab.config import TicketlabError, TrainConfig
 from ticketlab.data import Dataset, Split, augment_batch
-from ticketlab.store import atomic_torch_save, atomic_write_text, load_checkpoint
+from ticketlab.store import atomic_torch_save, atomic_write_text, csv_text, load_checkpoint
 from ticketlab.training.optim import build_optimizer, lr_factor_fn
 from ticketlab.training.progress import Progress
 from ticketlab.training.steps import Step, parse_steps, step_name
@@ -110,14 +108,6 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tu
     return loss_sum.item() / n, correct.item() / n
 
 
-def metrics_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
 class Trainer:
     """Trains one model on one dataset; with a directory it checkpoints and resumes there."""
 
@@ -158,7 +148,7 @@ class Trainer:
             "iteration": self.iteration, "wall_time": self.wall_time, "rows": self.rows, "best": self.best,
             "rng": torch.get_rng_state(),
         }, self._path("resume.pt"))
-        atomic_write_text(self._path("metrics.csv"), metrics_csv(self.rows))
+        atomic_write_text(self._path("metrics.csv"), csv_text(self.rows, METRIC_COLUMNS))
 
     def _resume(self) -> None:
         if self.directory is None or not self._path("resume.pt").exists():

@@ -7,6 +7,7 @@ interrupted, and otherwise trains from the initialisation that the seed fixes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
 from ticketlab.store import HPARAMS, Run, load_checkpoint, read_json, runs_root
 from ticketlab.training.loop import Trainer
-from ticketlab.training.steps import Step, step_name
+from ticketlab.training.steps import Step, parse_steps, step_name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +85,17 @@ class TrainRun:
                 "(train with --save-at to keep more)"
             )
         return load_checkpoint(path)["model"]
+
+
+def with_checkpoints(training: TrainConfig, steps: Sequence[str]) -> TrainConfig:
+    """The training config, also keeping the weights at `steps` (`best` and `final` are always kept)."""
+    saved = [str(step) for step in parse_steps(training.save_at)]
+    wanted = [str(Step.parse(s)) for s in steps if s not in ("best", "final")]
+    missing = [s for i, s in enumerate(wanted) if s not in saved and s not in wanted[:i]]
+    if not missing:
+        return training
+    # The user's own list stays as written, so a run they trained already is found again.
+    return dataclasses.replace(training, save_at=",".join(filter(None, [training.save_at, *missing])))
 
 
 def train_run_handle(data: DataConfig, model: ModelConfig, training: TrainConfig,
