@@ -150,7 +150,7 @@ class Runtime:
     runs_dir: str | None = hp(None, "root of run directories (default: $TICKETLAB_RUNS or ./runs)")
     data_dir: str | None = hp(None, "directory with dataset files (default: $TICKETLAB_DATA)")
     device: str = hp("auto", "auto, cpu or cuda")
-    threads: int = hp(1, "CPU threads for PyTorch (1 is fastest for small batches here; see BENCHMARKS.md)")
+    threads: int = hp(1, "CPU threads for PyTorch (1 never collapses on a busy 2-core machine; see BENCHMARKS.md)")
     force: bool = hp(False, "redo the run even if it is finished")
     progress: bool = hp(True, "show progress bars")
 
