@@ -1,6 +1,6 @@
 """Evaluations per second of the fast mask evaluator against the thesis's evaluator, in one process.
 
-    PYTHONPATH=src python bench/search_evaluator.py [--cases lenet,cnn-mnist,cnn-cifar] [--rounds 3]
+    PYTHONPATH=src python bench/search_evaluator.py [--cases lenet,cnn-mnist,cnn-cifar] [--rounds 3] [--max-h 50]
 
 Cases (each scores 1,024 images, on one thread):
 - lenet: LeNet-300-100 without biases, one unit per weight (266,200), sparsity 0.9, on
@@ -12,7 +12,8 @@ Cases (each scores 1,024 images, on one thread):
 
 Both evaluators score the same candidates of a simulated-annealing-like walk: each
 candidate swaps h random kept units with h random pruned ones of the current mask (h drawn
-from 1..50), and is accepted (becomes the current mask) with probability 1/2. The weights
+from 1..max-h: 50 is the middle of an annealing run, 5 its end), and is accepted (becomes
+the current mask) with probability 1/2. The weights
 are the seeded initialisation, saved to a temporary checkpoint.
 
 - reference: search.reference.reference_score per candidate: torch.load of the checkpoint,
@@ -63,7 +64,6 @@ CASES = {
     "cnn-cifar": Case("basiccnn", None, "smoke-cifar10", "filter", 0.7, 3, 12),
 }
 IMAGES = 1024
-MAX_H = 50
 
 
 def scoring_images(name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
@@ -76,10 +76,10 @@ def scoring_images(name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, in
     return x.repeat(repeats, 1, 1, 1)[:IMAGES], y.repeat(repeats)[:IMAGES], data.input_shape
 
 
-def walk(space: SearchSpace, keep: torch.Tensor, generator: torch.Generator):
+def walk(space: SearchSpace, keep: torch.Tensor, max_h: int, generator: torch.Generator):
     """Candidates of an annealing-like walk: swap h kept and h pruned units; accept half of them."""
     while True:
-        h = int(torch.randint(1, MAX_H + 1, (), generator=generator))
+        h = int(torch.randint(1, max_h + 1, (), generator=generator))
         kept, pruned = keep.nonzero().flatten(), (~keep).nonzero().flatten()
         candidate = keep.clone()
         candidate[kept[torch.randperm(len(kept), generator=generator)[:h]]] = False
@@ -95,7 +95,7 @@ def timed(score: Callable[[torch.Tensor], float], candidates: list[torch.Tensor]
     return len(candidates) / (time.perf_counter() - started), scores
 
 
-def run_case(name: str, case: Case, rounds: int, directory: Path) -> None:
+def run_case(name: str, case: Case, rounds: int, max_h: int, directory: Path) -> None:
     x, y, shape = scoring_images(case.data)
     config = ModelConfig(name=case.model, bias=case.bias)
     model = build_model(config, shape, 10, generator=torch.Generator().manual_seed(0))
@@ -112,7 +112,7 @@ def run_case(name: str, case: Case, rounds: int, directory: Path) -> None:
     start = space.random(case.sparsity, generator)
     evaluator = make_evaluator(model, weights, space, x, y)
     evaluator.score(start)  # the first score is a whole forward pass, as every later one is for the reference
-    candidates = walk(space, start, generator)
+    candidates = walk(space, start, max_h, generator)
     reference_rates, fast_rates, ratios, identical = [], [], [], True
     for _ in range(rounds):
         block = [next(candidates) for _ in range(case.fast_evals)]
@@ -132,13 +132,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-h", type=int, default=50, help="largest number of units a move swaps each way")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"moves swap 1 to {args.max_h} units each way; {IMAGES} images; 1 thread")
     print(f"{'case':<10} {'evaluator':<21} {'units':>9} {'spars':>5} {'ref ev/s':>10} {'fast ev/s':>10} "
           f"{'speedup':>9}  same scores")
     with tempfile.TemporaryDirectory() as directory:
         for name in args.cases.split(","):
-            run_case(name, CASES[name], args.rounds, Path(directory))
+            run_case(name, CASES[name], args.rounds, args.max_h, Path(directory))
 
 
 if __name__ == "__main__":

@@ -46,10 +46,12 @@ def batches(inputs: int, classes: int, count: int = 2, size: int = 5, dtype=torc
 
 def test_registry_flags():
     assert set(CRITERIA) == {"magnitude", "magnitude_sign", "magnitude_increase", "random", "snip", "grasp",
-                             "synflow", "l1_norm", "l2_norm", "bn_scale"}
-    assert {n for n, c in CRITERIA.items() if c.structured} == {"l1_norm", "l2_norm", "bn_scale"}
+                             "synflow", "l1_norm", "l2_norm", "bn_scale", "random_units", "magnitude_sign_units"}
+    assert {n for n, c in CRITERIA.items() if c.structured} == {"l1_norm", "l2_norm", "bn_scale", "random_units",
+                                                                "magnitude_sign_units"}
     assert {n for n, c in CRITERIA.items() if c.needs_data} == {"snip", "grasp"}
-    assert {n for n, c in CRITERIA.items() if c.needs_init} == {"magnitude_sign", "magnitude_increase"}
+    assert {n for n, c in CRITERIA.items() if c.needs_init} == {"magnitude_sign", "magnitude_increase",
+                                                                "magnitude_sign_units"}
     assert get_criterion("synflow").rounds == 100
 
 
@@ -287,3 +289,25 @@ def test_structured_criteria_explain_what_is_missing():
     assert "\n" not in str(error.value)
     with pytest.raises(TicketlabError, match="channel groups"):
         score_and_select(ScoreContext(toy(), NAMES), "l1_norm", 0.5)
+
+
+def test_structured_random_and_magnitude_sign_per_unit():
+    from ticketlab.config import ModelConfig
+    from ticketlab.models import build_model
+    from ticketlab.sparsity.criteria import ScoreContext, get_criterion
+
+    model = build_model(ModelConfig(name="lenet300_100"), (1, 8, 8), 10, generator=torch.Generator().manual_seed(0))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.fc1.weight[0] = -init["fc1.weight"][0] * 3  # unit 0's mean weight flips sign, grows 3x
+        model.fc1.weight[1] = init["fc1.weight"][1] * 2  # unit 1 keeps its sign, grows 2x
+    ctx = ScoreContext(model=model, names=["fc1.weight"], init=init, generator=torch.Generator().manual_seed(1))
+    scores = get_criterion("magnitude_sign_units").scores(ctx)["fc1"]
+    mean0, mean1 = init["fc1.weight"][0].mean(), init["fc1.weight"][1].mean()
+    assert torch.allclose(scores[0], torch.sign(mean0) * (-3 * mean0)) and scores[0] < 0
+    assert torch.allclose(scores[1], torch.sign(mean1) * (2 * mean1)) and scores[1] > 0
+    first = get_criterion("random_units").scores(ctx)
+    again = get_criterion("random_units").scores(ScoreContext(model=model, names=["fc1.weight"],
+                                                              generator=torch.Generator().manual_seed(1)))
+    assert set(first) == {"fc1", "fc2"} and first["fc1"].shape == (300,)
+    assert all(torch.equal(first[g], again[g]) for g in first)

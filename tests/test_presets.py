@@ -11,7 +11,8 @@ SMOKED = [name for name in preset_names() if load_preset(name).smoke]
 
 def test_every_preset_parses_and_describes_itself():
     assert {"quickstart", "network-pruning-digits", "network-pruning-digits-l1", "lth-lenet", "lth-conv4",
-            "resnet20-imp", "seed003-exp1", "seed003-exp2"} <= set(preset_names())
+            "resnet20-imp", "seed003-exp1", "seed003-exp2", "sa-thesis-mlp", "sa-thesis-cnn",
+            "sa-thesis-cnn-mnist"} <= set(preset_names())
     for name in preset_names():
         assert load_preset(name).description
 
@@ -30,9 +31,15 @@ def test_smoke_variants_run_end_to_end(name, tmp_path, capsys):
     assert main(["run", name, "--smoke", "--quiet", "--json", "--runs-dir", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "smoke" in result["metrics"]["data_source"]
-    rows = result["lottery"]["rows"]
-    assert rows[0]["procedure"] == "ticket" and rows[0]["remaining_pct"] == 100.0
-    assert rows[-1]["remaining_pct"] < 100.0
+    if "lottery" in result:
+        rows = result["lottery"]["rows"]
+        assert rows[0]["procedure"] == "ticket" and rows[0]["remaining_pct"] == 100.0
+        assert rows[-1]["remaining_pct"] < 100.0
+    else:
+        rows = result["comparison"]["rows"]
+        preset = load_preset(name).smoked()
+        assert len(rows) == len(preset.compare.methods) * len(preset.compare.sparsities)
+        assert all(0 <= row["rewind_acc_mean"] <= 1 and 0 <= row["trained_acc_mean"] <= 1 for row in rows)
 
 
 @pytest.mark.parametrize("name", ["lth-conv4", "resnet20-imp"])

@@ -15,8 +15,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ticketlab.config import (DataConfig, LotteryConfig, ModelConfig, PruneConfig, Runtime, TicketlabError,
-                              TrainConfig, coerce)
+from ticketlab.config import (DataConfig, LotteryConfig, ModelConfig, PruneConfig, Runtime, SearchConfig,
+                              TicketlabError, TrainConfig, coerce)
 
 # Flag names where a field's own name would be ambiguous on one command line.
 RENAMES = {DataConfig: {"name": "dataset"}, ModelConfig: {"name": "model"}}
@@ -26,10 +26,12 @@ def _flag(cls: type, name: str) -> str:
     return "--" + RENAMES.get(cls, {}).get(name, name).replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()) -> None:
     group = parser.add_argument_group(title)
     types = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:  # set another way, e.g. a positional argument
+            continue
         flag, annotation = _flag(cls, f.name), types[f.name]
         kwargs: dict[str, Any] = {"dest": f"{cls.__name__}.{f.name}", "default": f.default,
                                   "help": f.metadata["help"]}
@@ -41,8 +43,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> 
         group.add_argument(flag, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, cls: type) -> Any:
-    return cls(**{f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)})
+def config_from_args(args: argparse.Namespace, cls: type, **values: Any) -> Any:
+    """The config from its flags; `values` gives the fields that have no flag."""
+    return cls(**{f.name: values[f.name] if f.name in values else getattr(args, f"{cls.__name__}.{f.name}")
+                  for f in dataclasses.fields(cls)})
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +123,9 @@ def cmd_run(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     if result.lottery_report is not None:
         lines += _describe_lottery(result.lottery_report)
         payload["lottery"] = {"run_dir": str(result.lottery_report.path), "rows": result.lottery_report.rows}
+    if result.comparison is not None:
+        lines += _describe_comparison(result.comparison)
+        payload["comparison"] = {"run_dir": str(result.comparison.path), "rows": result.comparison.rows}
     if result.sweep is not None:
         lines += _describe_sweep(result.sweep)
         payload["sweep"] = {"run_dir": str(result.sweep.path), "rows": result.sweep.rows}
@@ -173,6 +180,15 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     return _describe_sweep(result), {"run_dir": str(result.path), "cached": result.cached, "rows": result.rows}
 
 
+def _describe_comparison(comparison: Any) -> list[str]:
+    lines = ["masks compared (test accuracy, mean ± std over replicates):",
+             f"  {'method':<18} {'sparsity':>8} {'rewind acc':>17} {'trained acc':>17}"]
+    lines += [f"  {row['method']:<18} {row['sparsity']:>8g} {row['rewind_acc_mean']:>8.4f} ± {row['rewind_acc_std']:.4f}"
+              f" {row['trained_acc_mean']:>8.4f} ± {row['trained_acc_std']:.4f}" for row in comparison.rows]
+    lines.append(f"  table: {comparison.path}")
+    return lines
+
+
 def _describe_lottery(report: Any) -> list[str]:
     lines = ["lottery (test accuracy at the early-stop step, mean ± std over replicates):",
              f"  {'procedure':<17} {'level':>5} {'remaining':>9} {'test acc':>17} {'early stop (it)':>19}"]
@@ -201,6 +217,28 @@ def cmd_lottery(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         control_levels=[int(v) for v in args.control_levels.split(",") if v] or None)
     report = write_report(experiment, runtime)
     return _describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
+
+
+def cmd_search(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.search.stage import search
+    from ticketlab.training.stage import find_train_run
+
+    runtime = runtime_from_args(args)
+    cfg = config_from_args(args, SearchConfig, method=args.method)
+    result = search(find_train_run(args.run, runtime.runs_dir), cfg, runtime)
+    summary = result.summary
+    best, held = summary["best"], summary["best"]["held_out"]
+    rest = f"rest of validation {held['val_rest']['accuracy']:.4f}, " if held.get("val_rest") else ""
+    lines = [
+        f"{'finished earlier: ' if result.cached else ''}{cfg.method} search ({cfg.mode}) over {summary['units']:,} "
+        f"{cfg.granularity} units at {cfg.at}, sparsity {summary['sparsity']:.4f}: {summary['evaluations']} "
+        f"evaluations ({summary['evaluations_per_s']} per s)",
+        f"  best {cfg.metric} on the {summary['objective_images']} search images: {best['score']:.4f} "
+        f"(start {summary['start_score']:.4f})",
+        f"  best mask's accuracy: {rest}test {held['test']['accuracy']:.4f} (reported, not selected on)",
+        f"  mask, history, plot: {result.path}",
+    ]
+    return lines, {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
 
 
 def cmd_criteria(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
@@ -302,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--step", default="best", help="checkpoint to prune: best, final or a saved step")
     add_runtime_flags(sweep)
     sweep.set_defaults(handler=cmd_sweep)
+
+    search = commands.add_parser("search", help="search a mask: simulated annealing, or random / greedy baselines",
+                                 formatter_class=formatter)
+    search.add_argument("method", choices=["anneal", "random", "greedy"], help="search method")
+    search.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+    add_config_flags(search, SearchConfig, "search", skip=("method",))
+    add_runtime_flags(search)
+    search.set_defaults(handler=cmd_search)
 
     criteria = commands.add_parser("criteria", help="list the pruning criteria", formatter_class=formatter)
     add_output_flags(criteria)

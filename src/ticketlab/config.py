@@ -113,6 +113,14 @@ class SearchConfig:
     seed: int = hp(0, "seed of the search")
 
 
+@dataclass(frozen=True)
+class MaskMethod:
+    """A named way to make a mask, for comparisons: a pruning criterion or a search."""
+
+    name: str  # as a table shows it, e.g. "SA k=init"
+    config: PruneConfig | SearchConfig  # its sparsity is set by each compared sparsity
+
+
 C = TypeVar("C")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, sweep
+from ticketlab.comparison import Comparison, compare_masks
 from ticketlab.config import Runtime
 from ticketlab.data import DataError, load_data
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
@@ -23,6 +24,7 @@ class ExperimentResult:
     sweep: SweepResult | None = None
     lottery: LotteryExperiment | None = None
     lottery_report: LotteryReport | None = None
+    comparison: Comparison | None = None
 
 
 def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
@@ -43,6 +45,10 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult
                                      replicates=preset.replicates, controls=preset.controls,
                                      control_levels=preset.control_levels)
         result.lottery_report = write_report(result.lottery, runtime)
+    if preset.compare is not None:
+        result.comparison = compare_masks(data, preset.model, training, preset.compare.methods,
+                                          preset.compare.sparsities, runtime, replicates=preset.replicates,
+                                          rewind=preset.compare.rewind)
     if preset.sweep is not None:
         result.sweep = sweep(result.train, preset.sweep.get("ks", DEFAULT_KS), step=preset.sweep.get("step", "best"),
                              runtime=runtime)

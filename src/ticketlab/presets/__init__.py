@@ -19,14 +19,39 @@ from typing import Any
 
 import yaml
 
-from ticketlab.config import (DataConfig, LotteryConfig, ModelConfig, PruneConfig, TicketlabError, TrainConfig,
-                              from_dict)
+from ticketlab.config import (DataConfig, LotteryConfig, MaskMethod, ModelConfig, PruneConfig, SearchConfig,
+                              TicketlabError, TrainConfig, from_dict)
 
 CONFIGS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig,
            "lottery": LotteryConfig}
 OPTIONAL = ("prune", "lottery")
 SWEEP_KEYS = {"ks", "step"}
-OTHER_KEYS = {"description", "sweep", "fallback", "smoke", "replicates", "controls", "control_levels"}
+OTHER_KEYS = {"description", "sweep", "fallback", "smoke", "replicates", "controls", "control_levels", "compare"}
+
+
+@dataclass(frozen=True)
+class Compare:
+    """Masks from several methods at several sparsities, scored before and after retraining."""
+
+    methods: tuple[MaskMethod, ...]
+    sparsities: tuple[float, ...]
+    rewind: str = "0it"
+
+
+def _compare(section: Any, name: str) -> Compare:
+    section = _mapping(section, f"{name}: compare")
+    if set(section) - {"methods", "sparsities", "rewind"} or not section.get("methods") or not section.get("sparsities"):
+        raise TicketlabError(f"{name}: compare takes methods (a list), sparsities (a list) and optionally rewind")
+    methods = []
+    for entry in section["methods"]:
+        entry = _mapping(entry, f"{name}: compare.methods")
+        kinds = [k for k in ("prune", "search") if k in entry]
+        if "name" not in entry or len(kinds) != 1 or set(entry) - {"name", *kinds}:
+            raise TicketlabError(f"{name}: each compare method has a name and one prune or search section")
+        cls = PruneConfig if kinds[0] == "prune" else SearchConfig
+        where = f"{name}: compare.{entry['name']}"
+        methods.append(MaskMethod(str(entry["name"]), from_dict(cls, _mapping(entry[kinds[0]], where), where)))
+    return Compare(tuple(methods), tuple(float(s) for s in section["sparsities"]), str(section.get("rewind", "0it")))
 
 
 @dataclass(frozen=True)
@@ -48,6 +73,7 @@ class Preset:
     controls: tuple[str, ...] = ()
     control_levels: tuple[int, ...] | None = None
     sweep: dict[str, Any] | None = None
+    compare: Compare | None = None
     fallback: Fallback | None = None
     smoke: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +90,8 @@ class Preset:
                 changes[key] = from_dict(CONFIGS[key], {**current, **values}, f"{self.name}: smoke.{key}")
             elif key in ("replicates", "controls", "control_levels"):
                 changes[key] = _other(key, values, self.name)
+            elif key == "compare":  # a whole smaller comparison: fewer methods, budgets, sparsities
+                changes[key] = _compare(values, self.name)
             else:
                 raise TicketlabError(f"{self.name}: smoke cannot change {key}")
         return dataclasses.replace(self, **changes)
@@ -117,6 +145,8 @@ def parse_preset(name: str, text: str) -> Preset:
         if extra:
             raise TicketlabError(f"{name}: sweep: unknown key(s) {', '.join(sorted(extra))}; "
                                  f"expected some of {', '.join(sorted(SWEEP_KEYS))}")
+    if "compare" in raw:
+        fields["compare"] = _compare(raw["compare"], name)
     if "fallback" in raw:
         section = _mapping(raw["fallback"], f"{name}: fallback")
         if set(section) - {"data", "train"}:

@@ -135,3 +135,29 @@ def _stack(paths: Sequence[Path]) -> Image.Image:
         canvas.paste(part, (0, top))
         top += part.height
     return canvas
+
+
+def twin_axis_lines(path: Path, x: Values, left: Mapping[str, Values], right: Mapping[str, Values], *,
+                    xlabel: str, left_label: str, right_label: str, colors: Mapping[str, str] | None = None,
+                    dots: Sequence[str] = (), title: str | None = None) -> None:
+    """Series against x on two y axes, `left` and `right`, one line per series; series named in
+    `dots` are small points instead (many noisy values), and `colors` fixes a series' colour."""
+    figure, ax = plt.subplots(figsize=(9, 4))
+    twin = ax.twinx()
+    colors = colors or {}
+    for axis, series in ((ax, left), (twin, right)):
+        for label, y in series.items():
+            style = (dict(linestyle="none", marker=".", markersize=2, alpha=0.5) if label in dots
+                     else dict(linewidth=1.2))
+            axis.plot(x, y, label=label, color=colors.get(label), **style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(left_label)
+    twin.set_ylabel(right_label)
+    ax.grid(alpha=0.3)
+    lines = ax.get_legend_handles_labels()
+    twin_lines = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], loc="best", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)

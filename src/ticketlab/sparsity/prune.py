@@ -16,7 +16,7 @@ from torch import nn
 
 from ticketlab.config import PruneConfig, Runtime, TicketlabError, non_default
 from ticketlab.data import Dataset, load_data
-from ticketlab.sparsity.criteria import Criterion, ScoreContext, get_criterion
+from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.store import Run, atomic_write_text
@@ -53,8 +53,9 @@ def check_prune_config(cfg: PruneConfig) -> Criterion:
         raise TicketlabError(f"empty_layer must be keep or error, got {cfg.empty_layer!r}")
     criterion = get_criterion(cfg.criterion)
     if cfg.structured and not criterion.structured:
+        structured = ", ".join(name for name, c in CRITERIA.items() if c.structured)
         raise TicketlabError(f"criterion {cfg.criterion} scores single weights; for whole units use a structured "
-                             "criterion (l1_norm, l2_norm, bn_scale)")
+                             f"criterion ({structured})")
     return criterion
 
 

@@ -11,7 +11,9 @@ from ticketlab.sparsity.criteria.l2_norm import L2Norm
 from ticketlab.sparsity.criteria.magnitude import Magnitude
 from ticketlab.sparsity.criteria.magnitude_increase import MagnitudeIncrease
 from ticketlab.sparsity.criteria.magnitude_sign import MagnitudeSign
+from ticketlab.sparsity.criteria.magnitude_sign_units import MagnitudeSignUnits
 from ticketlab.sparsity.criteria.random import Random
+from ticketlab.sparsity.criteria.random_units import RandomUnits
 from ticketlab.sparsity.criteria.snip import Snip
 from ticketlab.sparsity.criteria.synflow import SynFlow
 
@@ -28,6 +30,8 @@ CRITERIA: dict[str, Criterion] = {
         L1Norm(),
         L2Norm(),
         BNScale(),
+        RandomUnits(),
+        MagnitudeSignUnits(),
     )
 }
 

@@ -151,13 +151,14 @@ def is_layer_weight(param: str, modules: dict[str, nn.Module]) -> bool:
     return key == "weight" and isinstance(modules.get(module), PRUNABLE_MODULES)
 
 
-def incoming_weights(ctx: ScoreContext) -> dict[str, torch.Tensor]:
+def incoming_weights(ctx: ScoreContext, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Each group's incoming Linear/Conv weights (masked), one row per unit: (size, fan-in).
 
-    A residual group's units are produced by several layers; their rows are concatenated.
+    From `weights` (e.g. ctx.init) instead of the model's own when given. A residual group's
+    units are produced by several layers; their rows are concatenated.
     """
     modules = dict(ctx.model.named_modules())
-    params = ctx.params()
+    params = ctx.params() if weights is None else weights
     return {
         group.name: torch.cat([unit_rows(params[piece.param], piece, group.size)
                                for piece in group.producers if is_layer_weight(piece.param, modules)], dim=1)

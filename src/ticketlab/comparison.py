@@ -1,0 +1,87 @@
+"""Masks from several methods compared the SA thesis's way (its Tables 5.5 and 5.8).
+
+For each replicate (dense seed), sparsity and method — a pruning criterion or a search —
+the method's mask is made (a cached prune or search stage), then scored twice:
+"rewind accuracy", the masked network at the rewind weights before any training, and
+"trained accuracy", after retraining those weights under the mask (a cached stage too).
+Test accuracy is reported at the best validation step; nothing is selected on test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ticketlab.config import DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.lottery.retrain import Setting, retrain
+from ticketlab.search.stage import search
+from ticketlab.sparsity.prune import masked_metrics, prune
+from ticketlab.store import Run, atomic_write_text, csv_text
+from ticketlab.training.stage import TrainRun, train, with_checkpoints
+
+
+COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std")
+
+
+@dataclass
+class Comparison:
+    path: Any
+    rows: list[dict[str, Any]]  # aggregated over replicates, in COLUMNS
+    runs: list[dict[str, Any]]  # one per (replicate, sparsity, method)
+
+
+def _mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Runtime) -> Any:
+    config = dataclasses.replace(method.config, sparsity=sparsity)
+    return (prune if isinstance(config, PruneConfig) else search)(dense, config, runtime)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, methods: Sequence[MaskMethod],
+                  sparsities: Sequence[float], runtime: Runtime = Runtime(), *, replicates: int = 1,
+                  rewind: str = "0it") -> Comparison:
+    """Every method at every sparsity on `replicates` dense seeds; table of mean ± std (sample std)."""
+    if not methods or not sparsities:
+        raise TicketlabError("a comparison needs at least one method and one sparsity")
+    if replicates < 1:
+        raise TicketlabError(f"replicates must be at least 1, got {replicates}")
+    steps = ["0it", rewind, *(m.config.at for m in methods), *(getattr(m.config, "compare", "0it") for m in methods)]
+    runs = []
+    for replicate in range(replicates):
+        seeded = dataclasses.replace(with_checkpoints(training, steps), seed=training.seed + replicate)
+        dense = train(data, model, seeded, runtime)
+        setting = Setting.of(dense, runtime)
+        for sparsity in sparsities:
+            for method in methods:
+                made = _mask_run(dense, method, sparsity, runtime)
+                mask = made.mask()
+                at_rewind = setting.model()
+                at_rewind.load_state_dict(dense.state_dict(rewind))
+                ticket = retrain(Run("ticket", {"mask": made.run.name, "rewind": rewind}, runtime.runs_dir), setting,
+                                 dense.state_dict(rewind), mask, start_iteration=setting.iteration(rewind),
+                                 hparams={"mask": made.run.name, "rewind": rewind, "method": method.name})
+                runs.append({"replicate": replicate, "method": method.name, "sparsity": sparsity,
+                             "mask_run": made.run.name, "ticket_run": ticket.run.name,
+                             "rewind_acc": masked_metrics(at_rewind, setting.data, mask)["test_acc"],
+                             "trained_acc": ticket.summary["best"]["test_acc"]})
+    rows = []
+    for sparsity in sparsities:
+        for method in methods:
+            mine = [r for r in runs if r["method"] == method.name and r["sparsity"] == sparsity]
+            rewind_mean, rewind_std = _mean_std([r["rewind_acc"] for r in mine])
+            trained_mean, trained_std = _mean_std([r["trained_acc"] for r in mine])
+            rows.append({"method": method.name, "sparsity": sparsity, "n": len(mine),
+                         "rewind_acc_mean": rewind_mean, "rewind_acc_std": rewind_std,
+                         "trained_acc_mean": trained_mean, "trained_acc_std": trained_std})
+    report = Run("comparison", {"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir)
+    with report.lock():
+        report.start({"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind})
+        atomic_write_text(report.file("table.csv"), csv_text(rows, COLUMNS))
+        atomic_write_text(report.file("runs.csv"), csv_text(runs, tuple(runs[0])))
+        report.finish({"rows": rows})
+    return Comparison(report.path, rows, runs)

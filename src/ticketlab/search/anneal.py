@@ -1,0 +1,356 @@
+"""Simulated annealing over masks at fixed sparsity: the thesis's algorithm (EEE 198) and an improved default.
+
+Both walk from a start mask by swap moves (search.moves), evaluating one candidate per step
+and accepting it by the Metropolis rule, until the budget of evaluations is spent.
+
+- thesis mode: the published constants (per granularity, filter = the CNN runs, weight = the
+  MLP runs); a candidate is compared with the running mean of the scores accepted at this
+  temperature (seeded with the previous temperature's mean); the temperature, the number of
+  iterations per temperature and h change once per temperature. The thesis kept as best the
+  current mask at the end of the temperature whose running mean was highest: that rule is
+  kept (`best_mean`). Fixed bugs: the running mean started from an arbitrary 5% (it starts
+  from the start mask's score: one evaluation), and h started at the number of kept units,
+  which the moves could not honour below 50% sparsity (it starts at the largest feasible h).
+- default mode: a candidate is compared with the current mask's own score; T0 is calibrated
+  so that a move as bad as the average score change of a few random moves from the start is
+  accepted with probability 1/2; the temperature cools every step, geometrically down to
+  T0 / 1000 at the end of the budget; h shrinks to 1 halfway, leaving the rest of the budget
+  to single swaps. Restarts split the budget into equal segments, each starting again from
+  the best mask so far with both schedules reset (and fitted to the segment's length).
+
+Every mode also tracks the best single mask evaluated (`best`). A search is a pure function
+of its inputs and the generator, and its state can be saved and resumed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from ticketlab.config import SearchConfig, TicketlabError
+from ticketlab.search.moves import Moves, Tabu, next_h
+from ticketlab.search.reference import METRICS
+from ticketlab.training.progress import Progress
+
+Checkpoint = Callable[[dict[str, Any]], None]
+CHECKPOINT_EVERY = 200  # evaluations between saved states
+CALIBRATION_MOVES = 20
+INITIAL_ACCEPTANCE = 0.5  # default mode: the probability of accepting an average worsening move at T0
+FINAL_TEMPERATURE = 1e-3  # default mode: a segment's last temperature, as a fraction of T0
+H_FALLS_TO_ONE_AT = 0.5  # default mode: the fraction of a segment by which h has shrunk to 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a search anneals; fields left None are fitted to the budget or calibrated."""
+
+    acceptance: str  # "mean" of the accepted scores (thesis) or the "current" mask's score
+    t0: float | None
+    cooling: float | None  # temperature factor per temperature step
+    h_decay: float | None  # factor of h per temperature step
+    sawtooth: bool = True
+    iters: float = 1.0  # evaluations at the first temperature ...
+    iters_growth: float = 1.0  # ... times this at each next temperature ...
+    iters_cap: float = 1.0  # ... up to this
+    tabu: int = 60
+    tries: int = 30  # draws to find a candidate the tabu memory has not seen
+    radius: str = "exact"  # tabu: "exact" masks, or "hamming": within distance h
+    restarts: int = 0
+
+
+THESIS = {
+    "filter": Plan("mean", t0=0.005, cooling=0.995, h_decay=0.99, iters=2.0, iters_growth=1.005, iters_cap=10.0,
+                   tabu=60, tries=30, radius="exact"),
+    "weight": Plan("mean", t0=0.006, cooling=0.999, h_decay=0.99, iters=1.0, iters_growth=1.005, iters_cap=50.0,
+                   tabu=50, tries=50, radius="hamming"),
+}
+DEFAULT = Plan("current", t0=None, cooling=None, h_decay=None)
+
+METHODS = ("anneal", "random", "greedy")
+MODES = ("default", "thesis")
+GRANULARITIES = ("weight", "filter")
+NEIGHBOURHOODS = ("sawtooth", "geometric")
+
+
+def check_config(cfg: SearchConfig) -> None:
+    """Raise a one-line TicketlabError for any value a search cannot run with."""
+    for name, allowed in (("method", METHODS), ("mode", MODES), ("granularity", GRANULARITIES),
+                          ("metric", METRICS), ("neighbourhood", NEIGHBOURHOODS)):
+        if getattr(cfg, name) not in allowed:
+            raise TicketlabError(f"unknown {name} {getattr(cfg, name)!r}; expected one of {', '.join(allowed)}")
+    if not 0 < cfg.sparsity < 1:
+        raise TicketlabError(f"search sparsity must be in (0, 1), got {cfg.sparsity}")
+    if cfg.budget < 1:
+        raise TicketlabError(f"the search budget must be at least 1 evaluation, got {cfg.budget}")
+    if not 0 <= cfg.layer_min < 1:
+        raise TicketlabError(f"layer_min must be in [0, 1), got {cfg.layer_min}")
+    if cfg.t0 is not None and cfg.t0 < 0:
+        raise TicketlabError(f"the initial temperature t0 must be at least 0, got {cfg.t0}")
+    if cfg.cooling is not None and not 0 < cfg.cooling <= 1:
+        raise TicketlabError(f"cooling must be in (0, 1], got {cfg.cooling}")
+    for name in ("restarts", "tabu", "train_steps"):
+        if (getattr(cfg, name) or 0) < 0:
+            raise TicketlabError(f"{name} must be at least 0, got {getattr(cfg, name)}")
+    if cfg.restarts and cfg.mode == "thesis":
+        raise TicketlabError("restarts are not part of the thesis's algorithm; use them with --mode default")
+    if cfg.val_size is not None and cfg.val_size < 1:
+        raise TicketlabError(f"val_size must be at least 1 image, got {cfg.val_size}")
+
+
+def plan_for(cfg: SearchConfig) -> Plan:
+    """The annealing plan of a config: its mode's constants, with the config's own choices over them."""
+    base = THESIS[cfg.granularity] if cfg.mode == "thesis" else DEFAULT
+    return replace(base, t0=base.t0 if cfg.t0 is None else cfg.t0,
+                   cooling=base.cooling if cfg.cooling is None else cfg.cooling,
+                   tabu=base.tabu if cfg.tabu is None else cfg.tabu,
+                   sawtooth=cfg.neighbourhood == "sawtooth", restarts=cfg.restarts)
+
+
+def accept(delta: float, temperature: float, generator: torch.Generator) -> bool:
+    """The Metropolis rule, delta = reference score - candidate score: accept a candidate no
+    worse than the reference; a worse one with probability exp(-delta / T), drawing one
+    uniform number from `generator` (only then); at T = 0, never."""
+    if delta <= 0:
+        return True
+    if temperature <= 0:
+        return False
+    return float(torch.rand((), generator=generator)) < math.exp(-delta / temperature)
+
+
+@dataclass
+class SearchResult:
+    """A finished search: the best mask evaluated (flat keep-vector) and its score, one
+    history row per evaluation, and, in thesis mode, the mask the thesis's rule picks."""
+
+    best: torch.Tensor
+    best_score: float
+    history: list[dict[str, Any]]
+    evaluations: int
+    best_mean: torch.Tensor | None = None  # thesis rule: the current mask when the running mean peaked
+    best_mean_score: float | None = None  # that running mean
+    t0: float | None = None
+
+
+@dataclass
+class SearchState:
+    """Everything a search needs to go on from where it is (saved as plain data)."""
+
+    step: int  # evaluations spent
+    current: torch.Tensor
+    current_score: float
+    best: torch.Tensor
+    best_score: float
+    t0: float | None = None
+    temperature: float | None = None
+    h: int | None = None
+    peak: int | None = None
+    iters: float = 1.0
+    iters_done: int = 0
+    accepted: list[float] = field(default_factory=list)  # the running mean's terms at this temperature
+    best_mean: torch.Tensor | None = None
+    best_mean_score: float | None = None
+    tabu: list[Any] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: torch.Tensor | None = None
+
+
+def history_row(state: SearchState, candidate: float, accepted: bool, temperature: float | None = None,
+                h: int | None = None, mean: float | None = None, current: float | None = None) -> dict[str, Any]:
+    return {"step": state.step, "temperature": temperature, "h": h, "candidate": candidate,
+            "current": current, "mean": mean, "best": state.best_score, "accepted": accepted}
+
+
+class Searcher:
+    """The loop every searcher shares: spend the budget one evaluation at a time, with a
+    progress bar, saving the state every `checkpoint_every` evaluations."""
+
+    label = "search"
+
+    def __init__(self, evaluator: Any, budget: int, generator: torch.Generator):
+        self.evaluator, self.budget, self.generator = evaluator, budget, generator
+
+    def begin(self, start: torch.Tensor | None) -> SearchState:
+        raise NotImplementedError
+
+    def resume(self, state: SearchState) -> None:
+        """Rebuild what the searcher derives from a saved state."""
+
+    def iterate(self, state: SearchState) -> None:
+        raise NotImplementedError
+
+    def snapshot(self, state: SearchState) -> dict[str, Any]:
+        """The state as plain data. Its tensors are never changed in place and history rows never
+        after they are written, so copying the lists (not their items) is a snapshot."""
+        state.rng = self.generator.get_state()
+        values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        return {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
+
+    def evaluate(self, keep: torch.Tensor) -> float:
+        return float(self.evaluator.score(keep))
+
+    def run(self, start: torch.Tensor | None, *, progress: bool = True, resume: dict[str, Any] | None = None,
+            checkpoint: Checkpoint | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> SearchResult:
+        if resume is not None:
+            state = SearchState(**resume)
+            self.generator.set_state(state.rng)
+            self.resume(state)
+        else:
+            state = self.begin(start)
+        bar = Progress(self.budget, self.label, progress, initial=state.step, unit="eval")
+        try:
+            while state.step < self.budget:
+                self.iterate(state)
+                bar.update()
+                bar.note(best=state.best_score)
+                if checkpoint is not None and state.step % checkpoint_every == 0 and state.step < self.budget:
+                    checkpoint(self.snapshot(state))
+        finally:
+            bar.close()
+        return SearchResult(state.best, state.best_score, state.history, state.step,
+                            state.best_mean, state.best_mean_score, state.t0)
+
+
+class Annealer(Searcher):
+    """Simulated annealing (and, at zero temperature, greedy hill climbing) by swap moves."""
+
+    def __init__(self, evaluator: Any, plan: Plan, cfg: SearchConfig, generator: torch.Generator,
+                 label: str = "anneal"):
+        super().__init__(evaluator, cfg.budget, generator)
+        self.plan, self.label = plan, label
+        self.moves = Moves.from_space(evaluator.space, cfg.layer_min)
+        self.tabu = Tabu(plan.tabu, plan.radius)
+        # Default mode spends a few evaluations on calibrating T0, then splits the rest into
+        # equal segments, one per restart; the schedules are fitted to a segment's length.
+        probes = min(CALIBRATION_MOVES, (self.budget - 1) // 10) if plan.t0 is None else 0
+        self.first = 1 + probes
+        segments = plan.restarts + 1
+        self.segment = max(1, (self.budget - self.first) // segments)
+        self.restarts = {self.first + i * self.segment for i in range(1, segments)}
+
+    def begin(self, start: torch.Tensor | None) -> SearchState:
+        start = start.to("cpu", torch.bool).clone()
+        self.moves.check(start, "the start mask")
+        self.fit(start)
+        score = self.evaluate(start)
+        state = SearchState(1, start, score, start, score, h=self.h0, peak=self.h0, iters=self.plan.iters)
+        if self.plan.acceptance == "mean":
+            state.accepted, state.best_mean, state.best_mean_score = [score], start, score
+        state.history.append(history_row(state, score, True, current=score, mean=self.mean(state)))
+        self.tabu.add(start)
+        state.t0 = self.plan.t0 if self.plan.t0 is not None else self.calibrate(state)
+        state.temperature = state.t0
+        return state
+
+    def resume(self, state: SearchState) -> None:
+        self.fit(state.current)
+        self.tabu = Tabu(self.plan.tabu, self.plan.radius, state.tabu)
+
+    def snapshot(self, state: SearchState) -> dict[str, Any]:
+        state.tabu = list(self.tabu.memory)
+        return super().snapshot(state)
+
+    def fit(self, keep: torch.Tensor) -> None:
+        """The largest move, h0, and the schedules' factors where the plan leaves them to the budget."""
+        self.h0 = self.moves.max_h(keep)
+        self.cooling = self.plan.cooling or FINAL_TEMPERATURE ** (1 / self.segment)
+        self.h_decay = self.plan.h_decay or fitted_h_decay(self.h0, H_FALLS_TO_ONE_AT * self.segment,
+                                                           self.plan.sawtooth)
+
+    def calibrate(self, state: SearchState) -> float:
+        """T0 at which a move as bad as the average score change of random moves from the start
+        is accepted with probability 1/2 (0, i.e. greedy, if they all scored the same)."""
+        probes = [self.moves.neighbour(state.current, self.h0, self.generator) for _ in range(self.first - 1)]
+        if not probes:
+            return 0.0
+        for keep in probes:
+            self.tabu.add(keep)
+        scores = [float(s) for s in self.evaluator.score_many(probes)]
+        for keep, score in zip(probes, scores):
+            state.step += 1
+            if score > state.best_score:
+                state.best, state.best_score = keep, score
+            state.history.append(history_row(state, score, False, h=self.h0, current=state.current_score,
+                                             mean=self.mean(state)))
+        spread = sum(abs(s - state.current_score) for s in scores) / len(scores)
+        return spread / math.log(1 / INITIAL_ACCEPTANCE)
+
+    def mean(self, state: SearchState) -> float | None:
+        return sum(state.accepted) / len(state.accepted) if self.plan.acceptance == "mean" else None
+
+    def propose(self, state: SearchState) -> torch.Tensor:
+        for _ in range(max(1, self.plan.tries)):
+            candidate = self.moves.neighbour(state.current, state.h, self.generator)
+            if not self.tabu.seen(candidate, state.h):
+                break
+        self.tabu.add(candidate)  # the thesis's rule: after `tries` seen draws, the last one is evaluated anyway
+        return candidate
+
+    def iterate(self, state: SearchState) -> None:
+        if state.step in self.restarts:
+            self.restart(state)
+        candidate = self.propose(state)
+        score = self.evaluate(candidate)
+        state.step += 1
+        reference = self.mean(state) if self.plan.acceptance == "mean" else state.current_score
+        accepted = accept(reference - score, state.temperature, self.generator)
+        if accepted:
+            state.current, state.current_score = candidate, score
+            if self.plan.acceptance == "mean":
+                state.accepted.append(score)
+        if score > state.best_score:
+            state.best, state.best_score = candidate, score
+        state.history.append(history_row(state, score, accepted, state.temperature, state.h, self.mean(state),
+                                         state.current_score))
+        state.iters_done += 1
+        if state.iters_done >= int(state.iters):
+            self.next_temperature(state)
+
+    def next_temperature(self, state: SearchState) -> None:
+        mean = self.mean(state)
+        if mean is not None:
+            if mean > state.best_mean_score:
+                state.best_mean, state.best_mean_score = state.current, mean
+            state.accepted = [mean]
+        state.h, state.peak = next_h(state.h, state.peak, self.h_decay, self.plan.sawtooth)
+        state.temperature *= self.cooling
+        state.iters = min(self.plan.iters_cap, state.iters * self.plan.iters_growth)
+        state.iters_done = 0
+
+    def restart(self, state: SearchState) -> None:
+        """Go on from the best mask so far with the temperature and the neighbourhood reset."""
+        state.current, state.current_score = state.best, state.best_score
+        state.temperature, state.h, state.peak = state.t0, self.h0, self.h0
+        state.iters, state.iters_done = self.plan.iters, 0
+        state.accepted = [state.best_score] if self.plan.acceptance == "mean" else []
+
+
+def fitted_h_decay(h0: int, steps: float, sawtooth: bool) -> float:
+    """The factor per step that takes h from h0 down to about 1 in `steps` steps.
+
+    A sawtooth's peaks fall by 3/4 per tooth and each tooth takes ln 2 / -ln(decay) steps
+    (from its peak down to half of it), so it needs ln(h0) / ln(4/3) teeth.
+    """
+    if h0 <= 1:
+        return 1.0
+    rate = math.log(2) * math.log(h0) / math.log(4 / 3) if sawtooth else math.log(h0)
+    return math.exp(-rate / max(steps, 1.0))
+
+
+def anneal(evaluator: Any, start: torch.Tensor, cfg: SearchConfig, generator: torch.Generator, *,
+           progress: bool = True, resume: dict[str, Any] | None = None, checkpoint: Checkpoint | None = None,
+           checkpoint_every: int = CHECKPOINT_EVERY) -> SearchResult:
+    """Simulated annealing from `start` (a flat keep-vector of evaluator.space) for cfg.budget evaluations.
+
+    cfg.mode picks the thesis's algorithm or the default (see the module's docstring); the
+    config's t0, cooling, tabu, neighbourhood, layer_min and restarts override the mode's own.
+    `checkpoint` receives the search's state every `checkpoint_every` evaluations; passing a
+    saved state as `resume` goes on from it exactly as if the search had not stopped.
+    """
+    check_config(cfg)
+    return Annealer(evaluator, plan_for(cfg), cfg, generator).run(
+        start, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

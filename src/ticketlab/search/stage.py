@@ -1,0 +1,203 @@
+"""The search stage: the mask a searcher finds for a trained run's weights at a checkpoint, cached.
+
+`search(...)` is named by the training run and the search hyperparameters that differ from
+their defaults, and returns at once when that search has finished. The objective is the
+score of the masked network (at checkpoint cfg.at) on the first cfg.val_size validation
+images; the best mask is also scored on the rest of validation and on the test set, which
+is reported and never used to select anything.
+
+The stage saves the best single mask evaluated as mask.safetensors: the one mask whose
+objective was measured highest. In thesis mode it also saves, as mask_running_mean.safetensors,
+the mask the thesis's rule picks (the current mask when the running mean of accepted scores
+peaked): that mean is an average over several masks, so the mask it credits may itself
+never have scored that high. Both are scored on the held-out data in summary.json.
+
+An interrupted search resumes exactly: its state is saved every CHECKPOINT_EVERY
+evaluations (state.pt), and a rerun goes on from it as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import Runtime, SearchConfig, TicketlabError, non_default
+from ticketlab.data import load_data
+from ticketlab.data.load import Split
+from ticketlab.search.anneal import CHECKPOINT_EVERY, SearchResult, anneal, check_config
+from ticketlab.search.baselines import greedy, random_search
+from ticketlab.search.evaluator import make_evaluator
+from ticketlab.search.history import plot_history, read_history, write_history
+from ticketlab.search.moves import Moves
+from ticketlab.search.space import SearchSpace, unit_space, weight_space
+from ticketlab.sparsity.criteria import ScoreContext, get_criterion
+from ticketlab.sparsity.mask import Mask, prunable_names
+from ticketlab.sparsity.selection import score_and_select
+from ticketlab.store import Run, atomic_torch_save, atomic_write_text, load_checkpoint
+from ticketlab.training.stage import TrainRun, apply_runtime, init_model
+
+MASK_FILE = "mask.safetensors"
+MEAN_MASK_FILE = "mask_running_mean.safetensors"
+STATE_FILE = "state.pt"
+CRITERION_BATCH = 64  # validation images a data-driven start criterion scores on
+
+
+@dataclass
+class SearchRun:
+    run: Run
+    train: TrainRun
+    config: SearchConfig
+    summary: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def mask(self) -> Mask:
+        """The best mask the search evaluated, over the model's parameters."""
+        return Mask.load(self.run.file(MASK_FILE))
+
+    def history(self) -> list[dict[str, Any]]:
+        return read_history(self.run.file("history.csv"))
+
+
+def split_validation(val: Split, size: int | None, dataset: str) -> tuple[Split, Split]:
+    """The objective's images (the first `size` of validation, all by default) and the rest."""
+    if size is None:
+        size = len(val.y)
+    if size > len(val.y):
+        raise TicketlabError(f"the search objective asks for {size} validation images but {dataset} holds "
+                             f"{len(val.y)}; lower --val-size or hold out more with the training run's --val-size")
+    return Split(val.x[:size], val.y[:size]), Split(val.x[size:], val.y[size:])
+
+
+def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: TrainRun, objective: Split,
+               generator: torch.Generator) -> torch.Tensor:
+    """A random keep-vector, or the mask of the criterion cfg.start at the same sparsity (global)."""
+    if cfg.start == "random":
+        return space.random(cfg.sparsity, generator, cfg.layer_min)
+    criterion = get_criterion(cfg.start)
+    if criterion.structured != (cfg.granularity == "filter"):
+        raise TicketlabError(f"criterion {cfg.start} scores {'units' if criterion.structured else 'single weights'}, "
+                             f"but the search is per {cfg.granularity}; start from a criterion of that granularity")
+    device = next(model.parameters()).device
+    context = ScoreContext(
+        model=model, names=prunable_names(model), sparsity=cfg.sparsity, generator=generator,
+        init={k: v.to(device) for k, v in train.state_dict("0it").items()} if criterion.needs_init else None,
+        batches=[(objective.x[:CRITERION_BATCH], objective.y[:CRITERION_BATCH])] if criterion.needs_data else None,
+    )
+    return space.from_mask(score_and_select(context, criterion, cfg.sparsity))
+
+
+def held_out_scores(evaluator_on: Callable[[Split, str], Any], keep: torch.Tensor,
+                    splits: dict[str, Split]) -> dict[str, dict[str, float] | None]:
+    """Accuracy and loss of a mask, scored as the objective is (same checkpoint and training), on each split."""
+    scores: dict[str, dict[str, float] | None] = {}
+    for name, split in splits.items():
+        if len(split.y):
+            accuracy, minus_loss = (evaluator_on(split, metric).score(keep) for metric in ("accuracy", "loss"))
+            scores[name] = {"accuracy": accuracy, "loss": -minus_loss}
+        else:
+            scores[name] = None
+    return scores
+
+
+def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime = Runtime()) -> SearchRun:
+    """Search masks of the trained run's weights at cfg.at with cfg.method, or return the finished
+    search with the same inputs. Writes mask.safetensors (the best mask), history.csv, search.png,
+    report.txt and summary.json."""
+    check_config(cfg)
+    run = Run("search", {"train": train.run.name, "search": non_default(cfg)}, runtime.runs_dir)
+    result = SearchRun(run, train, cfg)
+    if run.done and not runtime.force:
+        result.summary, result.cached = run.summary(), True
+        return result
+    device = apply_runtime(runtime)
+    weights = train.state_dict(cfg.at)
+    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+    objective, rest = split_validation(data.val, cfg.val_size, train.data.name)
+    model = init_model(train.model_config, data, train.training.seed).to(device)
+    model.load_state_dict(weights)
+    space = weight_space(model) if cfg.granularity == "weight" else unit_space(model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    # Every input is checked before anything is written.
+    if cfg.method == "random":
+        start = None
+        space.random(cfg.sparsity, torch.Generator(), cfg.layer_min)  # a throwaway draw: do the floors fit?
+    else:
+        start = start_mask(cfg, model, space, train, objective, generator)
+        Moves.from_space(space, cfg.layer_min).check(start, f"the {cfg.start} start mask")
+
+    def evaluator_on(split: Split, metric: str) -> Any:
+        # Candidates that train first do so on the training images, with the run's optimiser and batch size.
+        return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
+                              train_config=train.training, train_data=data.train)
+
+    evaluator = evaluator_on(objective, cfg.metric)
+    with run.lock():
+        if run.done and not runtime.force:  # another process finished it meanwhile
+            result.summary, result.cached = run.summary(), True
+            return result
+        if runtime.force:
+            run.clear()
+        state = run.file(STATE_FILE)
+        resume = load_checkpoint(state) if state.exists() else None
+        run.start({"train": train.run.name, "search": dataclasses.asdict(cfg)})
+        started = time.perf_counter()
+        found = _run_method(evaluator, start, cfg, generator, runtime.progress, resume,
+                            lambda snapshot: atomic_torch_save(snapshot, state))
+        seconds = time.perf_counter() - started
+        summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
+                           objective_images=len(objective.y), held_out_images=len(rest.y))
+        splits = {"val_rest": rest, "test": data.test}
+        summary["best"]["held_out"] = held_out_scores(evaluator_on, found.best, splits)
+        mask = space.to_mask(found.best)
+        mask.save(run.file(MASK_FILE))
+        atomic_write_text(run.file("report.txt"), mask.report() + "\n")
+        if found.best_mean is not None:
+            space.to_mask(found.best_mean).save(run.file(MEAN_MASK_FILE))
+            summary["best_running_mean"]["held_out"] = held_out_scores(evaluator_on, found.best_mean, splits)
+        write_history(run.file("history.csv"), found.history)
+        plot_history(run.file("search.png"), found.history, space.size,
+                     title=f"{cfg.method} ({cfg.mode}) over {space.size} {cfg.granularity} units of "
+                           f"{train.model_config.name} on {train.data.name} at {cfg.at}, "
+                           f"sparsity {cfg.sparsity:g} ({run.name})")
+        summary.update(device=str(device), threads=runtime.threads)
+        run.finish(summary)
+        state.unlink(missing_ok=True)
+    result.summary = summary
+    return result
+
+
+def _run_method(evaluator: Any, start: torch.Tensor | None, cfg: SearchConfig, generator: torch.Generator,
+                progress: bool, resume: dict[str, Any] | None, checkpoint: Any) -> SearchResult:
+    common = dict(progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY)
+    if cfg.method == "random":
+        return random_search(evaluator, cfg, generator, **common)
+    method = greedy if cfg.method == "greedy" else anneal
+    return method(evaluator, start, cfg, generator, **common)
+
+
+def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds: float, *, resumed_from: int,
+             objective_images: int, held_out_images: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "method": cfg.method, "mode": cfg.mode, "granularity": cfg.granularity, "metric": cfg.metric, "at": cfg.at,
+        "units": space.size, "kept": int(found.best.sum()), "sparsity": 1 - int(found.best.sum()) / space.size,
+        "objective_images": objective_images, "held_out_images": held_out_images,
+        "evaluations": found.evaluations, "resumed_from": resumed_from, "seconds": round(seconds, 3),
+        "evaluations_per_s": round((found.evaluations - resumed_from) / seconds, 2) if seconds > 0 else None,
+        "t0": found.t0, "start_score": found.history[0]["candidate"],
+        "best": {"score": found.best_score,
+                 "step": next(row["step"] for row in found.history if row["candidate"] == found.best_score)},
+    }
+    if found.best_mean is not None:
+        summary["best_running_mean"] = {"score": found.best_mean_score}
+    return summary

@@ -1,0 +1,158 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.config import ModelConfig, TicketlabError, TrainConfig
+from ticketlab.models import MODELS, build_model
+from ticketlab.search.evaluator import ForwardEvaluator, IncrementalEvaluator, TrainedEvaluator, make_evaluator
+from ticketlab.search.reference import reference_score
+from ticketlab.search.space import SearchSpace, unit_space, weight_space
+
+# Three batches for LeNet (the last one ragged); BasicCNN on small 3x23x23 images (a 2x2
+# final map, so the classifier reads each filter as a block of 4 inputs) to keep it quick.
+LENET = ("lenet300_100", (1, 28, 28), False, 520)
+BASICCNN = ("basiccnn", (3, 23, 23), None, 260)
+
+
+def setting(spec, tmp_path):
+    """A model, a checkpoint of it (also saved to disk), its builder, and a scoring subset."""
+    name, shape, bias, images = spec
+    config = ModelConfig(name=name, bias=bias)
+    model = build_model(config, shape, 10, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    weights = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("running_var"):
+            value = torch.rand(value.shape, generator=generator) + 0.5
+        elif value.is_floating_point():  # every weight, bias, BatchNorm scale and shift, and mean nonzero
+            value = value + 0.05 * torch.randn(value.shape, generator=generator)
+        weights[key] = value
+    path = tmp_path / f"{name}.pt"
+    torch.save({"model": weights, "iteration": 0}, path)
+    x = torch.randn(images, *shape, generator=generator)
+    y = torch.randint(0, 10, (images,), generator=generator)
+
+    def builder() -> nn.Module:
+        with torch.device("meta"):
+            return MODELS[name](config, shape, 10)
+
+    return model, weights, path, builder, x, y
+
+
+def move_sequence(space: SearchSpace, count: int, sparsity: float, seed: int = 0) -> list[torch.Tensor]:
+    """Candidates of an annealing-like walk: h random kept and h pruned units swapped, half of
+    them accepted; every fourth move stays inside one layer, so each layer is the first changed one."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = space.random(sparsity, generator)
+    candidates = []
+    for i in range(count):
+        h = int(torch.randint(1, 30, (), generator=generator))
+        within = space.layers[i // 4 % len(space.layers)].slice if i % 4 == 0 else slice(0, space.size)
+        part = keep[within]
+        kept, pruned = part.nonzero().flatten(), (~part).nonzero().flatten()
+        h = min(h, len(kept) - 1, len(pruned))
+        candidate = keep.clone()
+        candidate[within.start + kept[torch.randperm(len(kept), generator=generator)[:h]]] = False
+        candidate[within.start + pruned[torch.randperm(len(pruned), generator=generator)[:h]]] = True
+        candidates.append(candidate)
+        if bool(torch.rand((), generator=generator) < 0.5):
+            keep = candidate
+    return candidates
+
+
+@pytest.mark.parametrize("spec, granularity, sparsity, count", [
+    (LENET, "weight", 0.9, 60), (LENET, "filter", 0.7, 50), (BASICCNN, "filter", 0.7, 50),
+])
+def test_scores_equal_the_thesis_evaluator_bit_for_bit(spec, granularity, sparsity, count, tmp_path):
+    model, weights, path, builder, x, y = setting(spec, tmp_path)
+    space = weight_space(model) if granularity == "weight" else unit_space(model)
+    candidates = move_sequence(space, count, sparsity)
+    # The loss is the strict test (every bit of the logits counts); accuracy is checked on every third mask.
+    for metric, checked in [("loss", candidates), ("accuracy", candidates[::3])]:
+        evaluator = make_evaluator(model, weights, space, x, y, metric=metric)
+        assert isinstance(evaluator, IncrementalEvaluator)
+        scores = [evaluator.score(keep) for keep in candidates]
+        expected = [reference_score(path, builder, space.to_mask(keep), x, y, metric) for keep in checked]
+        assert (scores if metric == "loss" else scores[::3]) == expected
+        assert evaluator.evaluations == count
+
+
+def test_layers_before_the_first_changed_one_are_reused(tmp_path):
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    space = weight_space(model)
+    evaluator = make_evaluator(model, weights, space, x, y)
+    keep = space.random(0.9, torch.Generator().manual_seed(0))
+    evaluator.score(keep)
+    moved = keep.clone()
+    output_layer = space.layers[-1].slice
+    moved[output_layer] = moved[output_layer].flip(0)
+    evaluator.score(moved)
+    new, old = evaluator.snapshots
+    assert new.outputs[0] is old.outputs[0] and new.outputs[1] is old.outputs[1]
+    assert new.outputs[2] is not old.outputs[2]
+
+
+def test_the_weights_are_never_written_and_score_many_is_a_loop(tmp_path):
+    model, weights, _, _, x, y = setting(BASICCNN, tmp_path)
+    before = {key: value.clone() for key, value in weights.items()}
+    space = unit_space(model)
+    candidates = move_sequence(space, 8, 0.6, seed=3)
+    looped = make_evaluator(model, weights, space, x, y)
+    batched = make_evaluator(model, weights, space, x, y)
+    assert [looped.score(keep) for keep in candidates] == batched.score_many(candidates)
+    assert looped.evaluations == batched.evaluations == 8
+    assert all(torch.equal(weights[key], before[key]) for key in before)
+
+
+def test_other_models_get_a_whole_forward_pass_with_the_same_scores(tmp_path):
+    config = ModelConfig(name="conv2")
+    shape = (1, 12, 12)
+    model = build_model(config, shape, 10, generator=torch.Generator().manual_seed(0))
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+    torch.save(weights, tmp_path / "conv2.pt")
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(300, *shape, generator=generator), torch.randint(0, 10, (300,), generator=generator)
+    space = weight_space(model)
+    evaluator = make_evaluator(model, weights, space, x, y, metric="loss")
+    assert isinstance(evaluator, ForwardEvaluator)
+
+    def builder() -> nn.Module:
+        return build_model(config, shape, 10)
+
+    for keep in move_sequence(space, 6, 0.8):
+        assert evaluator.score(keep) == reference_score(tmp_path / "conv2.pt", builder, space.to_mask(keep), x, y,
+                                                        "loss")
+    assert all(torch.equal(weights[key], value) for key, value in model.state_dict().items()
+               if key not in space.to_mask(keep))
+
+
+def test_training_each_candidate_is_deterministic_and_keeps_pruned_weights_at_zero(tmp_path):
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    before = {key: value.clone() for key, value in weights.items()}
+    space = unit_space(model)
+    first, second = move_sequence(space, 2, 0.5)
+    config = TrainConfig(lr=0.01, batch_size=64)
+    evaluator = make_evaluator(model, weights, space, x, y, metric="loss", train_steps=5, train_config=config)
+    assert isinstance(evaluator, TrainedEvaluator)
+    score = evaluator.score(first)
+    mask = space.to_mask(first)
+    assert all(not model.get_parameter(name)[~keep].any() for name, keep in mask.items())
+    evaluator.score(second)
+    assert evaluator.score(first) == score
+    untrained = make_evaluator(model, weights, space, x, y, metric="loss").score(first)
+    assert score > untrained  # trained on the scoring subset itself: the loss falls
+    assert all(torch.equal(weights[key], before[key]) for key in before)
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    space = weight_space(model)
+    with pytest.raises(TicketlabError, match="unknown search metric"):
+        make_evaluator(model, weights, space, x, y, metric="f1")
+    with pytest.raises(TicketlabError, match="does not fit the model"):
+        make_evaluator(model, {k: v for k, v in weights.items() if k != "fc2.weight"}, space, x, y)
+    other = build_model(ModelConfig(name="basiccnn"), (1, 28, 28), 10)
+    with pytest.raises(TicketlabError, match="the model does not have"):
+        make_evaluator(model, weights, weight_space(other), x, y)
+    with pytest.raises(TicketlabError, match="train_steps"):
+        make_evaluator(model, weights, space, x, y, train_steps=-1)

@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+
+from ticketlab.config import DataConfig, ModelConfig, Runtime, SearchConfig, TicketlabError, TrainConfig
+from ticketlab.search import stage as stage_module
+from ticketlab.search.stage import search
+from ticketlab.training.stage import train
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    return Runtime(runs_dir=str(tmp_path_factory.mktemp("search-runs")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def mlp(runtime):
+    return train(DataConfig(name="digits"), ModelConfig(name="lenet300_100", bias=False),
+                 TrainConfig(steps="2ep", save_at="0it,1ep"), runtime)
+
+
+@pytest.fixture(scope="module")
+def conv(runtime):
+    return train(DataConfig(name="digits"), ModelConfig(name="conv2"), TrainConfig(steps="1ep"), runtime)
+
+
+WEIGHTS = SearchConfig(budget=60, val_size=100, at="1ep")
+
+
+def test_a_weight_search_is_cached_reproducible_and_writes_its_files(mlp, runtime):
+    result = search(mlp, WEIGHTS, runtime)
+    assert not result.cached
+    names = {p.name for p in result.path.iterdir()}
+    assert {"mask.safetensors", "history.csv", "search.png", "summary.json", "report.txt"} <= names
+    assert "state.pt" not in names  # removed once the search finished
+    mask = result.mask()
+    total = 64 * 300 + 300 * 100 + 100 * 10  # every weight of LeNet-300-100 without biases
+    assert mask.total() == total and mask.total() - mask.kept() == round(0.8 * total)
+    history = result.history()
+    assert len(history) == 60 and history[-1]["best"] == result.summary["best"]["score"]
+    summary = result.summary
+    assert summary["evaluations"] == 60 and summary["objective_images"] == summary["held_out_images"] == 100
+    assert set(summary["best"]["held_out"]) == {"val_rest", "test"}
+    assert 0 <= summary["best"]["held_out"]["test"]["accuracy"] <= 1
+    again = search(mlp, WEIGHTS, runtime)
+    assert again.cached and again.summary == summary
+    redone = search(mlp, WEIGHTS, Runtime(runs_dir=runtime.runs_dir, progress=False, force=True))
+    assert not redone.cached and redone.mask() == mask and redone.history() == history
+
+
+def test_a_filter_search_in_thesis_mode_masks_whole_filters(conv, runtime):
+    cfg = SearchConfig(granularity="filter", mode="thesis", sparsity=0.5, budget=40, val_size=100, layer_min=0.25)
+    result = search(conv, cfg, runtime)
+    mask = result.mask()
+    conv1 = mask["features.conv1.weight"]
+    filters = conv1.flatten(1).all(1)
+    assert not conv1[~filters].any()  # whole filters kept or pruned
+    assert int(filters.sum()) >= 16  # layer_min: a quarter of the 64 filters
+    assert result.summary["units"] == 64 + 64 + 256 + 256 and result.summary["kept"] == 320
+    assert (result.path / "mask_running_mean.safetensors").exists()
+    assert "held_out" in result.summary["best_running_mean"]
+    floors = 16 + 16 + 64 + 64
+    assert [row["h"] for row in result.history()[1:3]] == [320 - floors] * 2  # h0: every kept unit above a floor
+
+
+@pytest.mark.parametrize("cfg", [
+    SearchConfig(method="random", budget=15, val_size=100),
+    SearchConfig(method="greedy", budget=15, val_size=100, start="magnitude", at="final"),
+])
+def test_baselines_and_a_criterion_start(mlp, runtime, cfg):
+    result = search(mlp, cfg, runtime)
+    assert result.summary["evaluations"] == 15 and len(result.history()) == 15
+    assert result.mask().sparsity() == pytest.approx(0.8, abs=1e-4)
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path, monkeypatch):
+    cfg = SearchConfig(budget=50, val_size=100, seed=3)
+    whole = search(mlp, cfg, Runtime(runs_dir=str(tmp_path / "whole"), progress=False))
+    interrupted = Runtime(runs_dir=str(tmp_path / "interrupted"), progress=False)
+    monkeypatch.setattr(stage_module, "CHECKPOINT_EVERY", 10)
+    real = stage_module.make_evaluator
+
+    def failing(*args, **kwargs):
+        evaluator = real(*args, **kwargs)
+        score = evaluator.score
+
+        def score_until_killed(keep):
+            if evaluator.evaluations == 35:
+                raise KeyboardInterrupt
+            return score(keep)
+
+        evaluator.score = score_until_killed
+        return evaluator
+
+    monkeypatch.setattr(stage_module, "make_evaluator", failing)
+    with pytest.raises(KeyboardInterrupt):
+        search(mlp, cfg, interrupted)
+    path = whole.path.parent.parent / "interrupted" / whole.run.name
+    assert (path / "state.pt").exists() and not (path / "summary.json").exists()
+    monkeypatch.setattr(stage_module, "make_evaluator", real)
+    resumed = search(mlp, cfg, interrupted)
+    assert resumed.summary["resumed_from"] == 30
+    assert resumed.history() == whole.history() and resumed.mask() == whole.mask()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (SearchConfig(sparsity=0.0, val_size=100), "sparsity must be in \\(0, 1\\)"),
+    (SearchConfig(sparsity=1.0, val_size=100), "sparsity must be in \\(0, 1\\)"),
+    (SearchConfig(budget=0, val_size=100), "budget must be at least 1"),
+    (SearchConfig(at="3ep", val_size=100), "step 3ep is after the end of training"),
+    (SearchConfig(at="2ep", val_size=100), "no checkpoint '2ep'"),
+    (SearchConfig(val_size=500), "asks for 500 validation images but digits holds 200"),
+    (SearchConfig(val_size=100, layer_min=0.5), "fewer than the .* floors need"),
+    (SearchConfig(val_size=100, start="l1_norm"), "scores units, but the search is per weight"),
+    (SearchConfig(val_size=100, start="oracle"), "unknown criterion 'oracle'"),
+    (SearchConfig(val_size=100, start="magnitude", layer_min=0.1), "magnitude start mask keeps .* below its floor"),
+])
+def test_bad_input_is_one_clear_error_and_nothing_is_written(mlp, runtime, cfg, message):
+    before = sorted(p.name for p in mlp.path.parent.iterdir())
+    with pytest.raises(TicketlabError, match=message) as error:
+        search(mlp, cfg, runtime)
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in mlp.path.parent.iterdir()) == before
+
+
+def test_the_summary_is_plain_json(mlp, runtime):
+    summary = json.loads((search(mlp, WEIGHTS, runtime).path / "summary.json").read_text())
+    assert summary["method"] == "anneal" and summary["best"]["step"] <= 60
+    assert isinstance(summary["t0"], float) and torch.isfinite(torch.tensor(summary["t0"]))
