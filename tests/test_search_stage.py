@@ -128,3 +128,17 @@ def test_the_summary_is_plain_json(mlp, runtime):
     summary = json.loads((search(mlp, WEIGHTS, runtime).path / "summary.json").read_text())
     assert summary["method"] == "anneal" and summary["best"]["step"] <= 60
     assert isinstance(summary["t0"], float) and torch.isfinite(torch.tensor(summary["t0"]))
+
+
+def test_validation_size_effect_table(tmp_path, capsys):
+    from ticketlab.cli import main
+
+    runs = str(tmp_path / "runs")
+    assert main(["train", "--dataset", "digits", "--no-bias", "--epochs", "2", "--runs-dir", runs, "--quiet"]) == 0
+    name = capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    assert main(["search", "random", "--run", name, "--runs-dir", runs, "--at", "final", "--sparsity", "0.5",
+                 "--budget", "20", "--val-sizes", "20,100,all", "--quiet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [row["val_size"] for row in rows] == [20, 100, 200]
+    assert rows[-1]["val_rest_acc"] is None and rows[0]["val_rest_acc"] is not None
+    assert all(row["gap_to_test"] == pytest.approx(row["search_score"] - row["test_acc"]) for row in rows)

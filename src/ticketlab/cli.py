@@ -219,12 +219,30 @@ def cmd_lottery(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     return _describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
 
 
+def _validation_sizes(args: argparse.Namespace, cfg: SearchConfig, runtime: Runtime) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.analysis.valsize import validation_size_effect
+    from ticketlab.training.stage import find_train_run
+
+    sizes = [None if size.strip() == "all" else coerce(size, int, "--val-sizes") for size in args.val_sizes.split(",")]
+    effect = validation_size_effect(find_train_run(args.run, runtime.runs_dir), cfg, sizes, runtime)
+    lines = [f"{cfg.method} search by size of its objective subset (accuracy; test is reported, not selected on):",
+             f"  {'images':>7} {'search':>8} {'rest of val':>11} {'test':>8} {'gap':>8}"]
+    for row in effect.rows:
+        rest = f"{row['val_rest_acc']:.4f}" if row["val_rest_acc"] is not None else "-"
+        lines.append(f"  {row['val_size']:>7} {row['search_score']:>8.4f} {rest:>11} {row['test_acc']:>8.4f} "
+                     f"{row['gap_to_test']:>8.4f}")
+    lines.append(f"  table and plot: {effect.path}")
+    return lines, {"run_dir": str(effect.path), "rows": effect.rows}
+
+
 def cmd_search(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     from ticketlab.search.stage import search
     from ticketlab.training.stage import find_train_run
 
     runtime = runtime_from_args(args)
     cfg = config_from_args(args, SearchConfig, method=args.method)
+    if args.val_sizes:
+        return _validation_sizes(args, cfg, runtime)
     result = search(find_train_run(args.run, runtime.runs_dir), cfg, runtime)
     summary = result.summary
     best, held = summary["best"], summary["best"]["held_out"]
@@ -346,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("method", choices=["anneal", "random", "greedy"], help="search method")
     search.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
     add_config_flags(search, SearchConfig, "search", skip=("method",))
+    search.add_argument("--val-sizes", default="",
+                        help="run one search per objective size, e.g. 512,2048,8192,all, and tabulate the overfitting gap")
     add_runtime_flags(search)
     search.set_defaults(handler=cmd_search)
 
