@@ -66,6 +66,10 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     add_output_flags(parser)
 
 
+def add_run_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+
+
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results last")
@@ -345,14 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="score a trained run's weights and save a mask (cached)",
                                 formatter_class=formatter)
-    prune.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+    add_run_flag(prune)
     add_config_flags(prune, PruneConfig, "pruning")
     add_runtime_flags(prune)
     prune.set_defaults(handler=cmd_prune)
 
     sweep = commands.add_parser("sweep", help="accuracy of a trained run under weight and unit pruning, no retraining",
                                 formatter_class=formatter)
-    sweep.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+    add_run_flag(sweep)
     sweep.add_argument("--ks", default="0,.25,.5,.6,.7,.8,.9,.95,.97,.99,.995,.999",
                        help="comma-separated fractions pruned per layer")
     sweep.add_argument("--step", default="best", help="checkpoint to prune: best, final or a saved step")
@@ -362,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search a mask: simulated annealing, or random / greedy baselines",
                                  formatter_class=formatter)
     search.add_argument("method", choices=["anneal", "random", "greedy"], help="search method")
-    search.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+    add_run_flag(search)
     add_config_flags(search, SearchConfig, "search", skip=("method",))
     search.add_argument("--val-sizes", default="",
                         help="run one search per objective size, e.g. 512,2048,8192,all, and tabulate the overfitting gap")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -48,10 +49,18 @@ def line_panels(path: Path, x: Values, panels: Mapping[str, Mapping[str, Values]
             ax.plot(positions, y, marker="o", markersize=3, label=label)
         if categorical:
             ax.set_xticks(positions, [f"{v:g}" for v in x], rotation=45)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _label(ax, xlabel, ylabel)
+    _finish(figure, path, title)
+
+
+def _label(ax: Any, xlabel: str, ylabel: str) -> None:  # ax: a matplotlib Axes
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def _finish(figure: Figure, path: Path, title: str | None) -> None:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -77,14 +86,8 @@ def errorbar_panels(path: Path, panels: Mapping[str, Mapping[str, tuple[Values, 
             ax.minorticks_off()
         if reverse_x:
             ax.invert_xaxis()
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    save_figure(figure, path)
+        _label(ax, xlabel, ylabel)
+    _finish(figure, path, title)
 
 
 def histogram_grid(path: Path, panels: Mapping[str, Values], *, xlabel: str, bins: int = 50,
