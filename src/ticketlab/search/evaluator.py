@@ -90,7 +90,8 @@ class Evaluator:
 
 def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: SearchSpace, x: torch.Tensor,
                    y: torch.Tensor, *, metric: str = "accuracy", train_steps: int = 0,
-                   train_config: TrainConfig | None = None, train_data: Split | None = None) -> Evaluator:
+                   train_config: TrainConfig | None = None, train_data: Split | None = None,
+                   exact: bool = True) -> Evaluator:
     """An Evaluator of masks of `space` over `model` at the checkpoint `weights` (a state_dict,
     read, never written), scored on (x, y) (on the model's device).
 
@@ -98,6 +99,10 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     With train_steps > 0 each candidate first trains that many iterations from `weights`
     under its mask, with train_config's optimiser, learning rate (constant) and batch size,
     on train_data (default: the scoring subset itself), in an order fixed by its seed.
+
+    exact=False trades the bit-for-bit equality with the reference for speed where a faster
+    way exists: an MLP on the CPU gets a search.incremental.DeltaEvaluator (scores within
+    float rounding of the reference's); any other model the exact evaluator it gets anyway.
     """
     if train_steps < 0:
         raise TicketlabError(f"train_steps is a number of iterations, at least 0; got {train_steps}")
@@ -111,6 +116,10 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
         data = train_data if train_data is not None else Split(x, y)
         return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data)
     stages = chain_stages(model)
+    if not exact and type(model) is MLP and x.device.type == "cpu":
+        from ticketlab.search.incremental import DeltaEvaluator  # it imports this module
+
+        return DeltaEvaluator(model, stages, weights, space, x, y, metric)
     if stages is not None and x.device.type == "cpu":
         return IncrementalEvaluator(model, stages, weights, space, x, y, metric)
     return ForwardEvaluator(model, weights, space, x, y, metric)
