@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
-from ticketlab.report.plots import line_panels
+from ticketlab.plots import line_panels
 from ticketlab.search.stage import search
 from ticketlab.store import Run, atomic_write_text, csv_text
 from ticketlab.training.stage import TrainRun

@@ -55,12 +55,11 @@ class Moves:
     def neighbour(self, keep: torch.Tensor, h: int, generator: torch.Generator) -> torch.Tensor:
         """A copy of `keep` with h random pruned units kept and h random kept units pruned
         (only from layers above their floor)."""
-        slack = self.kept_per_layer(keep) - self.floors
-        kept = int(keep.sum())
-        limit = min(int(slack.clamp(min=0).sum()), len(keep) - kept)
+        limit = self.max_h(keep)
         if not 1 <= h <= limit:
             raise TicketlabError(f"a move cannot swap h = {h} units here: 1 to {limit} can be (the pruned units, and "
                                  "the kept ones above their layers' floors)")
+        slack, kept = self.kept_per_layer(keep) - self.floors, int(keep.sum())
         if bool((slack >= h).all()):  # no floor can be reached
             out = _sample(keep, kept, h, generator)
         else:  # a random order of the kept units, without those that would take their layer below its floor

@@ -1,0 +1,38 @@
+"""DESIGN.md's one-way rule: foundations <- sparsity <- procedures <- analysis/report <- cli."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[1] / "src" / "ticketlab"
+LAYERS = {
+    "config": 0, "store": 0, "plots": 0, "data": 0, "models": 0, "training": 0, "presets": 0,
+    "sparsity": 1,
+    "lottery": 2, "search": 2,
+    "analysis": 3, "report": 3, "comparison": 3, "experiments": 3,
+    "cli": 4,
+}
+
+
+def layer_of(module: str) -> int:
+    return LAYERS[module.split(".")[1]]
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts == ("ticketlab", "__init__"):  # the public API gathers every layer
+            continue
+        own = layer_of(".".join(parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            upward += [f"{'.'.join(parts)} imports {name}" for name in names
+                       if name.startswith("ticketlab.") and layer_of(name) > own]
+    assert upward == []
+
+
+def test_every_top_level_module_has_a_layer():
+    tops = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" and p.stem != "__init__"}
+    tops |= {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert tops <= set(LAYERS), tops - set(LAYERS)
