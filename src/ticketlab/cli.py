@@ -274,16 +274,27 @@ def cmd_criteria(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
 
 def _describe_run(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """What a run is, in a few words, and the metrics that summarise it."""
-    hparams, summary = row["hparams"], row["summary"]
-    if row["kind"] == "train":
-        what = f"{hparams['model']['name']} on {hparams['data']['name']}, {hparams['train']['steps']}"
-        return what, summary.get("best", {})
-    if row["kind"] == "prune":
+    """What a run is, in a few words, and the metrics that summarise it (val_acc, test_acc)."""
+    kind, hparams, summary = row["kind"], row["hparams"], row["summary"]
+    identity = hparams.get("identity", {})
+    if kind == "train":
+        return (f"{hparams['model']['name']} on {hparams['data']['name']}, {hparams['train']['steps']}",
+                summary.get("best", {}))
+    if kind == "prune":
         cfg = hparams["prune"]
-        what = f"{cfg['criterion']} {cfg['sparsity']:.3g} of {hparams['train']}"
-        return what, summary.get("masked", {})
-    return ", ".join(f"{k}={v}" for k, v in hparams.get("identity", {}).items()), {}
+        return f"{cfg['criterion']} {cfg['sparsity']:.3g} of {hparams['train']}", summary.get("masked", {})
+    if kind in ("level", "control", "ticket"):
+        what = {"level": lambda: f"level {identity.get('level')} of {identity.get('dense')}",
+                "control": lambda: f"{identity.get('control')} of {identity.get('level')}",
+                "ticket": lambda: f"retrained {identity.get('mask')}"}[kind]()
+        return what, summary.get("best", {})
+    if kind == "search":
+        cfg = hparams["search"]
+        held = summary.get("best", {}).get("held_out", {})
+        rest, test = held.get("val_rest") or {}, held.get("test") or {}
+        return (f"{cfg['method']} {cfg['sparsity']:.3g} of {hparams['train']}",
+                {"val_acc": rest.get("accuracy", float("nan")), "test_acc": test.get("accuracy", float("nan"))})
+    return ", ".join(f"{k}={v}" for k, v in identity.items()), {}
 
 
 def cmd_runs(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
@@ -297,7 +308,8 @@ def cmd_runs(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         what, metrics = _describe_run(row)
         lines.append(f"{row['name']:<20} {row['status']:<12} {what[:46]:<46} "
                      f"{metrics.get('val_acc', float('nan')):>8.4f} {metrics.get('test_acc', float('nan')):>8.4f}")
-    lines.append("(training: at the best step by validation; prune: the masked network before retraining)")
+    lines.append("(trainings: at the best step by validation; prune: the masked network before retraining; "
+                 "search: the best mask on the rest of validation)")
     return lines, {"runs": [{k: row[k] for k in ("name", "path", "kind", "status", "summary")} for row in rows]}
 
 
