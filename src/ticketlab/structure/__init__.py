@@ -1,0 +1,1 @@
+"""Structure procedures: physically smaller networks (surgery) and their size counts."""
