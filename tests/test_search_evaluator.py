@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -5,6 +7,7 @@ from torch import nn
 from ticketlab.config import ModelConfig, TicketlabError, TrainConfig
 from ticketlab.models import MODELS, build_model
 from ticketlab.search.evaluator import ForwardEvaluator, IncrementalEvaluator, TrainedEvaluator, make_evaluator
+from ticketlab.search.incremental import DeltaEvaluator
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 
@@ -142,6 +145,65 @@ def test_training_each_candidate_is_deterministic_and_keeps_pruned_weights_at_ze
     untrained = make_evaluator(model, weights, space, x, y, metric="loss").score(first)
     assert score > untrained  # trained on the scoring subset itself: the loss falls
     assert all(torch.equal(weights[key], before[key]) for key in before)
+
+
+def fresh_logits(model, weights, mask, x):
+    """The masked network's logits from a whole forward pass of a copy of the model."""
+    model = copy.deepcopy(model)
+    model.load_state_dict(weights)
+    mask.apply(model)
+    model.eval()
+    with torch.inference_mode():
+        return model(x)
+
+
+@pytest.mark.parametrize("granularity, sparsity, count, resync", [("weight", 0.9, 400, 150), ("filter", 0.7, 120, 40)])
+def test_delta_scores_stay_within_float_rounding_of_a_fresh_forward(granularity, sparsity, count, resync, tmp_path):
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    space = weight_space(model) if granularity == "weight" else unit_space(model)
+    candidates = move_sequence(space, count, sparsity, seed=5)
+    exact = make_evaluator(model, weights, space, x, y, metric="loss")
+    delta = make_evaluator(model, weights, space, x, y, metric="loss", exact=False)
+    assert isinstance(delta, DeltaEvaluator)
+    delta.resync = resync
+    accuracy = make_evaluator(model, weights, space, x, y, exact=False)
+    accuracy.resync = resync
+    exact_accuracy = make_evaluator(model, weights, space, x, y)
+    agree, worst = 0, 0.0
+    for keep in candidates:
+        loss, expected = delta.score(keep), exact.score(keep)
+        assert loss == pytest.approx(expected, rel=1e-5)
+        logits = delta.snapshots[0].post[-1].t()
+        worst = max(worst, float((logits - fresh_logits(model, weights, space.to_mask(keep), x)).abs().max()))
+        a, b = accuracy.score(keep), exact_accuracy.score(keep)
+        assert abs(a - b) <= 2 / len(y)
+        agree += a == b
+    print(f"{granularity}: largest logit difference {worst:.2e}, accuracy equal on {agree}/{count}")
+    assert worst < 1e-4
+    assert agree >= 0.99 * count
+    assert delta.evaluations == count
+    assert delta.exact_forwards >= 2  # re-synchronised at least once
+    assert all(snapshot.depth <= resync for snapshot in delta.snapshots)
+
+
+def test_delta_resync_bounds_the_chain_of_updates(tmp_path):
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    space = weight_space(model)
+    delta = make_evaluator(model, weights, space, x, y, exact=False)
+    delta.resync = 3
+    depths = []
+    for keep in move_sequence(space, 60, 0.9, seed=2):
+        delta.score(keep)
+        depths.append(delta.snapshots[0].depth)
+    assert max(depths) == 3 and depths.count(0) >= 2
+    assert delta.exact_forwards == depths.count(0)  # the first score among them
+
+
+def test_delta_mode_is_opt_in_and_other_models_stay_exact(tmp_path):
+    model, weights, _, _, x, y = setting(BASICCNN, tmp_path)
+    assert isinstance(make_evaluator(model, weights, unit_space(model), x, y, exact=False), IncrementalEvaluator)
+    lenet, lenet_weights, _, _, x, y = setting(LENET, tmp_path)
+    assert isinstance(make_evaluator(lenet, lenet_weights, weight_space(lenet), x, y), IncrementalEvaluator)
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

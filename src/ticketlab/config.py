@@ -110,6 +110,9 @@ class SearchConfig:
     restarts: int = hp(0, "restarts from the best mask so far (default mode)")
     tabu: int | None = hp(None, "masks remembered to avoid revisiting (default: per mode)")
     train_steps: int = hp(0, "train each candidate this many iterations before scoring it (0: score as is)")
+    exact: bool = hp(True, "score bit-for-bit as the thesis evaluator would; --no-exact lets MLP searches update "
+                           "activations incrementally (~3x faster; scores within float rounding, so near-tied "
+                           "images can flip and the search can take another path)")
     seed: int = hp(0, "seed of the search")
 
 

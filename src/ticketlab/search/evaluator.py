@@ -28,6 +28,10 @@ written; no model is copied per candidate. Three ways of getting there:
 - Trained (train_steps > 0): each candidate is reset to `weights`, trained that many
   iterations under its mask, then scored. Slow by design; it has no reference to equal.
 
+- Delta (opt-in, make_evaluator(..., exact=False), MLPs on the CPU): search.incremental's
+  DeltaEvaluator updates pre-activations by what each move flips; within float rounding of
+  the reference, not bit-identical (see that module).
+
 score_many loops: batching candidates into one pass did not beat the loop on the CPU (on a
 GPU it might; unmeasured).
 """

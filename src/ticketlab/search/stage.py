@@ -139,7 +139,7 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
     def evaluator_on(split: Split, metric: str) -> Any:
         # Candidates that train first do so on the training images, with the run's optimiser and batch size.
         return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
-                              train_config=train.training, train_data=data.train)
+                              train_config=train.training, train_data=data.train, exact=cfg.exact)
 
     evaluator = evaluator_on(objective, cfg.metric)
     with run.lock():
