@@ -184,11 +184,17 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     return _describe_sweep(result), {"run_dir": str(result.path), "cached": result.cached, "rows": result.rows}
 
 
+def _mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
+    """`mean ± std`, or the mean alone for one replicate (its std is no measurement)."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
 def _describe_comparison(comparison: Any) -> list[str]:
     lines = ["masks compared (test accuracy, mean ± std over replicates):",
              f"  {'method':<18} {'sparsity':>8} {'rewind acc':>17} {'trained acc':>17}"]
-    lines += [f"  {row['method']:<18} {row['sparsity']:>8g} {row['rewind_acc_mean']:>8.4f} ± {row['rewind_acc_std']:.4f}"
-              f" {row['trained_acc_mean']:>8.4f} ± {row['trained_acc_std']:.4f}" for row in comparison.rows]
+    lines += [f"  {row['method']:<18} {row['sparsity']:>8g} "
+              f"{_mean_std(row['rewind_acc_mean'], row['rewind_acc_std'], row['n']):>17} "
+              f"{_mean_std(row['trained_acc_mean'], row['trained_acc_std'], row['n']):>17}" for row in comparison.rows]
     lines.append(f"  table: {comparison.path}")
     return lines
 
@@ -198,8 +204,8 @@ def _describe_lottery(report: Any) -> list[str]:
              f"  {'procedure':<17} {'level':>5} {'remaining':>9} {'test acc':>17} {'early stop (it)':>19}"]
     for row in report.rows:
         lines.append(f"  {row['procedure']:<17} {row['level']:>5} {row['remaining_pct']:>8.1f}% "
-                     f"{row['test_acc_mean']:>8.4f} ± {row['test_acc_std']:.4f} "
-                     f"{row['early_stop_mean']:>10.0f} ± {row['early_stop_std']:.0f}")
+                     f"{_mean_std(row['test_acc_mean'], row['test_acc_std'], row['n']):>17} "
+                     f"{_mean_std(row['early_stop_mean'], row['early_stop_std'], row['n'], 0):>19}")
     lines.append(f"  table and plot: {report.path}")
     return lines
 
