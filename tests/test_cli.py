@@ -11,7 +11,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ticketlab.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["train", "run", "runs", "presets"])
+@pytest.mark.parametrize("command", ["train", "run", "runs", "presets", "prune", "sweep", "lottery", "search",
+                                     "shrink", "earlybird", "criteria"])
 def test_every_command_has_help_with_defaults(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -85,3 +86,22 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys):
         assert err.startswith("ticketlab: error:") and message in err
         assert err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_shrink_command_makes_a_smaller_model_that_loads_and_exports(tmp_path, capsys):
+    import ticketlab
+
+    runs = str(tmp_path / "runs")
+    assert main(["train", "--dataset", "digits", "--model", "conv2", "--epochs", "1", "--runs-dir", runs, "--quiet"]) == 0
+    train_name = capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    assert main(["prune", "--run", train_name, "--runs-dir", runs, "--criterion", "l1_norm", "--structured",
+                 "--sparsity", "0.5", "--scope", "layerwise", "--quiet", "--json"]) == 0
+    prune_dir = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"]
+    assert main(["shrink", "--run", prune_dir, "--onnx", "--quiet", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])["metrics"]
+    assert summary["parameters"]["small"] < summary["parameters"]["dense"]
+    assert summary["max_difference"] <= 1e-5
+    small = ticketlab.load(json.loads(out[-1])["run_dir"] + "/model.safetensors")
+    assert small.features.conv1.out_channels == 32
+    assert any(line.strip().startswith("ONNX:") for line in out)

@@ -8,6 +8,7 @@ from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, T
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
 from ticketlab.presets import load_preset
+from ticketlab.structure.saving import load
 from ticketlab.training.loop import evaluate, fit
 from ticketlab.training.stage import TrainRun, train
 
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataConfig", "Dataset", "ModelConfig", "Runtime", "TicketlabError", "TrainConfig", "TrainRun",
-    "build_model", "evaluate", "fit", "load_data", "load_preset", "train",
+    "build_model", "evaluate", "fit", "load", "load_data", "load_preset", "train",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -66,8 +67,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     add_output_flags(parser)
 
 
-def add_run_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="the training run: its directory or name (see `ticketlab runs`)")
+def add_run_flag(parser: argparse.ArgumentParser, what: str = "the training run: its directory or name") -> None:
+    parser.add_argument("--run", required=True, help=f"{what} (see `ticketlab runs`)")
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +270,55 @@ def cmd_search(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     return lines, {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
 
 
+def cmd_shrink(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.structure.saving import export_onnx, load
+    from ticketlab.structure.stage import find_mask_run, shrink_run
+
+    runtime = runtime_from_args(args)
+    result = shrink_run(find_mask_run(args.run, runtime.runs_dir), runtime, step=args.step)
+    summary = result.summary
+    params, macs, latency, speedup = summary["parameters"], summary["macs"], summary["latency_ms"], summary["speedup"]
+    lines = [
+        f"{'finished earlier: ' if result.cached else ''}shrank {summary['train']} at {summary['step']} by "
+        f"{summary['source']}: " + ", ".join(f"{g} {c['kept']}/{c['total']}" for g, c in summary["units"].items()),
+        f"  parameters {params['dense']:,} -> {params['small']:,}; MACs {macs['dense']:,} -> {macs['small']:,} "
+        f"({speedup['macs']:.2f}x fewer)",
+        f"  CPU latency, batch 1: {latency['dense']['batch_1']:.2f} -> {latency['small']['batch_1']:.2f} ms; "
+        f"batch 64: {latency['dense']['batch_64']:.2f} -> {latency['small']['batch_64']:.2f} ms "
+        f"({speedup['latency_batch_64']:.2f}x)",
+        f"  equals the masked network (max difference {summary['max_difference']:.2e}); "
+        f"val acc {summary['metrics']['val_acc']:.4f}, test acc {summary['metrics']['test_acc']:.4f}",
+        f"  model: {result.model_file} (ticketlab.load(path) reloads it)",
+    ]
+    if args.onnx:
+        small = load(result.model_file)
+        export_onnx(small, result.run.file("model.onnx"), small.input_shape)
+        lines.append(f"  ONNX: {result.run.file('model.onnx')}")
+    return lines, {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
+
+
+def cmd_earlybird(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.structure.earlybird import earlybird
+
+    training = config_from_args(args, TrainConfig)
+    if args.epochs is not None:
+        training = dataclasses.replace(training, steps=f"{args.epochs}ep")
+    ratios = [coerce(r, float, "--ratios") for r in args.ratios.split(",") if r.strip()]
+    result = earlybird(config_from_args(args, DataConfig), config_from_args(args, ModelConfig), training, ratios,
+                       runtime_from_args(args), criterion=args.criterion, threshold=args.threshold, stop=args.stop)
+    lines = [f"{'finished earlier: ' if result.cached else ''}early-bird tickets by {args.criterion} "
+             f"(distance < {args.threshold} to each of the 4 previous epochs' masks), {result.total_epochs} epochs:"]
+    for ratio, epoch in result.found.items():
+        lines.append(f"  pruning ratio {ratio:g}: " + (f"found at epoch {epoch} ({100 * result.cost[ratio]:.0f}% of "
+                                                         "training)" if epoch is not None else "not found"))
+    stopped = result.summary.get("stopped_early_at")
+    if stopped is not None:
+        lines.append(f"  training stopped at epoch {stopped}")
+    lines.append(f"  heatmaps, tickets' checkpoints: {result.path}")
+    return lines, {"run_dir": str(result.path), "cached": result.cached,
+                   "found": {str(r): e for r, e in result.found.items()}, "metrics": result.summary}
+
+
 def cmd_criteria(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     from ticketlab.sparsity.criteria import CRITERIA
 
@@ -391,6 +441,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_flags(search)
     search.set_defaults(handler=cmd_search)
 
+    early = commands.add_parser("earlybird", help="train and detect early-bird tickets (stable channel masks)",
+                                formatter_class=formatter)
+    add_config_flags(early, DataConfig, "data")
+    add_config_flags(early, ModelConfig, "model")
+    add_config_flags(early, TrainConfig, "training")
+    early.add_argument("--epochs", type=int, default=None, help="shorthand for --steps Nep")
+    early.add_argument("--ratios", default="0.3,0.5,0.7", help="channel pruning ratios to detect tickets for")
+    early.add_argument("--criterion", default="bn_scale", help="structured criterion that draws the channel masks")
+    early.add_argument("--threshold", type=float, default=0.1, help="normalised Hamming distance that counts as stable")
+    early.add_argument("--stop", action="store_true", help="stop training once every ratio has its ticket")
+    add_runtime_flags(early)
+    early.set_defaults(handler=cmd_earlybird)
+
+    shrink = commands.add_parser("shrink", help="physically remove the units a structured mask prunes (cached)",
+                                 formatter_class=formatter)
+    add_run_flag(shrink, "the structured prune or filter search run: its directory or name")
+    shrink.add_argument("--step", default="final", help="checkpoint of the training run whose weights are shrunk")
+    shrink.add_argument("--onnx", action="store_true", help="also export the small model to ONNX")
+    add_runtime_flags(shrink)
+    shrink.set_defaults(handler=cmd_shrink)
+
     criteria = commands.add_parser("criteria", help="list the pruning criteria", formatter_class=formatter)
     add_output_flags(criteria)
     criteria.set_defaults(handler=cmd_criteria)
@@ -408,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ticketlab runs | head` ends quietly
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]] = args.handler
     try:

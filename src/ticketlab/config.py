@@ -52,6 +52,7 @@ class TrainConfig:
     weight_decay: float = hp(0.0, "weight decay (decoupled from the loss, as the optimiser applies it)")
     l1: float = hp(0.0, "L1 penalty on prunable weights, added to the loss")
     l2: float = hp(0.0, "L2 penalty on prunable weights, added to the loss")
+    bn_l1: float = hp(0.0, "network slimming: L1 subgradient s·sign(γ) added to every BatchNorm scale's gradient")
     schedule: str = hp("constant", "LR schedule: constant, multistep, cosine")
     milestones: str = hp("", "multistep: steps where LR is multiplied by gamma, e.g. 80ep,120ep")
     gamma: float = hp(0.1, "multistep LR factor")

@@ -165,3 +165,23 @@ def twin_axis_lines(path: Path, x: Values, left: Mapping[str, Values], right: Ma
         ax.set_title(title, fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def heatmap(path: Path, matrix: Values, ticks: Values, *, label: str, colorbar: str,
+            contour: float | None = None, title: str | None = None) -> None:
+    """A square matrix as an image, row and column i labelled ticks[i]; `contour` outlines
+    where the matrix crosses that level (e.g. the early-bird distance threshold)."""
+    values = np.asarray(matrix, dtype=float)
+    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    # Reversed colours: small values (close masks) are warm, as in the early-bird paper.
+    image = ax.imshow(values, cmap="RdYlBu", origin="upper", interpolation="nearest")
+    if contour is not None and values.size > 1 and values.min() < contour < values.max():
+        ax.contour(values, levels=[contour], colors="red", linewidths=1)
+    positions = np.arange(len(ticks))
+    step = max(1, math.ceil(len(ticks) / 10))
+    ax.set_xticks(positions[::step], [f"{t:g}" for t in np.asarray(ticks)[::step]])
+    ax.set_yticks(positions[::step], [f"{t:g}" for t in np.asarray(ticks)[::step]])
+    ax.set_xlabel(label)
+    ax.set_ylabel(label)
+    figure.colorbar(image, ax=ax, label=colorbar)
+    _finish(figure, path, title)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +79,19 @@ class StepConstraint(Protocol):
         """Adjust the gradients just before each optimiser step."""
 
 
+class EpochCallback(Protocol):
+    """Something that watches the model at each epoch end and may stop training early."""
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> bool:
+        """Called after epoch `epoch` (1-based) is trained and evaluated; True stops training there."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the callback must remember across a resume; saved in every resume point."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned, when a run resumes."""
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
@@ -113,7 +127,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data: Dataset, cfg: TrainConfig, directory: Path | None = None,
                  progress: bool = True, label: str = "train", *, constraint: StepConstraint | None = None,
-                 start_iteration: int = 0):
+                 start_iteration: int = 0, callbacks: Sequence[EpochCallback] = ()):
         if cfg.select_by not in ("val_loss", "val_acc"):
             raise TicketlabError(f"select_by must be val_loss or val_acc, got {cfg.select_by!r}")
         self.model, self.data, self.cfg, self.directory = model, data, cfg, directory
@@ -121,7 +135,12 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.lr_factor = lr_factor_fn(cfg, self.schedule.iterations_per_epoch, self.schedule.total)
         self.penalised = prunable_weights(model) if (cfg.l1 or cfg.l2) else []
+        self.bn_scales = [m.weight for m in model.modules()
+                          if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None] \
+            if cfg.bn_l1 else []
         self.progress, self.label, self.constraint = progress, label, constraint
+        self.callbacks = list(callbacks)
+        self.stopped_early_at: int | None = None
         if not 0 <= start_iteration < self.schedule.total:
             raise TicketlabError(f"training cannot start at iteration {start_iteration}: it has "
                                  f"{self.schedule.total} iterations ({cfg.steps})")
@@ -146,7 +165,8 @@ class Trainer:
         atomic_torch_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "iteration": self.iteration, "wall_time": self.wall_time, "rows": self.rows, "best": self.best,
-            "rng": torch.get_rng_state(),
+            "rng": torch.get_rng_state(), "stopped_early_at": self.stopped_early_at,
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
         }, self._path("resume.pt"))
         atomic_write_text(self._path("metrics.csv"), csv_text(self.rows, METRIC_COLUMNS))
 
@@ -159,6 +179,9 @@ class Trainer:
         self.iteration, self.wall_time = state["iteration"], state["wall_time"]
         self.rows, self.best = state["rows"], state["best"]
         torch.set_rng_state(state["rng"])
+        self.stopped_early_at = state.get("stopped_early_at")  # absent from resume points of older versions
+        for callback, saved in zip(self.callbacks, state.get("callbacks", []), strict=True):
+            callback.load_state_dict(saved)
 
     # --- the loop ----------------------------------------------------------------------
     def _record(self, epoch: int, train_loss: float, train_acc: float) -> None:
@@ -184,6 +207,18 @@ class Trainer:
             penalty = penalty + self.cfg.l2 * sum(w.pow(2).sum() for w in self.penalised)
         return penalty
 
+    def _slim(self) -> None:
+        """Network slimming (Liu et al. 2017): the subgradient of bn_l1·Σ|γ| on every BatchNorm scale."""
+        with torch.no_grad():
+            for gamma in self.bn_scales:
+                if gamma.grad is not None:  # a BatchNorm the forward pass skipped
+                    gamma.grad.add_(gamma.sign(), alpha=self.cfg.bn_l1)
+
+    def _stop_requested(self, epoch: int) -> bool:
+        # Every callback sees every epoch, even after one of them asked to stop.
+        votes = [callback.on_epoch_end(epoch, self.model) for callback in self.callbacks]
+        return any(votes)
+
     def run(self) -> dict[str, Any]:
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -195,7 +230,7 @@ class Trainer:
             self._record(self.iteration // schedule.iterations_per_epoch, float("nan"), float("nan"))
         bar = Progress(schedule.total, self.label, enabled=self.progress, initial=self.iteration)
         self.model.train()
-        while self.iteration < schedule.total:
+        while self.iteration < schedule.total and self.stopped_early_at is None:
             epoch = self.iteration // schedule.iterations_per_epoch
             generator = epoch_generator(self.cfg.seed, epoch)
             order = torch.randperm(len(train.y), generator=generator).to(train.x.device)
@@ -220,6 +255,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 objective = loss + self._penalty() if self.penalised else loss
                 objective.backward()
+                if self.bn_scales:
+                    self._slim()
                 if self.constraint is not None:
                     self.constraint.before_step()
                 self.optimizer.step()
@@ -235,6 +272,8 @@ class Trainer:
             self.wall_time += time.perf_counter() - started
             self._record(epoch + 1, loss_sum.item() / seen, correct.item() / seen)
             bar.note(val_acc=self.rows[-1]["val_acc"])
+            if self._stop_requested(epoch + 1) and self.iteration < schedule.total:
+                self.stopped_early_at = epoch + 1
             self._save_resume_point()
         bar.close()
         if self.iteration in schedule.save_at:
@@ -248,15 +287,19 @@ class Trainer:
         assert self.best is not None
         return {"iterations": self.schedule.total, "iterations_per_epoch": self.schedule.iterations_per_epoch,
                 "final": self.rows[-1], "best": self.best, "select_by": self.cfg.select_by,
-                "wall_time": round(self.wall_time, 3), "checkpoints": sorted(self.schedule.save_at.values())}
+                "wall_time": round(self.wall_time, 3), "checkpoints": sorted(self.schedule.save_at.values()),
+                "stopped_early_at": self.stopped_early_at}
 
 
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, directory: str | Path | None = None,
-        progress: bool = True, constraint: StepConstraint | None = None, start_iteration: int = 0) -> dict[str, Any]:
+        progress: bool = True, constraint: StepConstraint | None = None, start_iteration: int = 0,
+        callbacks: Sequence[EpochCallback] = ()) -> dict[str, Any]:
     """Train `model` (any nn.Module) on `data`; with `directory`, checkpoint there and resume from it.
 
-    A `constraint` (e.g. sparsity.masked.MaskedTraining) is kept true at every step.
+    A `constraint` (e.g. sparsity.masked.MaskedTraining) is kept true at every step. Each of
+    `callbacks` sees the model at every epoch end; when one returns True training stops there
+    (final and best are still saved; the summary's stopped_early_at is that epoch, else None).
     Returns the summary: final and best-by-validation metrics, iterations, wall time.
     """
     return Trainer(model, data, cfg, Path(directory) if directory is not None else None, progress,
-                   constraint=constraint, start_iteration=start_iteration).run()
+                   constraint=constraint, start_iteration=start_iteration, callbacks=callbacks).run()

@@ -7,7 +7,7 @@ interrupted, and otherwise trains from the initialisation that the seed fixes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, T
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
 from ticketlab.store import HPARAMS, Run, load_checkpoint, read_json, runs_root
-from ticketlab.training.loop import Trainer
+from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
 
 
@@ -108,28 +108,40 @@ def train(data: DataConfig = DataConfig(), model: ModelConfig = ModelConfig(),
           training: TrainConfig = TrainConfig(), runtime: Runtime = Runtime()) -> TrainRun:
     """Train a zoo model densely, or return the finished run with the same hyperparameters."""
     result = train_run_handle(data, model, training, runtime.runs_dir)
-    run = result.run
+    result.summary, result.cached = run_training(result.run, data, model, training, runtime)
+    return result
+
+
+def run_training(run: Run, data: DataConfig, model: ModelConfig, training: TrainConfig, runtime: Runtime, *,
+                 callbacks: Sequence[EpochCallback] = (),
+                 before_finish: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """Train in `run`'s directory (resuming it if interrupted); the summary, and whether the run had finished.
+
+    Callbacks that can stop training or that record something must get a run of their own
+    (a kind or identity of their own), since a finished run returns without training.
+    `before_finish` gets the summary before the run is marked finished, to write what the
+    run adds to its directory (a run killed before finishing redoes it on resume).
+    """
     if run.done and not runtime.force:
-        result.summary, result.cached = run.summary(), True
-        return result
+        return run.summary(), True
     device = apply_runtime(runtime)
     dataset = load_data(data, data_dir=runtime.data_dir, device=device)
     network = init_model(model, dataset, training.seed).to(device)
     # Built before anything is written: it validates every training option.
-    trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name)
+    trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name, callbacks=callbacks)
     with run.lock():
         if run.done and not runtime.force:  # another process finished it meanwhile
-            result.summary, result.cached = run.summary(), True
-            return result
+            return run.summary(), True
         if runtime.force:
             run.clear()
         run.start({"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
                    "train": dataclasses.asdict(training), "data_source": dataset.source})
         summary = trainer.run()
         summary.update(data_source=dataset.source, device=str(device), threads=runtime.threads)
+        if before_finish is not None:
+            before_finish(summary)
         run.finish(summary)
-    result.summary = summary
-    return result
+    return summary, False
 
 
 def find_train_run(ref: str, runs_dir: str | None = None) -> TrainRun:

@@ -1,0 +1,89 @@
+"""Shrunk models as files: architecture and weights that reload with one call, no mask machinery.
+
+    save_model(small, "small.safetensors", model_config, units)
+    model = ticketlab.load("small.safetensors")  # a plain nn.Module in eval mode
+
+One safetensors file holds the state_dict; its metadata holds, as JSON, what rebuilds the
+architecture: the zoo model's config, input shape, class count and each channel group's
+keep-flags. Loading builds that zoo model, shrinks it with the flags, and loads the weights,
+so nothing in the file is ever run as code. One file means one atomic rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from ticketlab.config import ModelConfig, TicketlabError, from_dict
+from ticketlab.models import ZooModel, build_model
+from ticketlab.store import atomic_path
+from ticketlab.structure.surgery import shrink
+
+FORMAT = "ticketlab-shrunk-model"
+VERSION = 1
+METADATA_KEY = "ticketlab"
+
+
+def save_model(model: ZooModel, path: str | Path, model_config: ModelConfig,
+               units: Mapping[str, torch.Tensor]) -> None:
+    """Write `model` (the zoo model `model_config` names, shrunk by `units`) to one safetensors file."""
+    header = {
+        "format": FORMAT, "version": VERSION,
+        "model_config": dataclasses.asdict(model_config),
+        "input_shape": list(model.input_shape), "num_classes": model.num_classes,
+        "units": {name: [bool(flag) for flag in keep] for name, keep in units.items()},
+    }
+    tensors = {key: t.detach().to("cpu").contiguous() for key, t in model.state_dict().items()}
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(save_safetensors(tensors, metadata={METADATA_KEY: json.dumps(header)}))
+
+
+def load(path: str | Path) -> nn.Module:
+    """The model a `save_model` file (a shrink run's model.safetensors) holds, in eval mode."""
+    try:
+        with safe_open(Path(path), "pt") as handle:
+            header = json.loads((handle.metadata() or {})[METADATA_KEY])
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise ValueError(f"format {header.get('format')!r} version {header.get('version')!r}")
+        config = from_dict(ModelConfig, header["model_config"], "model_config")
+        model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
+                            generator=torch.Generator().manual_seed(0))
+        small = shrink(model, {name: torch.tensor(flags, dtype=torch.bool) for name, flags in header["units"].items()})
+        small.load_state_dict(state)
+    except FileNotFoundError:
+        raise TicketlabError(f"model file {path} does not exist") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError, TicketlabError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TicketlabError(f"model file {path} is corrupt or not a saved ticketlab model ({reason})") from None
+    return small.eval()
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> None:
+    """Write `model` as ONNX for inputs of `input_shape` (C, H, W), any batch size (needs `onnx`)."""
+    # torch's TorchScript exporter imports onnx; the newer dynamo exporter also needs onnxscript.
+    if importlib.util.find_spec("onnx") is None:
+        raise TicketlabError("ONNX export needs the onnx package: pip install onnx")
+    param = next(model.parameters())
+    example = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
+    training = model.training
+    model.eval()
+    try:
+        with atomic_path(Path(path)) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    except Exception as exc:  # the exporter raises many types
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TicketlabError(f"ONNX export to {path} failed ({reason})") from None
+    finally:
+        model.train(training)

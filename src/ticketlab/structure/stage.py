@@ -1,0 +1,174 @@
+"""The shrink stage: a structured mask cut out of its trained weights, as a smaller dense model.
+
+`shrink_run(source, runtime, step)` takes a finished prune or search run with a structured
+mask, loads its training run's weights at `step` ("final" by default, whatever checkpoint
+the mask was scored at: pass the source's `at` to shrink the very weights it scored), cuts
+the pruned units out and saves the small model as model.safetensors (`ticketlab.load`
+reads it back). summary.json reports parameters, MACs and measured CPU latency of the dense
+and the small model, how closely the small one matches the masked one, and its accuracy,
+which is the masked network's.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import PruneConfig, Runtime, SearchConfig, TicketlabError, from_dict, non_default
+from ticketlab.data import load_data
+from ticketlab.search.stage import SearchRun
+from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
+from ticketlab.sparsity.prune import PruneRun, masked_metrics
+from ticketlab.store import HPARAMS, Run, read_json, runs_root
+from ticketlab.structure.saving import save_model
+from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
+from ticketlab.training.stage import apply_runtime, find_train_run, init_model
+
+MODEL_FILE = "model.safetensors"
+CHECK_IMAGES = 256  # validation images the small and the masked model are compared on
+LATENCY_BATCHES = (1, 64)
+LATENCY_WARMUP = 3
+LATENCY_REPEATS = 15
+
+
+@dataclass
+class ShrinkRun:
+    run: Run
+    source: PruneRun | SearchRun
+    step: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def model_file(self) -> Path:
+        return self.run.file(MODEL_FILE)
+
+
+def units_from_mask(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """Each channel group's keep-flags: a unit is kept iff any of its producer entries in `mask` is.
+
+    Raises TicketlabError unless the mask is exactly what those flags expand to, that is,
+    unless it prunes whole units only.
+    """
+    mask.check_fits(model)
+    units = {}
+    for group in model.channel_groups():  # type: ignore[operator]
+        pieces = [piece for piece in group.producers if piece.param in mask and piece.dim == 0]
+        if not pieces:  # the mask leaves this group's layers alone
+            units[group.name] = torch.ones(group.size, dtype=torch.bool)
+            continue
+        units[group.name] = torch.tensor([any(bool(mask[p.param][p.index(unit)].any()) for p in pieces)
+                                          for unit in range(group.size)])
+    expanded = unit_mask_to_mask(model, units, names=list(mask))
+    for name in mask:
+        if not torch.equal(expanded[name], mask[name]):
+            raise TicketlabError(f"not a structured mask: {name} has pruned entries inside kept units; shrinking "
+                                 "needs whole units pruned (prune --structured, or search --granularity filter)")
+    return units
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, input_shape: Sequence[int], batch: int,
+                    repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP) -> float:
+    """Median milliseconds of one eval-mode forward pass of `batch` random inputs, on the CPU, 1 thread."""
+    model = copy.deepcopy(model).to("cpu").eval()
+    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for i in range(warmup + repeats):
+            started = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * statistics.median(times)
+
+
+def check_structured(source: PruneRun | SearchRun) -> None:
+    structured = source.config.structured if isinstance(source, PruneRun) else source.config.granularity == "filter"
+    if not structured:
+        raise TicketlabError(f"{source.run.name} has a mask of single weights; shrinking needs a structured mask "
+                             "(prune --structured, or search --granularity filter)")
+
+
+def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step: str = "final") -> ShrinkRun:
+    """Cut the source's pruned units out of its training run's weights at `step`, or return the
+    finished shrink run with the same inputs. Writes model.safetensors and summary.json."""
+    check_structured(source)
+    run = Run("shrink", {"mask": source.run.name, "step": step}, runtime.runs_dir)
+    result = ShrinkRun(run, source, step)
+    if run.done and not runtime.force:
+        result.summary, result.cached = run.summary(), True
+        return result
+    # Everything is computed before anything is written.
+    train = source.train
+    device = apply_runtime(runtime)
+    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+    model = init_model(train.model_config, data, train.training.seed).to(device)
+    model.load_state_dict(train.state_dict(step))
+    units = units_from_mask(model, source.mask())
+    small = shrink(model, units)
+    masked = copy.deepcopy(model)
+    unit_mask_to_mask(model, units).apply(masked)
+    macs = {"dense": count_macs(model, data.input_shape), "small": count_macs(small, data.input_shape)}
+    latency = {name: {f"batch_{batch}": measure_latency(net, data.input_shape, batch) for batch in LATENCY_BATCHES}
+               for name, net in (("dense", model), ("small", small))}
+    summary = {
+        "source": source.run.name, "train": train.run.name, "step": step,
+        "units": {name: {"kept": int(keep.sum()), "total": len(keep)} for name, keep in units.items()},
+        "parameters": {"dense": count_parameters(model), "small": count_parameters(small)},
+        "macs": macs, "latency_ms": latency,
+        "speedup": {"macs": macs["dense"] / macs["small"],
+                    **{f"latency_{key}": latency["dense"][key] / latency["small"][key] for key in latency["dense"]}},
+        "max_difference": check_equivalent(masked, small, data.val.x[:CHECK_IMAGES]),
+        "metrics": masked_metrics(small, data, None),
+    }
+    with run.lock():
+        if run.done and not runtime.force:  # another process finished it meanwhile
+            result.summary, result.cached = run.summary(), True
+            return result
+        if runtime.force:
+            run.clear()
+        run.start({"mask": source.run.name, "step": step})
+        save_model(small, run.file(MODEL_FILE), train.model_config, units)
+        run.finish(summary)
+    result.summary = summary
+    return result
+
+
+def find_mask_run(ref: str, runs_dir: str | None = None) -> PruneRun | SearchRun:
+    """A finished prune or search run, by its directory or its name (`prune-3fc3da0406aa`)."""
+    path = Path(ref)
+    if not (path / HPARAMS).exists():
+        path = runs_root(runs_dir) / ref
+    if not (path / HPARAMS).exists():
+        raise TicketlabError(f"no run {ref!r}: expected a run directory or a name listed by `ticketlab runs`")
+    hparams = read_json(path / HPARAMS)
+    kind = hparams.get("kind")
+    if kind not in ("prune", "search"):
+        raise TicketlabError(f"{ref} is a {kind} run; expected a prune or search run")
+    train = find_train_run(hparams["train"], str(path.parent))
+    cfg = from_dict(PruneConfig if kind == "prune" else SearchConfig, hparams[kind], f"{path}/hparams.json {kind}")
+    run = Run(kind, {"train": train.run.name, kind: non_default(cfg)}, path.parent)
+    source: PruneRun | SearchRun = PruneRun(run, train, cfg) if kind == "prune" else SearchRun(run, train, cfg)
+    if source.run.path.resolve() != path.resolve():
+        raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun it")
+    if not source.run.done:
+        raise TicketlabError(f"run {source.run.name} has not finished; run its command again to resume it")
+    source.summary = source.run.summary()
+    return source
