@@ -97,9 +97,10 @@ def test_shrink_command_makes_a_smaller_model_that_loads_and_exports(tmp_path, c
     assert main(["prune", "--run", train_name, "--runs-dir", runs, "--criterion", "l1_norm", "--structured",
                  "--sparsity", "0.5", "--scope", "layerwise", "--quiet", "--json"]) == 0
     prune_dir = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"]
-    assert main(["shrink", "--run", prune_dir, "--onnx", "--quiet", "--json"]) == 0
+    assert main(["shrink", "--run", prune_dir, "--onnx", "--retrain", "scratch", "--quiet", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])["metrics"]
+    assert json.loads(out[-1])["retrained"]["metrics"]["mode"] == "scratch"
     assert summary["parameters"]["small"] < summary["parameters"]["dense"]
     assert summary["max_difference"] <= 1e-5
     small = ticketlab.load(json.loads(out[-1])["run_dir"] + "/model.safetensors")

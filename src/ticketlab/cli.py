@@ -271,6 +271,7 @@ def cmd_search(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
 
 def cmd_shrink(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from ticketlab.structure.retrain import retrain_small
     from ticketlab.structure.saving import export_onnx, load
     from ticketlab.structure.stage import find_mask_run, shrink_run
 
@@ -294,7 +295,15 @@ def cmd_shrink(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         small = load(result.model_file)
         export_onnx(small, result.run.file("model.onnx"), small.input_shape)
         lines.append(f"  ONNX: {result.run.file('model.onnx')}")
-    return lines, {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
+    payload = {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
+    if args.retrain:
+        retrained = retrain_small(result, args.retrain, runtime, rewind=args.rewind)
+        best = retrained.summary["best"]
+        lines.append(f"  retrained ({args.retrain}{f' from {args.rewind}' if args.retrain == 'rewind' else ''}): "
+                     f"best step {best['step']}, val acc {best['val_acc']:.4f}, test acc {best['test_acc']:.4f}; "
+                     f"{retrained.path}")
+        payload["retrained"] = {"run_dir": str(retrained.path), "metrics": retrained.summary}
+    return lines, payload
 
 
 def cmd_earlybird(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
@@ -459,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flag(shrink, "the structured prune or filter search run: its directory or name")
     shrink.add_argument("--step", default="final", help="checkpoint of the training run whose weights are shrunk")
     shrink.add_argument("--onnx", action="store_true", help="also export the small model to ONNX")
+    shrink.add_argument("--retrain", choices=["finetune", "rewind", "scratch"], default=None,
+                        help="then train the small network: from its copied weights (finetune), from the dense "
+                             "run's weights at --rewind (rewind), or from a fresh init (scratch)")
+    shrink.add_argument("--rewind", default="0it", help="step the rewind retraining starts from")
     add_runtime_flags(shrink)
     shrink.set_defaults(handler=cmd_shrink)
 

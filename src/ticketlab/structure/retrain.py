@@ -1,0 +1,129 @@
+"""Retraining a shrunk network as a cached, resumable stage (Liu et al. 2019, "Rethinking the
+value of network pruning").
+
+`retrain_small(shrunk, mode, runtime)` trains the physically smaller network of a shrink run,
+with no mask (it is smaller), on its dense run's data with the dense run's TrainConfig (or
+`training`), starting from one of:
+
+- `finetune`: the shrink run's weights (the kept slices of the trained ones), trained the
+  whole schedule from step 0;
+- `rewind`: the kept slices of the dense weights saved at `rewind` (default `0it`), trained
+  from that step to the end, as a lottery ticket is;
+- `scratch`: the small architecture freshly initialised (seed: the training seed plus
+  SCRATCH_SEED_OFFSET), trained the whole schedule (Liu et al.'s Scratch-E).
+
+The run keeps the dense run's checkpoints, metrics.csv, and the retrained small model as
+model.safetensors (`ticketlab.load` reads it back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
+from ticketlab.lottery.retrain import Setting
+from ticketlab.models.initializers import DEFAULT_INIT, initialize
+from ticketlab.store import Run, load_checkpoint
+from ticketlab.structure.saving import METADATA_KEY, load, save_model
+from ticketlab.structure.stage import MODEL_FILE, ShrinkRun
+from ticketlab.structure.surgery import count_parameters, shrink
+from ticketlab.training.loop import Trainer
+
+MODES = ("finetune", "rewind", "scratch")
+# Added to the training seed so a scratch init is not the dense init's draws cut to size.
+SCRATCH_SEED_OFFSET = 1_000
+
+
+@dataclass
+class SmallRun:
+    """A finished retraining of a shrunk network: its run, summary and checkpoints."""
+
+    run: Run
+    shrunk: ShrinkRun
+    mode: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False  # True when the run had finished before this call
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def model_file(self) -> Path:
+        return self.run.file(MODEL_FILE)
+
+    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
+        return load_checkpoint(self.run.file(f"checkpoints/{step}.pt"))["model"]
+
+
+def saved_units(path: Path) -> dict[str, torch.Tensor]:
+    """The keep-flags a `save_model` file was shrunk with."""
+    with safe_open(path, "pt") as handle:
+        header = json.loads((handle.metadata() or {})[METADATA_KEY])
+    return {name: torch.tensor(flags, dtype=torch.bool) for name, flags in header["units"].items()}
+
+
+def small_run_handle(shrunk: ShrinkRun, mode: str, rewind: str = "0it",
+                     training: TrainConfig | None = None, runs_dir: str | None = None) -> Run:
+    """The run these inputs name, finished or not."""
+    identity: dict[str, Any] = {"shrink": shrunk.run.name, "mode": mode}
+    if mode == "rewind":
+        identity["rewind"] = rewind
+    if training is not None:
+        identity["train"] = non_default(training)
+    return Run("small", identity, runs_dir)
+
+
+def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *, rewind: str = "0it",
+                  training: TrainConfig | None = None) -> SmallRun:
+    """Train the shrink run's small network from the start `mode` names, or return the
+    finished run with the same inputs. See the module docstring for the modes."""
+    if mode not in MODES:
+        raise TicketlabError(f"unknown retraining mode {mode!r}; expected one of {', '.join(MODES)}")
+    run = small_run_handle(shrunk, mode, rewind, training, runtime.runs_dir)
+    result = SmallRun(run, shrunk, mode)
+    if run.done and not runtime.force:
+        result.summary, result.cached = run.summary(), True
+        return result
+    # Everything is computed before anything is written.
+    dense = shrunk.source.train
+    training = training or dense.training
+    setting = Setting.of(dense, runtime)
+    units = saved_units(shrunk.model_file)
+    start_iteration = 0
+    if mode == "rewind":
+        weights = dense.state_dict(rewind)
+        start_iteration = setting.iteration(rewind)
+        model = setting.model()
+        model.load_state_dict(weights)
+        small = shrink(model, units)
+    else:
+        small = load(shrunk.model_file)
+        if mode == "scratch":
+            generator = torch.Generator().manual_seed(training.seed + SCRATCH_SEED_OFFSET)
+            initialize(small, dense.model_config.init or DEFAULT_INIT, generator)
+        small = small.to(setting.device)
+    trainer = Trainer(small, setting.data, training, run.path, runtime.progress, label=run.name,
+                      start_iteration=start_iteration)
+    with run.lock():
+        if run.done and not runtime.force:  # another process finished it meanwhile
+            result.summary, result.cached = run.summary(), True
+            return result
+        if runtime.force:
+            run.clear()
+        run.start({"shrink": shrunk.run.name, "mode": mode, "rewind": rewind if mode == "rewind" else None,
+                   "train": dataclasses.asdict(training)})
+        summary = trainer.run()
+        summary.update(mode=mode, shrink=shrunk.run.name, dense=dense.run.name, start_iteration=start_iteration,
+                       parameters=count_parameters(small))
+        save_model(small, run.file(MODEL_FILE), dense.model_config, units)
+        run.finish(summary)
+    result.summary = summary
+    return result
