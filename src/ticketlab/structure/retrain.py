@@ -19,19 +19,17 @@ model.safetensors (`ticketlab.load` reads it back).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models.initializers import DEFAULT_INIT, initialize
 from ticketlab.store import Run, load_checkpoint
-from ticketlab.structure.saving import METADATA_KEY, load, save_model
+from ticketlab.structure.saving import load, save_model, saved_units
 from ticketlab.structure.stage import MODEL_FILE, ShrinkRun
 from ticketlab.structure.surgery import count_parameters, shrink
 from ticketlab.training.loop import Trainer
@@ -61,13 +59,6 @@ class SmallRun:
 
     def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
         return load_checkpoint(self.run.file(f"checkpoints/{step}.pt"))["model"]
-
-
-def saved_units(path: Path) -> dict[str, torch.Tensor]:
-    """The keep-flags a `save_model` file was shrunk with."""
-    with safe_open(path, "pt") as handle:
-        header = json.loads((handle.metadata() or {})[METADATA_KEY])
-    return {name: torch.tensor(flags, dtype=torch.bool) for name, flags in header["units"].items()}
 
 
 def small_run_handle(shrunk: ShrinkRun, mode: str, rewind: str = "0it",

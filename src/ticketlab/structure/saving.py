@@ -47,18 +47,34 @@ def save_model(model: ZooModel, path: str | Path, model_config: ModelConfig,
         tmp.write_bytes(save_safetensors(tensors, metadata={METADATA_KEY: json.dumps(header)}))
 
 
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A `save_model` file's header and tensors; raises what a damaged file raises."""
+    with safe_open(path, "pt") as handle:
+        header = json.loads((handle.metadata() or {})[METADATA_KEY])
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    if header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise ValueError(f"format {header.get('format')!r} version {header.get('version')!r}")
+    return header, state
+
+
+def _flags(header: dict) -> dict[str, torch.Tensor]:
+    return {name: torch.tensor(flags, dtype=torch.bool) for name, flags in header["units"].items()}
+
+
+def saved_units(path: str | Path) -> dict[str, torch.Tensor]:
+    """The keep-flags a `save_model` file was shrunk with."""
+    header, _ = _read(Path(path))
+    return _flags(header)
+
+
 def load(path: str | Path) -> nn.Module:
     """The model a `save_model` file (a shrink run's model.safetensors) holds, in eval mode."""
     try:
-        with safe_open(Path(path), "pt") as handle:
-            header = json.loads((handle.metadata() or {})[METADATA_KEY])
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise ValueError(f"format {header.get('format')!r} version {header.get('version')!r}")
+        header, state = _read(Path(path))
         config = from_dict(ModelConfig, header["model_config"], "model_config")
         model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
                             generator=torch.Generator().manual_seed(0))
-        small = shrink(model, {name: torch.tensor(flags, dtype=torch.bool) for name, flags in header["units"].items()})
+        small = shrink(model, _flags(header))
         small.load_state_dict(state)
     except FileNotFoundError:
         raise TicketlabError(f"model file {path} does not exist") from None
