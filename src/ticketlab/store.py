@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -153,6 +154,30 @@ class Run:
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY, summary)
+
+
+@dataclass
+class StageRun:
+    """What a stage returns: its run directory, the run's summary, and whether the run had
+    finished before this call (`cached`). Stages add their inputs as fields."""
+
+    run: Run
+    summary: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    cached: bool = field(default=False, kw_only=True)
+    checkpoint_hint: ClassVar[str] = ""  # how to keep more checkpoints, for the missing-checkpoint error
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
+        """The weights saved as checkpoints/<step>.pt."""
+        path = self.run.file(f"checkpoints/{step}.pt")
+        if not path.exists():
+            saved = sorted(p.stem for p in self.run.file("checkpoints").glob("*.pt"))
+            raise TicketlabError(f"run {self.run.name} has no checkpoint {step!r}; saved: {', '.join(saved)}"
+                                 f"{self.checkpoint_hint}")
+        return load_checkpoint(path)["model"]
 
 
 def is_locked(path: Path) -> bool:

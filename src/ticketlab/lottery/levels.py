@@ -109,7 +109,7 @@ def lottery(dense: TrainRun, cfg: LotteryConfig = LotteryConfig(), runtime: Runt
     for number in range(1, cfg.levels + 1):
         run = level_run(dense, cfg, number, runtime)
         if run.done and not runtime.force:
-            done = Retrained(run, run.summary())
+            done = Retrained(run, summary=run.summary(), cached=True)
             levels.append(Level(number, done.summary, done))
             mask = None  # loaded from the level's run only if a later level needs it
             continue

@@ -16,7 +16,7 @@ from ticketlab.config import Runtime
 from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.mask import Mask
 from ticketlab.sparsity.masked import MaskedTraining
-from ticketlab.store import Run, load_checkpoint
+from ticketlab.store import StageRun, Run
 from ticketlab.training.loop import Trainer
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 from ticketlab.training.steps import Step
@@ -48,24 +48,18 @@ class Setting:
 
 
 @dataclass
-class Retrained:
-    """A finished retraining: its run, mask and summary."""
-
-    run: Run
-    summary: dict[str, Any]
+class Retrained(StageRun):
+    """A finished retraining: its run, mask, summary and checkpoints."""
 
     def mask(self) -> Mask:
         return Mask.load(self.run.file(MASK_FILE))
-
-    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
-        return load_checkpoint(self.run.file(f"checkpoints/{step}.pt"))["model"]
 
 
 def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: Mask, *,
             start_iteration: int, hparams: dict[str, Any], extra: dict[str, Any] | None = None) -> Retrained:
     """Train `weights` under `mask` from `start_iteration` to the dense run's end, cached as `run`."""
     if run.done and not setting.runtime.force:
-        return Retrained(run, run.summary())
+        return Retrained(run, summary=run.summary(), cached=True)
     model = setting.model()
     model.load_state_dict(weights)
     mask.apply(model)
@@ -73,7 +67,7 @@ def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: 
                       label=run.name, constraint=MaskedTraining(model, mask), start_iteration=start_iteration)
     with run.lock():
         if run.done and not setting.runtime.force:  # another process finished it meanwhile
-            return Retrained(run, run.summary())
+            return Retrained(run, summary=run.summary(), cached=True)
         if setting.runtime.force:
             run.clear()
         run.start(hparams)
@@ -82,5 +76,5 @@ def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: 
         summary.update(remaining=mask.kept() / mask.total(), kept=mask.kept(), total=mask.total(),
                        start_iteration=start_iteration, **(extra or {}))
         run.finish(summary)
-    return Retrained(run, summary)
+    return Retrained(run, summary=summary)
 

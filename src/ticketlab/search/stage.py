@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,7 +39,7 @@ from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import Run, atomic_torch_save, atomic_write_text, load_checkpoint
+from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_text, load_checkpoint
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 MASK_FILE = "mask.safetensors"
@@ -50,16 +49,9 @@ CRITERION_BATCH = 64  # validation images a data-driven start criterion scores o
 
 
 @dataclass
-class SearchRun:
-    run: Run
+class SearchRun(StageRun):
     train: TrainRun
     config: SearchConfig
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-    @property
-    def path(self) -> Path:
-        return self.run.path
 
     def mask(self) -> Mask:
         """The best mask the search evaluated, over the model's parameters."""

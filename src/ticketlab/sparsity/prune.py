@@ -8,8 +8,7 @@ network scores right away (no retraining), on validation and test data.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import Run, atomic_write_text
+from ticketlab.store import StageRun, Run, atomic_write_text
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -27,16 +26,9 @@ MASK_FILE = "mask.safetensors"
 
 
 @dataclass
-class PruneRun:
-    run: Run
+class PruneRun(StageRun):
     train: TrainRun
     config: PruneConfig
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-    @property
-    def path(self):
-        return self.run.path
 
     def mask(self) -> Mask:
         return Mask.load(self.run.file(MASK_FILE))

@@ -14,7 +14,7 @@ others in under `threshold` of its flags.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import prunable_names
 from ticketlab.sparsity.schedules import check_sparsity
 from ticketlab.sparsity.selection import select
-from ticketlab.store import Run, atomic_torch_save, atomic_write_json, read_json
+from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_json, read_json
 from ticketlab.training.stage import run_training, train_identity
 
 WINDOW = 5
@@ -123,20 +123,13 @@ class EarlyBird:
 
 
 @dataclass
-class EarlyBirdResult:
+class EarlyBirdResult(StageRun):
     """A finished early-bird run: per ratio the epoch its ticket was drawn (None: never) and the
     fraction of the full training that cost."""
 
-    run: Run
     found: dict[float, int | None]
     cost: dict[float, float | None]
     total_epochs: int
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-    @property
-    def path(self) -> Path:
-        return self.run.path
 
     def ticket_checkpoint(self, ratio: float) -> Path:
         """The weights of the epoch where the ratio's ticket was drawn ({"model": state_dict, "epoch": n})."""
@@ -178,4 +171,4 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     saved = read_json(run.file(RESULT))
     found = {float(r): entry["epoch"] for r, entry in saved["found"].items()}
     cost = {float(r): entry["cost"] for r, entry in saved["found"].items()}
-    return EarlyBirdResult(run, found, cost, saved["total_epochs"], summary, cached)
+    return EarlyBirdResult(run, found, cost, saved["total_epochs"], summary=summary, cached=cached)

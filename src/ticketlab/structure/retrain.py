@@ -19,7 +19,7 @@ model.safetensors (`ticketlab.load` reads it back).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models.initializers import DEFAULT_INIT, initialize
-from ticketlab.store import Run, load_checkpoint
+from ticketlab.store import StageRun, Run
 from ticketlab.structure.saving import load, save_model, saved_units
 from ticketlab.structure.stage import MODEL_FILE, ShrinkRun
 from ticketlab.structure.surgery import count_parameters, shrink
@@ -40,25 +40,15 @@ SCRATCH_SEED_OFFSET = 1_000
 
 
 @dataclass
-class SmallRun:
-    """A finished retraining of a shrunk network: its run, summary and checkpoints."""
+class SmallRun(StageRun):
+    """A retraining of a shrunk network: its run, summary and checkpoints."""
 
-    run: Run
     shrunk: ShrinkRun
     mode: str
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False  # True when the run had finished before this call
-
-    @property
-    def path(self) -> Path:
-        return self.run.path
 
     @property
     def model_file(self) -> Path:
         return self.run.file(MODEL_FILE)
-
-    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
-        return load_checkpoint(self.run.file(f"checkpoints/{step}.pt"))["model"]
 
 
 def small_run_handle(shrunk: ShrinkRun, mode: str, rewind: str = "0it",

@@ -15,9 +15,8 @@ import copy
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +26,7 @@ from ticketlab.data import load_data
 from ticketlab.search.stage import SearchRun
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
 from ticketlab.sparsity.prune import PruneRun, masked_metrics
-from ticketlab.store import HPARAMS, Run, read_json, runs_root
+from ticketlab.store import StageRun, HPARAMS, Run, read_json, runs_root
 from ticketlab.structure.saving import save_model
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
 from ticketlab.training.stage import apply_runtime, find_train_run, init_model
@@ -40,16 +39,9 @@ LATENCY_REPEATS = 15
 
 
 @dataclass
-class ShrinkRun:
-    run: Run
+class ShrinkRun(StageRun):
     source: PruneRun | SearchRun
     step: str
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-    @property
-    def path(self) -> Path:
-        return self.run.path
 
     @property
     def model_file(self) -> Path:

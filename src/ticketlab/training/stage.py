@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
-from ticketlab.store import HPARAMS, Run, load_checkpoint, read_json, runs_root
+from ticketlab.store import HPARAMS, Run, StageRun, read_json, runs_root
 from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
 
@@ -52,19 +52,13 @@ def init_model(model: ModelConfig, dataset: Dataset, seed: int) -> nn.Module:
 
 
 @dataclass
-class TrainRun:
-    """A finished dense-training run: its directory, summary and checkpoints."""
+class TrainRun(StageRun):
+    """A dense-training run: its directory, configs, summary and checkpoints."""
 
-    run: Run
     data: DataConfig
     model_config: ModelConfig
     training: TrainConfig
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False  # True when the run had finished before this call
-
-    @property
-    def path(self) -> Path:
-        return self.run.path
+    checkpoint_hint: ClassVar[str] = " (train with --save-at to keep more)"
 
     def checkpoint_name(self, step: str) -> str:
         """The file name a step's checkpoint has: `best`, `final`, or the canonical step (`500it` → `1ep109it`)."""
@@ -77,14 +71,7 @@ class TrainRun:
 
     def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
         """Weights saved at a step: a `--save-at` step like `0it`/`3ep`, or `best` or `final`."""
-        path = self.run.file(f"checkpoints/{self.checkpoint_name(step)}.pt")
-        if not path.exists():
-            saved = sorted(p.stem for p in self.run.file("checkpoints").glob("*.pt"))
-            raise TicketlabError(
-                f"run {self.run.name} has no checkpoint {step!r}; saved: {', '.join(saved)} "
-                "(train with --save-at to keep more)"
-            )
-        return load_checkpoint(path)["model"]
+        return super().state_dict(self.checkpoint_name(step))
 
 
 def with_checkpoints(training: TrainConfig, steps: Sequence[str]) -> TrainConfig:
