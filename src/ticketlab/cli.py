@@ -76,6 +76,23 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results last")
 
 
+def add_training_flags(parser: argparse.ArgumentParser, training_title: str = "training") -> None:
+    """The flags of a dense training: data, model, training, and --epochs."""
+    add_config_flags(parser, DataConfig, "data")
+    add_config_flags(parser, ModelConfig, "model")
+    add_config_flags(parser, TrainConfig, training_title)
+    parser.add_argument("--epochs", type=int, default=None, help="shorthand for --steps Nep")
+
+
+def training_from_args(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig]:
+    training = config_from_args(args, TrainConfig)
+    if args.epochs is not None:
+        if training.steps != TrainConfig.steps:
+            raise TicketlabError("give either --epochs or --steps, not both")
+        training = dataclasses.replace(training, steps=f"{args.epochs}ep")
+    return config_from_args(args, DataConfig), config_from_args(args, ModelConfig), training
+
+
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
     values = {f.name: getattr(args, f"Runtime.{f.name}") for f in dataclasses.fields(Runtime)
               if f.name not in ("force", "progress")}
@@ -103,13 +120,7 @@ def _describe_training(result: Any) -> tuple[list[str], dict[str, Any]]:
 def cmd_train(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     from ticketlab.training.stage import train
 
-    training = config_from_args(args, TrainConfig)
-    if args.epochs is not None:
-        if training.steps != TrainConfig.steps:
-            raise TicketlabError("give either --epochs or --steps, not both")
-        training = dataclasses.replace(training, steps=f"{args.epochs}ep")
-    result = train(config_from_args(args, DataConfig), config_from_args(args, ModelConfig), training,
-                   runtime_from_args(args))
+    result = train(*training_from_args(args), runtime_from_args(args))
     return _describe_training(result)
 
 
@@ -223,8 +234,7 @@ def cmd_lottery(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         cfg = dataclasses.replace(cfg, rate=round_rate(args.target_sparsity, cfg.levels))
     runtime = runtime_from_args(args)
     experiment = run_lottery(
-        config_from_args(args, DataConfig), config_from_args(args, ModelConfig), config_from_args(args, TrainConfig),
-        cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
+        *training_from_args(args), cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
         control_levels=[int(v) for v in args.control_levels.split(",") if v] or None)
     report = write_report(experiment, runtime)
     return _describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
@@ -309,12 +319,9 @@ def cmd_shrink(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 def cmd_earlybird(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     from ticketlab.structure.earlybird import earlybird
 
-    training = config_from_args(args, TrainConfig)
-    if args.epochs is not None:
-        training = dataclasses.replace(training, steps=f"{args.epochs}ep")
     ratios = [coerce(r, float, "--ratios") for r in args.ratios.split(",") if r.strip()]
-    result = earlybird(config_from_args(args, DataConfig), config_from_args(args, ModelConfig), training, ratios,
-                       runtime_from_args(args), criterion=args.criterion, threshold=args.threshold, stop=args.stop)
+    result = earlybird(*training_from_args(args), ratios, runtime_from_args(args), criterion=args.criterion,
+                       threshold=args.threshold, stop=args.stop)
     lines = [f"{'finished earlier: ' if result.cached else ''}early-bird tickets by {args.criterion} "
              f"(distance < {args.threshold} to each of the 4 previous epochs' masks), {result.total_epochs} epochs:"]
     for ratio, epoch in result.found.items():
@@ -395,10 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a dense network (cached by its hyperparameters)",
                                 formatter_class=formatter)
-    add_config_flags(train, DataConfig, "data")
-    add_config_flags(train, ModelConfig, "model")
-    add_config_flags(train, TrainConfig, "training")
-    train.add_argument("--epochs", type=int, default=None, help="shorthand for --steps Nep")
+    add_training_flags(train)
     add_runtime_flags(train)
     train.set_defaults(handler=cmd_train)
 
@@ -411,9 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lottery = commands.add_parser("lottery", help="iterative pruning with rewinding (lottery tickets), with controls",
                                   formatter_class=formatter)
-    add_config_flags(lottery, DataConfig, "data")
-    add_config_flags(lottery, ModelConfig, "model")
-    add_config_flags(lottery, TrainConfig, "training (dense level 0 and every retraining)")
+    add_training_flags(lottery, "training (dense level 0 and every retraining)")
     add_config_flags(lottery, LotteryConfig, "lottery")
     lottery.add_argument("--target-sparsity", type=float, default=None,
                          help="reach this sparsity at the last level: sets --rate to 1-(1-s)^(1/levels)")
@@ -452,10 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     early = commands.add_parser("earlybird", help="train and detect early-bird tickets (stable channel masks)",
                                 formatter_class=formatter)
-    add_config_flags(early, DataConfig, "data")
-    add_config_flags(early, ModelConfig, "model")
-    add_config_flags(early, TrainConfig, "training")
-    early.add_argument("--epochs", type=int, default=None, help="shorthand for --steps Nep")
+    add_training_flags(early)
     early.add_argument("--ratios", default="0.3,0.5,0.7", help="channel pruning ratios to detect tickets for")
     early.add_argument("--criterion", default="bn_scale", help="structured criterion that draws the channel masks")
     early.add_argument("--threshold", type=float, default=0.1, help="normalised Hamming distance that counts as stable")

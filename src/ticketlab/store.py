@@ -139,6 +139,15 @@ class Run:
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def claim(self, force: bool) -> bool:
+        """Whether to (re)do the run, asked while holding its lock: not when it is finished (another
+        process may have finished it while we waited) unless forced; a forced run is cleared first."""
+        if self.done and not force:
+            return False
+        if force:
+            self.clear()
+        return True
+
     def clear(self) -> None:
         """Remove every artifact (for --force); call while holding the lock."""
         for child in self.path.iterdir():
@@ -154,6 +163,29 @@ class Run:
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY, summary)
+
+
+def find_run(ref: str, kinds: Sequence[str], runs_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """A run's directory and hparams.json, by its directory or its name (`train-3fc3da0406aa`),
+    checked to be of one of `kinds`."""
+    path = Path(ref)
+    if not (path / HPARAMS).exists():
+        path = runs_root(runs_dir) / ref
+    if not (path / HPARAMS).exists():
+        raise TicketlabError(f"no run {ref!r}: expected a run directory or a name listed by `ticketlab runs`")
+    hparams = read_json(path / HPARAMS)
+    if hparams.get("kind") not in kinds:
+        raise TicketlabError(f"{ref} is a {hparams.get('kind')} run; expected a {' or '.join(kinds)} run")
+    return path, hparams
+
+
+def check_found(found: StageRun, path: Path) -> None:
+    """A run found by name must be the one its hparams name, and finished; then its summary is read."""
+    if found.run.path.resolve() != path.resolve():
+        raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun it")
+    if not found.run.done:
+        raise TicketlabError(f"run {found.run.name} has not finished; run its command again to resume it")
+    found.summary = found.run.summary()
 
 
 @dataclass

@@ -128,10 +128,8 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
     dataset = load_data(run.data, data_dir=runtime.data_dir, device=device)
     model = init_model(run.model_config, dataset, run.training.seed).to(device)
     with out.lock():
-        if out.done and not runtime.force:  # another process finished it meanwhile
+        if not out.claim(runtime.force):  # another process finished it meanwhile
             return _cached(out)
-        if runtime.force:
-            out.clear()
         out.start({"train": run.run.name, "train_path": str(run.path), "step": step, "ks": ks})
         model.load_state_dict(trained)
         (test_loss, test_acc), (val_loss, val_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)

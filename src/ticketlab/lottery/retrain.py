@@ -66,10 +66,8 @@ def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: 
     trainer = Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
                       label=run.name, constraint=MaskedTraining(model, mask), start_iteration=start_iteration)
     with run.lock():
-        if run.done and not setting.runtime.force:  # another process finished it meanwhile
+        if not run.claim(setting.runtime.force):  # another process finished it meanwhile
             return Retrained(run, summary=run.summary(), cached=True)
-        if setting.runtime.force:
-            run.clear()
         run.start(hparams)
         mask.save(run.file(MASK_FILE))
         summary = trainer.run()

@@ -135,11 +135,9 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
 
     evaluator = evaluator_on(objective, cfg.metric)
     with run.lock():
-        if run.done and not runtime.force:  # another process finished it meanwhile
+        if not run.claim(runtime.force):  # another process finished it meanwhile
             result.summary, result.cached = run.summary(), True
             return result
-        if runtime.force:
-            run.clear()
         state = run.file(STATE_FILE)
         resume = load_checkpoint(state) if state.exists() else None
         run.start({"train": train.run.name, "search": dataclasses.asdict(cfg)})

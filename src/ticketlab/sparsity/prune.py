@@ -116,8 +116,9 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
     if criterion.structured:
         summary["units"] = unit_counts(model, mask)
     with run.lock():
-        if runtime.force:
-            run.clear()
+        if not run.claim(runtime.force):  # another process finished it meanwhile
+            result.summary, result.cached = run.summary(), True
+            return result
         run.start({"train": train.run.name, "prune": dataclasses.asdict(cfg)})
         mask.save(run.file(MASK_FILE))
         atomic_write_text(run.file("report.txt"), mask.report() + "\n")

@@ -94,11 +94,9 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
     trainer = Trainer(small, setting.data, training, run.path, runtime.progress, label=run.name,
                       start_iteration=start_iteration)
     with run.lock():
-        if run.done and not runtime.force:  # another process finished it meanwhile
+        if not run.claim(runtime.force):  # another process finished it meanwhile
             result.summary, result.cached = run.summary(), True
             return result
-        if runtime.force:
-            run.clear()
         run.start({"shrink": shrunk.run.name, "mode": mode, "rewind": rewind if mode == "rewind" else None,
                    "train": dataclasses.asdict(training)})
         summary = trainer.run()

@@ -26,7 +26,7 @@ from ticketlab.data import load_data
 from ticketlab.search.stage import SearchRun
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
 from ticketlab.sparsity.prune import PruneRun, masked_metrics
-from ticketlab.store import StageRun, HPARAMS, Run, read_json, runs_root
+from ticketlab.store import check_found, find_run, StageRun, Run
 from ticketlab.structure.saving import save_model
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
 from ticketlab.training.stage import apply_runtime, find_train_run, init_model
@@ -131,11 +131,9 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
         "metrics": masked_metrics(small, data, None),
     }
     with run.lock():
-        if run.done and not runtime.force:  # another process finished it meanwhile
+        if not run.claim(runtime.force):  # another process finished it meanwhile
             result.summary, result.cached = run.summary(), True
             return result
-        if runtime.force:
-            run.clear()
         run.start({"mask": source.run.name, "step": step})
         save_model(small, run.file(MODEL_FILE), train.model_config, units)
         run.finish(summary)
@@ -145,22 +143,11 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
 
 def find_mask_run(ref: str, runs_dir: str | None = None) -> PruneRun | SearchRun:
     """A finished prune or search run, by its directory or its name (`prune-3fc3da0406aa`)."""
-    path = Path(ref)
-    if not (path / HPARAMS).exists():
-        path = runs_root(runs_dir) / ref
-    if not (path / HPARAMS).exists():
-        raise TicketlabError(f"no run {ref!r}: expected a run directory or a name listed by `ticketlab runs`")
-    hparams = read_json(path / HPARAMS)
-    kind = hparams.get("kind")
-    if kind not in ("prune", "search"):
-        raise TicketlabError(f"{ref} is a {kind} run; expected a prune or search run")
+    path, hparams = find_run(ref, ["prune", "search"], runs_dir)
+    kind = hparams["kind"]
     train = find_train_run(hparams["train"], str(path.parent))
     cfg = from_dict(PruneConfig if kind == "prune" else SearchConfig, hparams[kind], f"{path}/hparams.json {kind}")
     run = Run(kind, {"train": train.run.name, kind: non_default(cfg)}, path.parent)
     source: PruneRun | SearchRun = PruneRun(run, train, cfg) if kind == "prune" else SearchRun(run, train, cfg)
-    if source.run.path.resolve() != path.resolve():
-        raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun it")
-    if not source.run.done:
-        raise TicketlabError(f"run {source.run.name} has not finished; run its command again to resume it")
-    source.summary = source.run.summary()
+    check_found(source, path)
     return source

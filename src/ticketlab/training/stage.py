@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
-from ticketlab.store import HPARAMS, Run, StageRun, read_json, runs_root
+from ticketlab.store import check_found, find_run, Run, StageRun
 from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
 
@@ -117,10 +116,8 @@ def run_training(run: Run, data: DataConfig, model: ModelConfig, training: Train
     # Built before anything is written: it validates every training option.
     trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name, callbacks=callbacks)
     with run.lock():
-        if run.done and not runtime.force:  # another process finished it meanwhile
+        if not run.claim(runtime.force):  # another process finished it meanwhile
             return run.summary(), True
-        if runtime.force:
-            run.clear()
         run.start({"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
                    "train": dataclasses.asdict(training), "data_source": dataset.source})
         summary = trainer.run()
@@ -133,21 +130,10 @@ def run_training(run: Run, data: DataConfig, model: ModelConfig, training: Train
 
 def find_train_run(ref: str, runs_dir: str | None = None) -> TrainRun:
     """A finished training run, by its directory or its name (`train-3fc3da0406aa`)."""
-    path = Path(ref)
-    if not (path / HPARAMS).exists():
-        path = runs_root(runs_dir) / ref
-    if not (path / HPARAMS).exists():
-        raise TicketlabError(f"no run {ref!r}: expected a run directory or a name listed by `ticketlab runs`")
-    hparams = read_json(path / HPARAMS)
-    if hparams.get("kind") != "train":
-        raise TicketlabError(f"{ref} is a {hparams.get('kind')} run; expected a train run")
+    path, hparams = find_run(ref, ["train"], runs_dir)
     data = from_dict(DataConfig, hparams["data"], f"{path}/hparams.json data")
     model = from_dict(ModelConfig, hparams["model"], f"{path}/hparams.json model")
     training = from_dict(TrainConfig, hparams["train"], f"{path}/hparams.json train")
     result = train_run_handle(data, model, training, str(path.parent))
-    if result.run.path.resolve() != path.resolve():
-        raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun the training")
-    if not result.run.done:
-        raise TicketlabError(f"run {result.run.name} has not finished; run its training command again to resume it")
-    result.summary = result.run.summary()
+    check_found(result, path)
     return result
