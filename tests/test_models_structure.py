@@ -9,6 +9,7 @@ from torch import nn
 
 from ticketlab.config import ModelConfig
 from ticketlab.models import ChannelGroup, Slice, ZooModel, build_model, model_names
+from model_helpers import trained_looking
 
 torch.set_num_threads(1)
 
@@ -33,21 +34,6 @@ def model(request) -> ZooModel:
     model = build_model(ModelConfig(name=name, **cfg), SHAPE, 10, generator=torch.Generator().manual_seed(0))
     trained_looking(model)
     return model.eval()
-
-
-def trained_looking(model: nn.Module) -> None:
-    """Give biases, BatchNorm shifts and running statistics nonzero values, as training would,
-    so that a producer missing from a group leaves its unit nonzero."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
-                module.bias.normal_(0, 0.1, generator=generator)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0, 0.5, generator=generator)
-                module.running_mean.normal_(0, 0.1, generator=generator)
-                module.running_var.uniform_(0.5, 2, generator=generator)
 
 
 def part(tensor: torch.Tensor, s: Slice, unit: int) -> torch.Tensor:

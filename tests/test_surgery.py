@@ -13,6 +13,7 @@ from ticketlab.models import ZooModel, build_model
 from ticketlab.models.resnet import ZeroPadShortcut
 from ticketlab.sparsity.mask import unit_mask_to_mask
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
+from model_helpers import trained_looking
 
 torch.set_num_threads(1)
 
@@ -38,21 +39,6 @@ def make(name: str, cfg: dict, shape: tuple[int, int, int], seed: int = 0) -> Zo
     model = build_model(ModelConfig(name=name, **cfg), shape, 10, generator=torch.Generator().manual_seed(seed))
     trained_looking(model, seed)
     return model
-
-
-def trained_looking(model: nn.Module, seed: int) -> None:
-    """Nonzero biases, BatchNorm affine parameters and running statistics, as after training."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
-                module.bias.normal_(0, 0.1, generator=generator)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0, 0.5, generator=generator)
-                module.running_mean.normal_(0, 0.1, generator=generator)
-                module.running_var.uniform_(0.5, 2, generator=generator)
-                module.num_batches_tracked.fill_(7)
 
 
 def half_mask(model: ZooModel, seed: int = 0) -> dict[str, torch.Tensor]:
