@@ -3,10 +3,11 @@
 `make_evaluator(model, weights, space, x, y)` returns an Evaluator whose `score(keep)` is
 the accuracy (or -loss) of the network at checkpoint `weights` under the mask that the
 flat keep-vector stands for, on (x, y): bit for bit what search.reference.reference_score
-returns after reloading that checkpoint from disk. Nothing reloads; `weights` is never
-written; no model is copied per candidate. Three ways of getting there:
+returns after reloading that checkpoint from disk (with exact=False, a loss within float
+rounding of it). Nothing reloads; `weights` is never written; no model is copied per
+candidate. Four ways of getting there:
 
-- Incremental (the zoo's MLPs and BasicCNN, on the CPU): the forward pass is a chain of
+- Incremental (BasicCNN, and the loss of the zoo's MLPs, on the CPU): the forward pass is a chain of
   Linear/Conv layers, each followed by a ReLU (and in BasicCNN a BatchNorm). The activations of the last two
   masks scored are kept; a candidate starts from the one it shares the most layers with
   (the current mask of a search, or the candidate just accepted). Layers before the first
@@ -28,9 +29,12 @@ written; no model is copied per candidate. Three ways of getting there:
 - Trained (train_steps > 0): each candidate is reset to `weights`, trained that many
   iterations under its mask, then scored. Slow by design; it has no reference to equal.
 
-- Delta (opt-in, make_evaluator(..., exact=False), MLPs on the CPU): search.incremental's
-  DeltaEvaluator updates pre-activations by what each move flips; within float rounding of
-  the reference, not bit-identical (see that module).
+- Delta (the zoo's MLPs on the CPU, for accuracy; also for the loss with exact=False):
+  search.incremental's DeltaEvaluator updates pre-activations by what each move flips. Its
+  logits are within float rounding of the reference's, and its accuracy is the
+  reference's exactly: images whose two best logits are too close to call are predicted
+  again by an exact forward pass of their batch (see that module). A loss has no such
+  certificate, so an exact loss objective gets the incremental evaluator.
 
 score_many loops: batching candidates into one pass did not beat the loop on the CPU (on a
 GPU it might; unmeasured).
@@ -105,8 +109,10 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     on train_data (default: the scoring subset itself), in an order fixed by its seed.
 
     exact=False trades the bit-for-bit equality with the reference for speed where a faster
-    way exists: an MLP on the CPU gets a search.incremental.DeltaEvaluator (scores within
-    float rounding of the reference's); any other model the exact evaluator it gets anyway.
+    way exists: the loss of an MLP on the CPU is then scored by a
+    search.incremental.DeltaEvaluator (within float rounding of the reference's); accuracy
+    always is (it certifies its accuracies equal to the reference's); any other model gets
+    the exact evaluator it gets anyway.
     """
     if train_steps < 0:
         raise TicketlabError(f"train_steps is a number of iterations, at least 0; got {train_steps}")
@@ -120,7 +126,7 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
         data = train_data if train_data is not None else Split(x, y)
         return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data)
     stages = chain_stages(model)
-    if not exact and type(model) is MLP and x.device.type == "cpu":
+    if type(model) is MLP and x.device.type == "cpu" and (metric == "accuracy" or not exact):
         from ticketlab.search.incremental import DeltaEvaluator  # it imports this module
 
         return DeltaEvaluator(model, stages, weights, space, x, y, metric)

@@ -1,11 +1,12 @@
-"""Delta scoring of masks of an MLP: activations updated by only what a move changes (opt-in, not exact).
+"""Delta scoring of masks of an MLP: activations updated by only what a move changes.
 
-`make_evaluator(..., exact=False)` returns a DeltaEvaluator for the zoo's MLPs on the CPU.
-It keeps, for the last two masks scored, every layer's pre-activations z_k and activations
-a_k on all scoring images, stored transposed (features x images, so that a unit is one
-contiguous row). A candidate starts from the snapshot it differs from in the fewest mask
-entries: in a search that is the current mask (after a rejection) or the candidate just
-accepted, so the searchers need no change and no commit call (see `DeltaEvaluator.commit`).
+`make_evaluator` returns a DeltaEvaluator for the zoo's MLPs on the CPU when the objective
+is accuracy (always) or loss with exact=False. It keeps, for the last two masks scored,
+every layer's pre-activations z_k and activations a_k on all scoring images, stored
+transposed (features x images, so that a unit is one contiguous row). A candidate starts
+from the snapshot it differs from in the fewest mask entries: in a search that is the
+current mask (after a rejection) or the candidate just accepted, so the searchers need no
+change.
 
 With W_k the checkpoint's weights, m_k the masks, and the old/new input a, a' of layer k:
 
@@ -21,15 +22,25 @@ space the flipped entries are found on the flat keep-vectors packed 8 to an int6
 nonzero over 266,200 bools costs 0.2 ms on the CPU tested, over 33,275 words 0.04 ms); the
 base is the snapshot with the fewest differing words.
 
-Not bit-identical to the reference: sums are taken in another order, so the logits differ
-from a fresh forward by float rounding, growing with the number of updates chained since the
-last exact forward. A snapshot `resync` (default RESYNC = 200) updates away from an exact
-forward is replaced by one (the depth counts only the chain of snapshots a candidate was
-built from, i.e. accepted moves in a search). Each update adds O(eps32 * |logit|) rounding,
-so 200 chained updates of logits of magnitude <= 10 stay well below 1e-4 absolute
-(measured: 3e-7 per weight after 400 moves, 3e-6 per neuron; tests/test_search_evaluator.py
-checks < 1e-4 and loss within 1e-5 relative); accuracy can differ from the reference's only
-on images whose two largest logits are within that of each other.
+The two snapshots live in two preallocated Slots; a new one is written into the slot of
+the snapshot it evicts. The slots differ only in the rows the last update changed
+(`differ`), so a layer updated in a few rows first copies just those rows over from the
+base instead of the whole layer (copying z_1 and a_1 of LeNet whole, 2 x 1.2 MB, took a
+fifth of a score).
+
+Rounding: sums are taken in another order than a fresh forward's, so the logits differ
+from it by float rounding, growing with the number of updates chained since the last exact
+forward. A snapshot `resync` (default RESYNC = 200) updates away from an exact forward is
+replaced by one; at that moment the drift of the chain is measured (the updated logits
+against the exact ones of the same mask), and the resync interval halves if it ever
+exceeds TOLERANCE / 4. Measured: 3e-7 per weight after 400 moves, 3e-6 per neuron.
+
+Accuracy is nonetheless the reference's, exactly: an image's prediction can differ from
+the reference's only if its two largest delta logits are within 2 * TOLERANCE of each
+other (each logit is within TOLERANCE of the reference's), and such images are predicted
+again by an exact forward pass of their batch of SCORE_BATCH images, computed as the
+reference computes it. The loss has no such certificate: with exact=True a loss objective
+gets the bit-exact search.evaluator.IncrementalEvaluator instead.
 """
 
 from __future__ import annotations
@@ -48,13 +59,27 @@ from ticketlab.sparsity.mask import Mask
 
 RESYNC = 200  # chained delta updates after which a snapshot is recomputed exactly
 DENSE_FRACTION = 0.125  # a layer with more of its weights flipped is recomputed whole
+# Near-tied images are predicted again in blocks of this many images of their batch: an
+# image's logits are the same bits in any block of at least 4 images on the CPUs tested
+# (1 or 2 take other kernels); tests/test_search_evaluator.py checks it.
+RECOUNT_BLOCK = 32
+TOLERANCE = 1e-5  # the largest logit drift the accuracy certificate allows for, relative to the largest |logit|
+
+Flips = dict[str, tuple[torch.Tensor, torch.Tensor]]  # parameter -> flat indices flipped, +1 kept / -1 pruned
+
+
+@dataclass
+class Slot:
+    """Every layer's z_k and a_k on all scoring images (the last layer's a is its z)."""
+
+    pre: list[torch.Tensor]
+    post: list[torch.Tensor]
 
 
 @dataclass
 class DeltaSnapshot:
     mask: Mask
-    pre: list[torch.Tensor]  # z_k, features x images
-    post: list[torch.Tensor]  # a_k = relu(z_k) (the last layer: the logits)
+    slot: Slot
     score: float
     depth: int  # delta updates since the last exact forward
     packed: torch.Tensor | None = None  # the flat keep-vector, 8 entries a byte-word (weight spaces)
@@ -93,8 +118,6 @@ class DeltaLayer:
 class DeltaEvaluator(Evaluator):
     """Scores masks of an MLP by updating the activations of a recent mask (see the module doc)."""
 
-    KEEP = 2  # snapshots kept: a search's current mask and its latest candidate
-
     def __init__(self, model: nn.Module, stages: list[Stage], weights: dict[str, torch.Tensor], space: SearchSpace,
                  x: torch.Tensor, y: torch.Tensor, metric: str, resync: int = RESYNC):
         super().__init__(space, x, y, metric)
@@ -102,25 +125,27 @@ class DeltaEvaluator(Evaluator):
             raise TicketlabError(f"resync is a number of chained updates, at least 0; got {resync}")
         modules = dict(model.named_modules())
         self.layers = [DeltaLayer(modules[s.layer], s.layer, weights, s.relu, x.device) for s in stages]
-        self.inputs = x.flatten(1).t().contiguous()  # features x images
+        self.images = x.flatten(1)  # images x features, batched as the reference batches them
+        self.inputs = self.images.t().contiguous()  # features x images
         self.labels = y
         self.resync = resync
         self.dtype = self.inputs.dtype
         # A weight space's keep-vector is the weights' masks end to end: flips are found on it directly.
         self.flat = space.granularity == "weight"
         self.starts = torch.tensor([layer.slice.start for layer in space.layers] + [space.size])
-        self.snapshots: list[DeltaSnapshot] = []
+        self.slots = [self.new_slot(), self.new_slot()]
+        self.differ: list[torch.Tensor | None] = [None] * len(self.layers)  # rows where the slots may differ
+        self.snapshots: list[DeltaSnapshot] = []  # the latest first; at most one per slot
         self.exact_forwards = 0  # how many scores were full forward passes
+        self.recounted_images = 0  # near-tied images predicted again exactly
+        self.drift = 0.0  # the largest logit drift measured at a resync, relative to the largest |logit|
+        self.tolerance = 0.0  # TOLERANCE in logit units, set by each exact forward
 
-    def commit(self, keep: torch.Tensor) -> None:
-        """Optional hint that `keep` became the search's current mask: the next candidates are
-        built from its state. Not needed (the base is found by counting flipped entries); it
-        only moves that snapshot to the front."""
-        mask = self.space.to_mask(keep)
-        for snapshot in self.snapshots:
-            if all(torch.equal(mask[n], snapshot.mask[n]) for n in mask):
-                self.snapshots = [snapshot, *(s for s in self.snapshots if s is not snapshot)]
-                return
+    def new_slot(self) -> Slot:
+        n = self.inputs.shape[1]
+        pre = [self.inputs.new_empty(layer.weight.shape[0], n) for layer in self.layers]
+        post = [self.inputs.new_empty(z.shape) if layer.relu else z for z, layer in zip(pre, self.layers)]
+        return Slot(pre, post)
 
     def score(self, keep: torch.Tensor) -> float:
         mask = self.space.to_mask(keep)
@@ -130,32 +155,36 @@ class DeltaEvaluator(Evaluator):
             best, flips, fewest = None, None, None
             for snapshot in self.snapshots:  # most recent first: it wins ties
                 if self.flat:  # differing words of 8 entries: enough to choose the base
-                    found, count = None, int(torch.count_nonzero(packed ^ snapshot.packed))
+                    found = packed ^ snapshot.packed
+                    count = int(torch.count_nonzero(found))
                 else:
                     found = self.mask_flips(mask, snapshot.mask)
                     count = sum(len(local) for local, _ in found.values())
                 if fewest is None or count < fewest:
                     best, flips, fewest = snapshot, found, count
-            if self.flat and best is not None:
-                flips = self.flat_flips(packed, best.packed)
             if best is not None and fewest == 0:
                 self.snapshots = [best, *(s for s in self.snapshots if s is not best)]
                 return best.score
-            if best is None or best.depth + 1 > self.resync:
-                snapshot = self.full(mask)
+            if self.flat and best is not None:
+                flips = self.flat_flips(flips, packed)
+            slot = self.slots[1] if best is not None and best.slot is self.slots[0] else self.slots[0]
+            if best is None:
+                snapshot = self.full(mask, slot)
+            elif best.depth + 1 > self.resync:
+                snapshot = self.resynchronise(mask, best, flips, slot)
             else:
-                snapshot = self.update(mask, best, flips)
+                self.update(mask, best, flips, slot)
+                snapshot = DeltaSnapshot(mask, slot, self.certified_score(mask, slot), best.depth + 1)
             snapshot.packed = packed
-            self.snapshots = [snapshot, *([best] if best is not None else [])][:self.KEEP]
+            self.snapshots = [snapshot, *([best] if best is not None else [])]
             return snapshot.score
 
     def _score(self, mask: Mask) -> float:
         raise NotImplementedError  # score() is overridden
 
-    def flat_flips(self, new: torch.Tensor, old: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def flat_flips(self, words: torch.Tensor, new: torch.Tensor) -> Flips:
         """Per parameter, the flat indices of the entries two packed keep-vectors (of a weight
-        space) disagree on, and +1/-1 where the new one keeps/prunes them."""
-        words = new ^ old
+        space) disagree on, and +1/-1 where the new one keeps/prunes them, from their xor."""
         changed = words.nonzero().flatten()
         if not len(changed):
             return {}
@@ -166,7 +195,7 @@ class DeltaEvaluator(Evaluator):
         return {layer.name: (positions[a:b] - layer.slice.start, signs[a:b])
                 for layer, a, b in zip(self.space.layers, bounds, bounds[1:]) if b > a}
 
-    def mask_flips(self, mask: Mask, base: Mask) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def mask_flips(self, mask: Mask, base: Mask) -> Flips:
         """The same from two Masks."""
         flips = {}
         for name, keep in mask.items():
@@ -175,76 +204,142 @@ class DeltaEvaluator(Evaluator):
                 flips[name] = (local, keep.flatten().index_select(0, local).to(self.dtype) * 2 - 1)
         return flips
 
-    def finish(self, mask: Mask, pre: list[torch.Tensor], post: list[torch.Tensor], depth: int) -> DeltaSnapshot:
-        if self.metric == "accuracy":  # max over classes returns the first maximal index, as argmax does
-            score = int((post[-1].max(0).indices == self.labels).sum()) / len(self.labels)
-        else:
-            logits = post[-1].t()
-            score = objective(zip(logits.split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
-        return DeltaSnapshot(mask, pre, post, score, depth)
+    # --- exact forward passes, as the reference computes them ------------------------------
 
-    def full(self, mask: Mask) -> DeltaSnapshot:
-        """An exact forward pass, as the reference computes it (in batches of SCORE_BATCH)."""
-        self.exact_forwards += 1
-        a = self.inputs.t()
-        pre, post = [], []
+    def exact_logits(self, mask: Mask, images: torch.Tensor) -> torch.Tensor:
+        """The masked network's logits (images x classes) on images x features, as F.linear in
+        the model's forward gives them."""
+        a = images
         for layer in self.layers:
             weight, bias = layer.masked(mask)
-            z = torch.cat([F.linear(batch, weight, bias) for batch in a.split(SCORE_BATCH)])
-            a = F.relu(z) if layer.relu else z
-            pre.append(z.t().contiguous())
-            post.append(a.t().contiguous() if layer.relu else pre[-1])
-        return self.finish(mask, pre, post, 0)
+            a = F.linear(a, weight, bias)
+            a = F.relu(a) if layer.relu else a
+        return a
 
-    def update(self, mask: Mask, base: DeltaSnapshot,
-               flips: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> DeltaSnapshot:
-        """The base's activations moved by the flipped entries (see the module doc)."""
+    def full(self, mask: Mask, slot: Slot) -> DeltaSnapshot:
+        """An exact forward pass into `slot`, batch by batch as the reference computes it."""
+        self.exact_forwards += 1
+        batches = [self.exact_layers(mask, batch) for batch in self.images.split(SCORE_BATCH)]
+        for k in range(len(self.layers)):
+            slot.pre[k].copy_(torch.cat([pre[k] for pre, _ in batches]).t())
+            if self.layers[k].relu:
+                slot.post[k].copy_(torch.cat([post[k] for _, post in batches]).t())
+        self.differ = [None] * len(self.layers)
+        self.tolerance = TOLERANCE * float(slot.post[-1].abs().max())
+        logits = [post[-1] for _, post in batches]
+        return DeltaSnapshot(mask, slot, objective(zip(logits, self.labels.split(SCORE_BATCH)), self.metric), 0)
+
+    def exact_layers(self, mask: Mask, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        pre, post, a = [], [], batch
+        for layer in self.layers:
+            weight, bias = layer.masked(mask)
+            pre.append(F.linear(a, weight, bias))
+            a = F.relu(pre[-1]) if layer.relu else pre[-1]
+            post.append(a)
+        return pre, post
+
+    def resynchronise(self, mask: Mask, base: DeltaSnapshot, flips: Flips, slot: Slot) -> DeltaSnapshot:
+        """An exact forward instead of the update that would chain too long; the update is also
+        computed, to measure how far its logits drifted."""
+        self.update(mask, base, flips, slot)
+        chained = slot.post[-1].clone()
+        snapshot = self.full(mask, slot)
+        drift = float((chained - slot.post[-1]).abs().max()) / float(slot.post[-1].abs().max())
+        self.drift = max(self.drift, drift)
+        if drift > TOLERANCE / 4:  # the certificate's margin is getting thin: chain less
+            self.resync = max(1, self.resync // 2)
+        return snapshot
+
+    # --- scores of updated activations -----------------------------------------------------
+
+    def certified_score(self, mask: Mask, slot: Slot) -> float:
+        """The score of the updated logits; for accuracy the reference's exactly (see the module doc)."""
+        logits = slot.post[-1]
+        if self.metric != "accuracy":
+            return objective(zip(logits.t().split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
+        largest, predicted = logits.max(0)
+        # Another class within 2 * tolerance of the largest logit: too close to call.
+        near = ((logits >= largest - 2 * self.tolerance).sum(0) > 1).nonzero().flatten()
+        if len(near):
+            predicted = predicted.clone()
+            self.recounted_images += len(near)
+            for start in self.recount_blocks(near).tolist():
+                end = min(start + RECOUNT_BLOCK, (start // SCORE_BATCH + 1) * SCORE_BATCH, len(self.labels))
+                logits = self.exact_logits(mask, self.images[start:end])
+                chosen = near[(near >= start) & (near < end)]
+                predicted[chosen] = logits.argmax(1).index_select(0, chosen - start)
+        return int((predicted == self.labels).sum()) / len(self.labels)
+
+    def recount_blocks(self, images: torch.Tensor) -> torch.Tensor:
+        """The first image of each block of RECOUNT_BLOCK images (fewer only where the
+        reference's batch itself is smaller) that together hold `images`."""
+        n = len(self.labels)
+        batch_start = images // SCORE_BATCH * SCORE_BATCH
+        batch_end = (batch_start + SCORE_BATCH).clamp(max=n)
+        start = batch_start + (images - batch_start) // RECOUNT_BLOCK * RECOUNT_BLOCK
+        return torch.minimum(start, (batch_end - RECOUNT_BLOCK).clamp(min=0)).maximum(batch_start).unique()
+
+    def update(self, mask: Mask, base: DeltaSnapshot, flips: Flips, slot: Slot) -> None:
+        """Write into `slot` the base's activations moved by the flipped entries (see the module doc)."""
+        old, new = base.slot, slot
         old_in, new_in = self.inputs, self.inputs
         rows_in, delta_in = None, None  # input units whose activation changed, and by how much
-        pre, post = [], []
         for k, layer in enumerate(self.layers):
-            z_old, a_old = base.pre[k], base.post[k]
+            z, a = new.pre[k], new.post[k]
             weight_flips, bias_flips = flips.get(layer.weight_name), flips.get(layer.bias_name)
+            rows: torch.Tensor | None  # the rows of z that changed (None: any)
             if weight_flips is not None and len(weight_flips[0]) > DENSE_FRACTION * layer.weight.numel():
                 weight, bias = layer.masked(mask)
-                z = torch.addmm(bias[:, None], weight, new_in) if bias is not None else weight @ new_in
+                if bias is not None:
+                    torch.addmm(bias[:, None], weight, new_in, out=z)
+                else:
+                    torch.mm(weight, new_in, out=z)
                 rows = None
             else:
-                z, rows = z_old, []
-                if rows_in is not None and len(rows_in):
+                if rows_in is not None and len(rows_in):  # every output unit may change
                     columns = layer.weight.index_select(1, rows_in)
                     keep = mask.get(layer.weight_name)
                     if keep is not None:
                         columns = columns * keep.index_select(1, rows_in)
-                    z = torch.addmm(z, columns, delta_in)
-                    rows = None  # every output unit may have changed
+                    torch.addmm(old.pre[k], columns, delta_in, out=z)
+                    rows = None
+                else:  # only flipped rows change: bring the slot level with the base elsewhere first
+                    self.copy_rows(old, new, k)
+                    rows = torch.zeros(0, dtype=torch.long)
                 if weight_flips is not None:
                     local, signs = weight_flips
                     i, j = local // layer.weight.shape[1], local % layer.weight.shape[1]
                     source = old_in.index_select(0, j) * (layer.weight.flatten().index_select(0, local) * signs)[:, None]
-                    z = z.index_add(0, i, source) if z is z_old else z.index_add_(0, i, source)
-                    if rows is not None:
-                        rows.append(i)
+                    z.index_add_(0, i, source)
+                    rows = None if rows is None else torch.cat([rows, i])
                 if bias_flips is not None and layer.bias is not None:
                     i, signs = bias_flips
-                    source = (layer.bias.index_select(0, i) * signs)[:, None].expand(-1, z.shape[1])
-                    z = z.index_add(0, i, source) if z is z_old else z.index_add_(0, i, source)
-                    if rows is not None:
-                        rows.append(i)
+                    z.index_add_(0, i, (layer.bias.index_select(0, i) * signs)[:, None].expand(-1, z.shape[1]))
+                    rows = None if rows is None else torch.cat([rows, i])
                 if rows is not None:
-                    rows = torch.cat(rows).unique() if rows else torch.zeros(0, dtype=torch.long)
+                    rows = rows.unique()
+            self.differ[k] = rows
             if not layer.relu:
-                a, delta = z, None
-            elif rows is None:
-                a = F.relu(z)
-                delta = a - a_old
+                break
+            if rows is None:
+                torch.clamp_min(z, 0, out=a)  # relu has no out=; clamp_min(0) is what it computes
+                delta = a - old.post[k]
                 rows = torch.arange(z.shape[0])
             else:
                 fresh = F.relu(z.index_select(0, rows))
-                delta = fresh - a_old.index_select(0, rows)
-                a = a_old.index_copy(0, rows, fresh) if len(rows) else a_old
-            pre.append(z)
-            post.append(a)
-            old_in, new_in = a_old, a
+                delta = fresh - old.post[k].index_select(0, rows)
+                a.index_copy_(0, rows, fresh)
+            old_in, new_in = old.post[k], a
             rows_in, delta_in = rows, delta
-        return self.finish(mask, pre, post, base.depth + 1)
+
+    def copy_rows(self, source: Slot, target: Slot, k: int) -> None:
+        """Make layer k of `target` equal to the source's, copying only the rows they may differ in."""
+        rows = self.differ[k]
+        tensors = [(source.pre[k], target.pre[k])]
+        if self.layers[k].relu:
+            tensors.append((source.post[k], target.post[k]))
+        for a, b in tensors:
+            if rows is None:
+                b.copy_(a)
+            elif len(rows):
+                b.index_copy_(0, rows, a.index_select(0, rows))
