@@ -206,20 +206,22 @@ class DeltaEvaluator(Evaluator):
 
     # --- exact forward passes, as the reference computes them ------------------------------
 
-    def exact_logits(self, mask: Mask, images: torch.Tensor) -> torch.Tensor:
-        """The masked network's logits (images x classes) on images x features, as F.linear in
+    def exact_layers(self, weights: list[tuple[torch.Tensor, torch.Tensor | None]],
+                     images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's z and a (images x units) under the masked `weights`, as F.linear in
         the model's forward gives them."""
-        a = images
-        for layer in self.layers:
-            weight, bias = layer.masked(mask)
-            a = F.linear(a, weight, bias)
-            a = F.relu(a) if layer.relu else a
-        return a
+        pre, post, a = [], [], images
+        for layer, (weight, bias) in zip(self.layers, weights):
+            pre.append(F.linear(a, weight, bias))
+            a = F.relu(pre[-1]) if layer.relu else pre[-1]
+            post.append(a)
+        return pre, post
 
     def full(self, mask: Mask, slot: Slot) -> DeltaSnapshot:
         """An exact forward pass into `slot`, batch by batch as the reference computes it."""
         self.exact_forwards += 1
-        batches = [self.exact_layers(mask, batch) for batch in self.images.split(SCORE_BATCH)]
+        weights = [layer.masked(mask) for layer in self.layers]
+        batches = [self.exact_layers(weights, batch) for batch in self.images.split(SCORE_BATCH)]
         for k in range(len(self.layers)):
             slot.pre[k].copy_(torch.cat([pre[k] for pre, _ in batches]).t())
             if self.layers[k].relu:
@@ -228,15 +230,6 @@ class DeltaEvaluator(Evaluator):
         self.tolerance = TOLERANCE * float(slot.post[-1].abs().max())
         logits = [post[-1] for _, post in batches]
         return DeltaSnapshot(mask, slot, objective(zip(logits, self.labels.split(SCORE_BATCH)), self.metric), 0)
-
-    def exact_layers(self, mask: Mask, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        pre, post, a = [], [], batch
-        for layer in self.layers:
-            weight, bias = layer.masked(mask)
-            pre.append(F.linear(a, weight, bias))
-            a = F.relu(pre[-1]) if layer.relu else pre[-1]
-            post.append(a)
-        return pre, post
 
     def resynchronise(self, mask: Mask, base: DeltaSnapshot, flips: Flips, slot: Slot) -> DeltaSnapshot:
         """An exact forward instead of the update that would chain too long; the update is also
@@ -263,9 +256,10 @@ class DeltaEvaluator(Evaluator):
         if len(near):
             predicted = predicted.clone()
             self.recounted_images += len(near)
+            weights = [layer.masked(mask) for layer in self.layers]
             for start in self.recount_blocks(near).tolist():
                 end = min(start + RECOUNT_BLOCK, (start // SCORE_BATCH + 1) * SCORE_BATCH, len(self.labels))
-                logits = self.exact_logits(mask, self.images[start:end])
+                logits = self.exact_layers(weights, self.images[start:end])[1][-1]
                 chosen = near[(near >= start) & (near < end)]
                 predicted[chosen] = logits.argmax(1).index_select(0, chosen - start)
         return int((predicted == self.labels).sum()) / len(self.labels)
