@@ -286,12 +286,13 @@ def cmd_shrink(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     from ticketlab.structure.stage import find_mask_run, shrink_run
 
     runtime = runtime_from_args(args)
-    result = shrink_run(find_mask_run(args.run, runtime.runs_dir), runtime, step=args.step)
+    result = shrink_run(find_mask_run(args.run, runtime.runs_dir), runtime, step=args.step, backend=args.backend)
     summary = result.summary
     params, macs, latency, speedup = summary["parameters"], summary["macs"], summary["latency_ms"], summary["speedup"]
     lines = [
         f"{'finished earlier: ' if result.cached else ''}shrank {summary['train']} at {summary['step']} by "
-        f"{summary['source']}: " + ", ".join(f"{g} {c['kept']}/{c['total']}" for g, c in summary["units"].items()),
+        f"{summary['source']}{' with torch-pruning' if args.backend == 'torch-pruning' else ''}: "
+        + ", ".join(f"{g} {c['kept']}/{c['total']}" for g, c in summary["units"].items()),
         f"  parameters {params['dense']:,} -> {params['small']:,}; MACs {macs['dense']:,} -> {macs['small']:,} "
         f"({speedup['macs']:.2f}x fewer)",
         f"  CPU latency, batch 1: {latency['dense']['batch_1']:.2f} -> {latency['small']['batch_1']:.2f} ms; "
@@ -471,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then train the small network: from its copied weights (finetune), from the dense "
                              "run's weights at --rewind (rewind), or from a fresh init (scratch)")
     shrink.add_argument("--rewind", default="0it", help="step the rewind retraining starts from")
+    shrink.add_argument("--backend", choices=["ticketlab", "torch-pruning"], default="ticketlab",
+                        help="who cuts the units out: ticketlab's own surgery, or the optional torch-pruning "
+                             "package (pip install 'ticketlab[pruning]'), a cross-check; both are checked "
+                             "against the masked network")
     add_runtime_flags(shrink)
     shrink.set_defaults(handler=cmd_shrink)
 

@@ -29,6 +29,7 @@ from ticketlab.sparsity.prune import PruneRun, masked_metrics
 from ticketlab.store import check_found, find_run, StageRun, Run
 from ticketlab.structure.saving import save_model
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
+from ticketlab.structure.tp_backend import shrink_zoo_with_torch_pruning
 from ticketlab.training.stage import apply_runtime, find_train_run, init_model
 
 MODEL_FILE = "model.safetensors"
@@ -36,6 +37,7 @@ CHECK_IMAGES = 256  # validation images the small and the masked model are compa
 LATENCY_BATCHES = (1, 64)
 LATENCY_WARMUP = 3
 LATENCY_REPEATS = 15
+BACKENDS = ("ticketlab", "torch-pruning")
 
 
 @dataclass
@@ -98,11 +100,16 @@ def check_structured(source: PruneRun | SearchRun) -> None:
                              "(prune --structured, or search --granularity filter)")
 
 
-def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step: str = "final") -> ShrinkRun:
+def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step: str = "final",
+               backend: str = "ticketlab") -> ShrinkRun:
     """Cut the source's pruned units out of its training run's weights at `step`, or return the
-    finished shrink run with the same inputs. Writes model.safetensors and summary.json."""
+    finished shrink run with the same inputs. Writes model.safetensors and summary.json.
+    backend="torch-pruning" cuts with that package instead (tp_backend), as a cross-check."""
     check_structured(source)
-    run = Run("shrink", {"mask": source.run.name, "step": step}, runtime.runs_dir)
+    if backend not in BACKENDS:
+        raise TicketlabError(f"unknown shrink backend {backend!r}; expected {' or '.join(BACKENDS)}")
+    inputs = {"mask": source.run.name, "step": step, **({"backend": backend} if backend != "ticketlab" else {})}
+    run = Run("shrink", inputs, runtime.runs_dir)
     result = ShrinkRun(run, source, step)
     if run.done and not runtime.force:
         result.summary, result.cached = run.summary(), True
@@ -114,14 +121,14 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
     model = init_model(train.model_config, data, train.training.seed).to(device)
     model.load_state_dict(train.state_dict(step))
     units = units_from_mask(model, source.mask())
-    small = shrink(model, units)
+    small = shrink(model, units) if backend == "ticketlab" else shrink_zoo_with_torch_pruning(model, units)
     masked = copy.deepcopy(model)
     unit_mask_to_mask(model, units).apply(masked)
     macs = {"dense": count_macs(model, data.input_shape), "small": count_macs(small, data.input_shape)}
     latency = {name: {f"batch_{batch}": measure_latency(net, data.input_shape, batch) for batch in LATENCY_BATCHES}
                for name, net in (("dense", model), ("small", small))}
     summary = {
-        "source": source.run.name, "train": train.run.name, "step": step,
+        "source": source.run.name, "train": train.run.name, "step": step, "backend": backend,
         "units": {name: {"kept": int(keep.sum()), "total": len(keep)} for name, keep in units.items()},
         "parameters": {"dense": count_parameters(model), "small": count_parameters(small)},
         "macs": macs, "latency_ms": latency,
@@ -134,7 +141,7 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
         if not run.claim(runtime.force):  # another process finished it meanwhile
             result.summary, result.cached = run.summary(), True
             return result
-        run.start({"mask": source.run.name, "step": step})
+        run.start(inputs)
         save_model(small, run.file(MODEL_FILE), train.model_config, units)
         run.finish(summary)
     result.summary = summary

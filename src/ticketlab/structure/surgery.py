@@ -39,22 +39,22 @@ def shrink(model: ZooModel, units: Mapping[str, torch.Tensor],
     The copy is checked against the masked model on `check_input` (default: a fixed random
     batch of the model's input shape) and TicketlabError is raised if they differ.
     """
-    groups = _checked_groups(model, units)
+    groups = checked_groups(model, units)
     state = model.state_dict()
-    kept = _kept_indices(state, groups, units)
-    _refuse_empty_layers(kept, groups, units)
+    kept = kept_indices(state, groups, units)
+    refuse_empty_layers(kept, groups, units)
 
     small = copy.deepcopy(model)
     for name in {key.rpartition(".")[0] for key in kept}:
         _replace(small, name, {key: t for key, t in state.items() if key.rpartition(".")[0] == name}, kept)
     _shrink_zero_pads(model, small, kept)
-    small.load_state_dict({key: _cut(tensor, kept.get(key, {})) for key, tensor in state.items()})
+    small.load_state_dict({key: cut(tensor, kept.get(key, {})) for key, tensor in state.items()})
     small.train(model.training)
 
     masked = copy.deepcopy(model)
     unit_mask_to_mask(masked, units).apply(masked)
     if check_input is None:
-        check_input = _default_input(model)
+        check_input = default_input(model)
     check_equivalent(masked, small, check_input)
     return small
 
@@ -108,7 +108,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     return macs
 
 
-def _checked_groups(model: nn.Module, units: Mapping[str, torch.Tensor]) -> dict[str, ChannelGroup]:
+def checked_groups(model: nn.Module, units: Mapping[str, torch.Tensor]) -> dict[str, ChannelGroup]:
     if not hasattr(model, "channel_groups"):
         raise TicketlabError(f"{type(model).__name__} declares no channel groups; shrink needs a zoo model")
     groups = {g.name: g for g in model.channel_groups()}
@@ -121,7 +121,7 @@ def _checked_groups(model: nn.Module, units: Mapping[str, torch.Tensor]) -> dict
     return groups
 
 
-def _kept_indices(state: Mapping[str, torch.Tensor], groups: Mapping[str, ChannelGroup],
+def kept_indices(state: Mapping[str, torch.Tensor], groups: Mapping[str, ChannelGroup],
                   units: Mapping[str, torch.Tensor]) -> Kept:
     kept: Kept = {}
     for name, keep in units.items():
@@ -138,7 +138,7 @@ def _kept_indices(state: Mapping[str, torch.Tensor], groups: Mapping[str, Channe
     return kept
 
 
-def _refuse_empty_layers(kept: Kept, groups: Mapping[str, ChannelGroup], units: Mapping[str, torch.Tensor]) -> None:
+def refuse_empty_layers(kept: Kept, groups: Mapping[str, ChannelGroup], units: Mapping[str, torch.Tensor]) -> None:
     # A group keeping nothing is fine when other groups share its layers (a ResNet's padded
     # channels); a layer keeping nothing would cut the network in two.
     for param, dims in kept.items():
@@ -151,7 +151,7 @@ def _refuse_empty_layers(kept: Kept, groups: Mapping[str, ChannelGroup], units: 
                                      f"{param}; keep at least one unit per layer")
 
 
-def _cut(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch.Tensor:
+def cut(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch.Tensor:
     for dim, flags in dims.items():
         tensor = tensor.index_select(dim, flags.nonzero().flatten().to(tensor.device))
     return tensor
@@ -160,7 +160,7 @@ def _cut(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch.Tensor
 def _replace(small: nn.Module, name: str, state: Mapping[str, torch.Tensor], kept: Kept) -> None:
     """Put a module of the cut shapes in place of `name` (its weights are loaded later)."""
     module = small.get_submodule(name)
-    shapes = {key.rpartition(".")[2]: _cut(t, kept.get(key, {})).shape for key, t in state.items()}
+    shapes = {key.rpartition(".")[2]: cut(t, kept.get(key, {})).shape for key, t in state.items()}
     first = next(t for t in state.values() if t.is_floating_point())
     like = {"device": first.device, "dtype": first.dtype}
     new: nn.Module
@@ -206,7 +206,7 @@ def _shrink_zero_pads(model: nn.Module, small: nn.Module, kept: Kept) -> None:
         small_pad.hi = int(out[width - pad.hi:].sum())
 
 
-def _default_input(model: ZooModel) -> torch.Tensor:
+def default_input(model: ZooModel) -> torch.Tensor:
     generator = torch.Generator().manual_seed(CHECK_SEED)
     param = next(model.parameters())
     return torch.randn((CHECK_BATCH, *model.input_shape), generator=generator).to(param.device, param.dtype)
