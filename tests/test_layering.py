@@ -8,7 +8,7 @@ LAYERS = {
     "config": 0, "store": 0, "plots": 0, "data": 0, "models": 0, "training": 0, "presets": 0,
     "sparsity": 1,
     "lottery": 2, "search": 2, "structure": 2,
-    "analysis": 3, "report": 3, "comparison": 3, "experiments": 3,
+    "analysis": 3, "report": 3, "comparison": 3, "experiments": 3, "structured_experiment": 3,
     "cli": 4,
 }
 

@@ -145,7 +145,34 @@ def cmd_run(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     if result.sweep is not None:
         lines += _describe_sweep(result.sweep)
         payload["sweep"] = {"run_dir": str(result.sweep.path), "rows": result.sweep.rows}
+    if result.structured is not None:
+        lines += _describe_structured(result.structured)
+        payload["structured"] = {"run_dir": str(result.structured.path) if result.structured.path else None,
+                                 "rows": result.structured.rows, "skipped": result.structured.skipped}
+        if result.structured.earlybird is not None:
+            payload["earlybird"] = _earlybird_payload(result.structured.earlybird)
     return lines, payload
+
+
+def _describe_structured(experiment: Any) -> list[str]:
+    lines = _describe_earlybird(experiment.earlybird) if experiment.earlybird is not None else []
+    if not experiment.rows:
+        return lines + [f"  {note}" for note in experiment.skipped]
+    lines += [f"structured pruning, shrunk and retrained (dense test acc {experiment.rows[0]['dense_test_acc']:.4f}; "
+              "test acc at the best validation step):",
+              f"  {'at':<10} {'epoch':>6} {'ratio':>5} {'retrain':<8} {'from':<11} {'params':>11} {'kept':>6} "
+              f"{'MACs':>7} {'latency':>7} {'pruned':>7} {'retrained':>9}"]
+    for row in experiment.rows:
+        lines.append(f"  {row['at']:<10} {row['epoch']:>6.3g} {row['ratio']:>5g} {row['mode']:<8} {row['start']:<11} "
+                     f"{row['params_small']:>11,} {100 * row['params_small'] / row['params_dense']:>5.1f}% "
+                     f"{row['macs_dense'] / row['macs_small']:>6.2f}x "
+                     f"{row['latency_b64_dense_ms'] / row['latency_b64_small_ms']:>6.2f}x "
+                     f"{row['pruned_test_acc']:>7.4f} {row['retrained_test_acc']:>9.4f}")
+    lines.append("  (kept: parameters of the dense network kept; MACs, latency: how many times fewer / faster, "
+                 "CPU batch 64; pruned: the shrunk network before retraining)")
+    lines += [f"  {note}" for note in experiment.skipped]
+    lines.append(f"  table and plot: {experiment.path}")
+    return lines
 
 
 def cmd_prune(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
@@ -323,8 +350,14 @@ def cmd_earlybird(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     ratios = [coerce(r, float, "--ratios") for r in args.ratios.split(",") if r.strip()]
     result = earlybird(*training_from_args(args), ratios, runtime_from_args(args), criterion=args.criterion,
                        threshold=args.threshold, stop=args.stop)
-    lines = [f"{'finished earlier: ' if result.cached else ''}early-bird tickets by {args.criterion} "
-             f"(distance < {args.threshold} to each of the 4 previous epochs' masks), {result.total_epochs} epochs:"]
+    return _describe_earlybird(result), _earlybird_payload(result)
+
+
+def _describe_earlybird(result: Any) -> list[str]:
+    settings = result.run.identity["earlybird"]
+    lines = [f"{'finished earlier: ' if result.cached else ''}early-bird tickets by {settings['criterion']} "
+             f"(distance < {settings['threshold']} to each of the 4 previous epochs' masks), "
+             f"{result.total_epochs} epochs:"]
     for ratio, epoch in result.found.items():
         lines.append(f"  pruning ratio {ratio:g}: " + (f"found at epoch {epoch} ({100 * result.cost[ratio]:.0f}% of "
                                                          "training)" if epoch is not None else "not found"))
@@ -332,8 +365,12 @@ def cmd_earlybird(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     if stopped is not None:
         lines.append(f"  training stopped at epoch {stopped}")
     lines.append(f"  heatmaps, tickets' checkpoints: {result.path}")
-    return lines, {"run_dir": str(result.path), "cached": result.cached,
-                   "found": {str(r): e for r, e in result.found.items()}, "metrics": result.summary}
+    return lines
+
+
+def _earlybird_payload(result: Any) -> dict[str, Any]:
+    return {"run_dir": str(result.path), "cached": result.cached,
+            "found": {str(r): e for r, e in result.found.items()}, "metrics": result.summary}
 
 
 def cmd_criteria(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:

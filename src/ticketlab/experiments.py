@@ -12,6 +12,7 @@ from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.report.lottery import LotteryReport, write_report
 from ticketlab.presets import Preset
 from ticketlab.sparsity.prune import PruneRun, prune
+from ticketlab.structured_experiment import StructuredExperiment, check_sections, run_structured
 from ticketlab.training.stage import TrainRun, train
 
 
@@ -25,9 +26,13 @@ class ExperimentResult:
     lottery: LotteryExperiment | None = None
     lottery_report: LotteryReport | None = None
     comparison: Comparison | None = None
+    structured: StructuredExperiment | None = None
 
 
 def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
+    structured = preset.earlybird is not None or bool(preset.shrink)
+    if structured:  # a bad value is reported before the data is looked for
+        check_sections(preset.earlybird, preset.shrink)
     data, training = preset.data, preset.train
     try:
         load_data(data, data_dir=runtime.data_dir)  # cached after the first call: cheap to ask
@@ -37,7 +42,11 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult
             raise
         data, training = preset.fallback.data, preset.fallback.train
         note = f"data: {data.name}, because {preset.data.name} is not available here ({missing})"
-    result = ExperimentResult(preset, note, train(data, preset.model, training, runtime))
+    if structured:  # its dense run keeps the checkpoints it prunes at (and draws early birds)
+        drawn = run_structured(data, preset.model, training, preset.earlybird, preset.shrink, runtime)
+        result = ExperimentResult(preset, note, drawn.dense, structured=drawn)
+    else:
+        result = ExperimentResult(preset, note, train(data, preset.model, training, runtime))
     if preset.prune is not None:
         result.prune = prune(result.train, preset.prune, runtime)
     if preset.lottery is not None:

@@ -2,7 +2,9 @@
 
 A preset has a description and one section per config: the dense training (`data`,
 `model`, `train`) and optional later stages (`prune`, `lottery` with `replicates`,
-`controls` and `control_levels`, `sweep`). Two optional sections change it:
+`controls` and `control_levels`, `sweep`, `compare`, and structured pruning: `earlybird`
+draws tickets while the dense network trains, `shrink` lists structured prunings that are
+physically shrunk and retrained). Two optional sections change it:
 `fallback` gives the data (and training changes) to use when the preset's data set is not
 available here; `smoke` gives overrides (tiny generated data, a few steps) that run the
 same pipeline in seconds, for tests (`ticketlab run PRESET --smoke`). A user's own YAML
@@ -20,13 +22,16 @@ from typing import Any
 import yaml
 
 from ticketlab.config import (DataConfig, LotteryConfig, MaskMethod, ModelConfig, PruneConfig, SearchConfig,
-                              TicketlabError, TrainConfig, from_dict)
+                              TicketlabError, TrainConfig, coerce, from_dict)
 
 CONFIGS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig,
            "lottery": LotteryConfig}
 OPTIONAL = ("prune", "lottery")
 SWEEP_KEYS = {"ks", "step"}
-OTHER_KEYS = {"description", "sweep", "fallback", "smoke", "replicates", "controls", "control_levels", "compare"}
+OTHER_KEYS = {"description", "sweep", "fallback", "smoke", "replicates", "controls", "control_levels", "compare",
+              "earlybird", "shrink"}
+EARLYBIRD_OPTIONS = {"criterion": str, "threshold": float, "stop": bool}  # as earlybird() takes them
+EARLYBIRD_AT = "earlybird"  # a shrink entry's `at` that means each ratio's early-bird ticket
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,74 @@ def _compare(section: Any, name: str) -> Compare:
 
 
 @dataclass(frozen=True)
+class EarlyBirdSection:
+    """Early-bird tickets drawn while the dense network trains (You et al.): the pruning ratios,
+    and `options` for earlybird() (criterion, threshold, stop; its defaults where absent)."""
+
+    ratios: tuple[float, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _earlybird(section: Any, name: str) -> EarlyBirdSection:
+    section = _mapping(section, f"{name}: earlybird")
+    extra = set(section) - {"ratios", *EARLYBIRD_OPTIONS}
+    if extra or not isinstance(section.get("ratios"), list) or not section["ratios"]:
+        raise TicketlabError(f"{name}: earlybird takes ratios (a list) and optionally "
+                             f"{', '.join(EARLYBIRD_OPTIONS)}" + (f"; not {', '.join(sorted(extra))}" if extra else ""))
+    options = {key: coerce(section[key], kind, f"{name}: earlybird.{key}")
+               for key, kind in EARLYBIRD_OPTIONS.items() if key in section}
+    return EarlyBirdSection(tuple(coerce(r, float, f"{name}: earlybird.ratios") for r in section["ratios"]), options)
+
+
+@dataclass(frozen=True)
+class ShrinkPlan:
+    """One entry of a `shrink` section: the dense run pruned by `prune` (structured; criterion
+    bn_scale unless given) at each step of `at` and each ratio, every mask physically shrunk,
+    and each small network retrained in each `retrain` mode (finetune, rewind, scratch), rewind
+    starting from `rewind`: a saved step, or `at` for the step pruned at. Without `at` or
+    `ratios`, the preset's earlybird section gives them: each ratio pruned at its ticket."""
+
+    prune: PruneConfig
+    at: tuple[str, ...] = ()
+    ratios: tuple[float, ...] = ()
+    retrain: tuple[str, ...] = ("finetune",)
+    rewind: str = "0it"
+
+
+SHRINK_KEYS = {"prune", "at", "ratios", "retrain", "rewind"}
+
+
+def _shrink(section: Any, name: str) -> tuple[ShrinkPlan, ...]:
+    if not isinstance(section, list) or not section:
+        raise TicketlabError(f"{name}: shrink must be a list of entries with keys {', '.join(sorted(SHRINK_KEYS))}")
+    plans = []
+    for i, entry in enumerate(section):
+        where = f"{name}: shrink[{i}]"
+        entry = _mapping(entry, where)
+        extra = set(entry) - SHRINK_KEYS
+        if extra:
+            raise TicketlabError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; "
+                                 f"expected some of {', '.join(sorted(SHRINK_KEYS))}")
+        lists = {key: entry[key] for key in ("at", "ratios", "retrain") if key in entry}
+        for key, value in lists.items():
+            if not isinstance(value, list) or not value:
+                raise TicketlabError(f"{where}: {key} must be a non-empty list")
+        prune = _mapping(entry.get("prune"), f"{where}.prune")
+        fixed = sorted(set(prune) & {"sparsity", "at", "structured"})
+        if fixed:
+            raise TicketlabError(f"{where}.prune: {', '.join(fixed)} cannot be set here; the entry's ratios "
+                                 "and at give them, and shrinking needs structured masks")
+        plans.append(ShrinkPlan(
+            from_dict(PruneConfig, {"criterion": "bn_scale", **prune, "structured": True}, f"{where}.prune"),
+            tuple(str(step) for step in lists.get("at", [])),
+            tuple(coerce(r, float, f"{where}.ratios") for r in lists.get("ratios", [])),
+            tuple(str(mode) for mode in lists.get("retrain", ["finetune"])),
+            str(entry.get("rewind", "0it")),
+        ))
+    return tuple(plans)
+
+
+@dataclass(frozen=True)
 class Fallback:
     data: DataConfig
     train: TrainConfig
@@ -74,6 +147,8 @@ class Preset:
     control_levels: tuple[int, ...] | None = None
     sweep: dict[str, Any] | None = None
     compare: Compare | None = None
+    earlybird: EarlyBirdSection | None = None
+    shrink: tuple[ShrinkPlan, ...] = ()
     fallback: Fallback | None = None
     smoke: dict[str, Any] = field(default_factory=dict)
 
@@ -92,6 +167,11 @@ class Preset:
                 changes[key] = _other(key, values, self.name)
             elif key == "compare":  # a whole smaller comparison: fewer methods, budgets, sparsities
                 changes[key] = _compare(values, self.name)
+            elif key == "earlybird" and self.earlybird is not None:  # a tweak: fewer ratios, a looser threshold
+                current = {"ratios": list(self.earlybird.ratios), **self.earlybird.options}
+                changes[key] = _earlybird({**current, **_mapping(values, f"{self.name}: smoke.earlybird")}, self.name)
+            elif key == "shrink":  # a whole smaller list: fewer steps, ratios, modes
+                changes[key] = _shrink(values, f"{self.name}: smoke")
             else:
                 raise TicketlabError(f"{self.name}: smoke cannot change {key}")
         return dataclasses.replace(self, **changes)
@@ -147,6 +227,10 @@ def parse_preset(name: str, text: str) -> Preset:
                                  f"expected some of {', '.join(sorted(SWEEP_KEYS))}")
     if "compare" in raw:
         fields["compare"] = _compare(raw["compare"], name)
+    if "earlybird" in raw:
+        fields["earlybird"] = _earlybird(raw["earlybird"], name)
+    if "shrink" in raw:
+        fields["shrink"] = _shrink(raw["shrink"], name)
     if "fallback" in raw:
         section = _mapping(raw["fallback"], f"{name}: fallback")
         if set(section) - {"data", "train"}:

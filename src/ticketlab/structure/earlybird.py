@@ -14,7 +14,7 @@ others in under `threshold` of its flags.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ticketlab.sparsity.mask import prunable_names
 from ticketlab.sparsity.schedules import check_sparsity
 from ticketlab.sparsity.selection import select
 from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_json, read_json
-from ticketlab.training.stage import run_training, train_identity
+from ticketlab.training.stage import TrainRun, run_training, train_identity
 
 WINDOW = 5
 THRESHOLD = 0.1
@@ -133,7 +133,32 @@ class EarlyBirdResult(StageRun):
 
     def ticket_checkpoint(self, ratio: float) -> Path:
         """The weights of the epoch where the ratio's ticket was drawn ({"model": state_dict, "epoch": n})."""
-        return self.run.file(f"checkpoints/earlybird-{ratio:g}.pt")
+        return self.run.file(f"checkpoints/{_ticket_name(ratio)}.pt")
+
+    def as_training(self, data: DataConfig, model: ModelConfig, training: TrainConfig) -> TicketTraining:
+        """This run as the dense training it is (pass the configs it was run with), each drawn
+        ticket's weights being the checkpoint of its epoch (`7ep`): the prune, shrink and retrain
+        stages then take an early-bird ticket like any saved step."""
+        tickets = {f"{epoch}ep": ratio for ratio, epoch in self.found.items() if epoch is not None}
+        return TicketTraining(self.run, data, model, training, summary=self.summary, cached=self.cached,
+                              tickets=tickets)
+
+
+def _ticket_name(ratio: float) -> str:
+    return f"earlybird-{ratio:g}"
+
+
+@dataclass
+class TicketTraining(TrainRun):
+    """An early-bird run read as a training run; `tickets` maps a ticket's epoch (`7ep`) to its ratio."""
+
+    tickets: dict[str, float] = field(default_factory=dict, kw_only=True)
+
+    def checkpoint_name(self, step: str) -> str:
+        name = super().checkpoint_name(step)
+        if name in self.tickets and not self.run.file(f"checkpoints/{name}.pt").exists():
+            return _ticket_name(self.tickets[name])
+        return name
 
 
 def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratios: Sequence[float],
@@ -149,7 +174,7 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     run = Run("earlybird", {**train_identity(data, model, training), "earlybird": settings}, runtime.runs_dir)
 
     def save(ratio: float, epoch: int, weights: dict[str, torch.Tensor]) -> None:
-        atomic_torch_save({"model": weights, "epoch": epoch}, run.file(f"checkpoints/earlybird-{ratio:g}.pt"))
+        atomic_torch_save({"model": weights, "epoch": epoch}, run.file(f"checkpoints/{_ticket_name(ratio)}.pt"))
 
     detector = EarlyBird(ratios, criterion, threshold=threshold, stop=stop, save=save)
 
