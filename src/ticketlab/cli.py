@@ -480,9 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_flags(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
-    search = commands.add_parser("search", help="search a mask: simulated annealing, or random / greedy baselines",
-                                 formatter_class=formatter)
-    search.add_argument("method", choices=["anneal", "random", "greedy"], help="search method")
+    search = commands.add_parser("search", help="search a mask: simulated annealing, REINFORCE, or random / greedy "
+                                 "baselines", formatter_class=formatter)
+    search.add_argument("method", choices=["anneal", "random", "greedy", "reinforce"], help="search method")
     add_run_flag(search)
     add_config_flags(search, SearchConfig, "search", skip=("method",))
     search.add_argument("--val-sizes", default="",

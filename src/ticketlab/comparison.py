@@ -5,25 +5,37 @@ the method's mask is made (a cached prune or search stage), then scored twice:
 "rewind accuracy", the masked network at the rewind weights before any training, and
 "trained accuracy", after retraining those weights under the mask (a cached stage too).
 Test accuracy is reported at the best validation step; nothing is selected on test.
+
+Searches are also compared by what they optimise: the best objective score found (the
+masked network's score on the search's validation images at its checkpoint) and the
+evaluations spent on it. A criterion's mask spends none; its score on the objective of the
+comparison's first search is its single point. table.csv holds both; best_so_far.png draws
+each search's best score so far against evaluations (mean over replicates), the criteria as
+flat lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ticketlab.config import DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
+                              TrainConfig)
 from ticketlab.lottery.retrain import Setting, retrain
-from ticketlab.search.stage import search
+from ticketlab.plots import line_panels
+from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
 from ticketlab.store import Run, atomic_write_text, csv_text
 from ticketlab.training.stage import TrainRun, train, with_checkpoints
 
 
-COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std")
+COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std",
+           "evaluations", "search_score_mean", "search_score_std")
+CURVE_POINTS = 100  # points per line of best_so_far.png
 
 
 @dataclass
@@ -51,6 +63,8 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
     if replicates < 1:
         raise TicketlabError(f"replicates must be at least 1, got {replicates}")
     steps = ["0it", rewind, *(m.config.at for m in methods), *(getattr(m.config, "compare", "0it") for m in methods)]
+    # The objective every mask is also scored on: the first search's (none without a search).
+    objective = next((m.config for m in methods if isinstance(m.config, SearchConfig)), None)
     runs = []
     for replicate in range(replicates):
         seeded = dataclasses.replace(with_checkpoints(training, steps), seed=training.seed + replicate)
@@ -68,7 +82,8 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
                 runs.append({"replicate": replicate, "method": method.name, "sparsity": sparsity,
                              "mask_run": made.run.name, "ticket_run": ticket.run.name,
                              "rewind_acc": masked_metrics(at_rewind, setting.data, mask)["test_acc"],
-                             "trained_acc": ticket.summary["best"]["test_acc"]})
+                             "trained_acc": ticket.summary["best"]["test_acc"],
+                             **_search_score(made, objective, runtime)})
     rows = []
     for sparsity in sparsities:
         for method in methods:
@@ -77,11 +92,52 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
             trained_mean, trained_std = _mean_std([r["trained_acc"] for r in mine])
             rows.append({"method": method.name, "sparsity": sparsity, "n": len(mine),
                          "rewind_acc_mean": rewind_mean, "rewind_acc_std": rewind_std,
-                         "trained_acc_mean": trained_mean, "trained_acc_std": trained_std})
+                         "trained_acc_mean": trained_mean, "trained_acc_std": trained_std,
+                         "evaluations": max(r["evaluations"] for r in mine)})
+            if objective is not None:
+                found = _mean_std([r["search_score"] for r in mine])
+                rows[-1].update(search_score_mean=found[0], search_score_std=found[1])
     report = Run("comparison", {"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir)
     with report.lock():
         report.start({"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind})
         atomic_write_text(report.file("table.csv"), csv_text(rows, COLUMNS))
-        atomic_write_text(report.file("runs.csv"), csv_text(runs, tuple(runs[0])))
+        atomic_write_text(report.file("runs.csv"), csv_text([_without_curve(r) for r in runs],
+                                                            tuple(_without_curve(runs[0]))))
+        if objective is not None:
+            _plot_best_so_far(report.file("best_so_far.png"), runs, methods, sparsities, objective)
         report.finish({"rows": rows})
-    return Comparison(report.path, rows, runs)
+    return Comparison(report.path, rows, [_without_curve(r) for r in runs])
+
+
+def _search_score(made: Any, objective: SearchConfig | None, runtime: Runtime) -> dict[str, Any]:
+    """Evaluations a mask cost, its best objective score, and for a search its best score after each evaluation."""
+    if isinstance(made.config, SearchConfig):
+        return {"evaluations": made.summary["evaluations"], "search_score": made.summary["best"]["score"],
+                "curve": [row["best"] for row in made.history()]}
+    score = None if objective is None else objective_score(made.train, objective, made.mask(), runtime)
+    return {"evaluations": 0, "search_score": score, "curve": None}
+
+
+def _without_curve(run: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in run.items() if key != "curve"}
+
+
+def _plot_best_so_far(path: Any, runs: list[dict[str, Any]], methods: Sequence[MaskMethod],
+                      sparsities: Sequence[float], objective: SearchConfig) -> None:
+    """One panel per sparsity: each search's best score so far (mean over replicates) against evaluations,
+    each criterion's score as a flat line; CURVE_POINTS points a line."""
+    budget = max(r["evaluations"] for r in runs)
+    x = sorted({max(1, round(budget * i / CURVE_POINTS)) for i in range(CURVE_POINTS + 1)})
+    panels = {}
+    for sparsity in sparsities:
+        series = {}
+        for method in methods:
+            mine = [r for r in runs if r["method"] == method.name and r["sparsity"] == sparsity]
+            if mine[0]["curve"] is None:
+                series[method.name] = [statistics.fmean(r["search_score"] for r in mine)] * len(x)
+            else:  # past a search's own budget, its line stops
+                series[method.name] = [statistics.fmean(r["curve"][e - 1] for r in mine)
+                                       if e <= len(mine[0]["curve"]) else math.nan for e in x]
+        panels[f"best {objective.metric} so far, sparsity {sparsity:g}"] = series
+    line_panels(path, x, panels, xlabel="evaluations",
+                title=f"best score found vs evaluations ({objective.metric} at {objective.at})")

@@ -95,12 +95,13 @@ class LotteryConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    method: str = hp("anneal", "search method: anneal, random or greedy")
+    method: str = hp("anneal", "search method: anneal, random, greedy or reinforce")
     granularity: str = hp("weight", "what a mask keeps or prunes: weight (single weights) or filter (units)")
     sparsity: float = hp(0.8, "fraction of the searchable units pruned, in (0, 1)")
     at: str = hp("0it", "checkpoint whose masked network is scored: 0it (init), 500it, 3ep, best, final")
     budget: int = hp(2000, "evaluations the search may spend")
-    mode: str = hp("default", "default (improved) or thesis (the EEE 198 constants and acceptance rule)")
+    mode: str = hp("default", "default (improved) or thesis (the EEE 198 constants and acceptance rule; reinforce: "
+                              "the earlier attempt's deterministic agent, a flawed method reproduced)")
     metric: str = hp("accuracy", "objective: accuracy or loss of the masked network on the search subset")
     val_size: int | None = hp(1024, "validation images the objective is computed on (default: all of validation)")
     start: str = hp("random", "initial mask: random, or a criterion's mask (magnitude, snip, ...)")
@@ -111,9 +112,16 @@ class SearchConfig:
     restarts: int = hp(0, "restarts from the best mask so far (default mode)")
     tabu: int | None = hp(None, "masks remembered to avoid revisiting (default: per mode)")
     train_steps: int = hp(0, "train each candidate this many iterations before scoring it (0: score as is)")
-    exact: bool = hp(True, "score bit-for-bit as the thesis evaluator would; --no-exact lets MLP searches update "
-                           "activations incrementally (~3x faster; scores within float rounding, so near-tied "
-                           "images can flip and the search can take another path)")
+    exact: bool = hp(True, "score as the thesis evaluator would (accuracy: exactly; loss: bit for bit); "
+                           "--no-exact also lets MLP searches on the loss update activations incrementally "
+                           "(faster; the loss then within float rounding of the thesis evaluator's)")
+    policy_lr: float = hp(0.01, "reinforce: Adam learning rate of the policy")
+    entropy: float = hp(0.001, "reinforce: weight of the entropy bonus (mean entropy of the softmax of each draw)")
+    baseline_decay: float = hp(0.9, "reinforce: factor per episode of the moving-average reward baseline")
+    episodes: int = hp(8, "reinforce: episodes (evaluations) per policy update (thesis mode: 1)")
+    hidden: int | None = hp(None, "reinforce: width of the policy's hidden layers (default 64; thesis mode 512)")
+    reward_sign: int = hp(1, "reinforce thesis mode: sign of the reward in its update (-1: the inverted reward "
+                             "the earlier attempt needed)")
     seed: int = hp(0, "seed of the search")
 
 

@@ -72,7 +72,7 @@ THESIS = {
 }
 DEFAULT = Plan("current", t0=None, cooling=None, h_decay=None)
 
-METHODS = ("anneal", "random", "greedy")
+METHODS = ("anneal", "random", "greedy", "reinforce")
 MODES = ("default", "thesis")
 GRANULARITIES = ("weight", "filter")
 NEIGHBOURHOODS = ("sawtooth", "geometric")
@@ -101,6 +101,21 @@ def check_config(cfg: SearchConfig) -> None:
         raise TicketlabError("restarts are not part of the thesis's algorithm; use them with --mode default")
     if cfg.val_size is not None and cfg.val_size < 1:
         raise TicketlabError(f"val_size must be at least 1 image, got {cfg.val_size}")
+    if not cfg.policy_lr > 0:
+        raise TicketlabError(f"policy_lr must be above 0, got {cfg.policy_lr}")
+    if not cfg.entropy >= 0:
+        raise TicketlabError(f"the entropy bonus must be at least 0, got {cfg.entropy}")
+    if not 0 <= cfg.baseline_decay < 1:
+        raise TicketlabError(f"baseline_decay must be in [0, 1), got {cfg.baseline_decay}")
+    for name in ("episodes", "hidden"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise TicketlabError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.reward_sign not in (1, -1):
+        raise TicketlabError(f"reward_sign must be 1 or -1, got {cfg.reward_sign}")
+    if cfg.reward_sign != 1 and not (cfg.method == "reinforce" and cfg.mode == "thesis"):
+        raise TicketlabError("reward_sign belongs to the earlier attempt's update; use it with reinforce --mode thesis")
+    if cfg.method == "reinforce" and cfg.mode == "thesis" and cfg.granularity != "filter":
+        raise TicketlabError("reinforce's thesis mode is the earlier attempt's filter agent; use --granularity filter")
 
 
 def plan_for(cfg: SearchConfig) -> Plan:

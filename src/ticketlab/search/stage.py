@@ -12,7 +12,8 @@ the mask the thesis's rule picks (the current mask when the running mean of acce
 peaked): that mean is an average over several masks, so the mask it credits may itself
 never have scored that high. Both are scored on the held-out data in summary.json.
 
-An interrupted search resumes exactly: its state is saved every CHECKPOINT_EVERY
+REINFORCE (search.reinforce) starts from no mask; its search.png is the agent's learning
+curve. An interrupted search resumes exactly: its state is saved every CHECKPOINT_EVERY
 evaluations (state.pt), and a rerun goes on from it as if it had never stopped.
 """
 
@@ -29,12 +30,15 @@ from torch import nn
 
 from ticketlab.config import Runtime, SearchConfig, TicketlabError, non_default
 from ticketlab.data import load_data
-from ticketlab.data.load import Split
+from ticketlab.data.load import Dataset, Split
 from ticketlab.search.anneal import CHECKPOINT_EVERY, SearchResult, anneal, check_config
 from ticketlab.search.baselines import greedy, random_search
 from ticketlab.search.evaluator import make_evaluator
+from ticketlab.search.features import unit_features
 from ticketlab.search.history import plot_history, read_history, write_history
 from ticketlab.search.moves import Moves
+from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
+from ticketlab.search.reinforce import reinforce
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -102,6 +106,31 @@ def held_out_scores(evaluator_on: Callable[[Split, str], Any], keep: torch.Tenso
     return scores
 
 
+def _at_checkpoint(train: TrainRun, cfg: SearchConfig,
+                   runtime: Runtime) -> tuple[torch.device, Dataset, nn.Module, dict[str, torch.Tensor], Split, Split]:
+    """The device, data, the model holding the weights at cfg.at (and those weights), the objective's images
+    and the rest of validation."""
+    device = apply_runtime(runtime)
+    weights = train.state_dict(cfg.at)
+    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+    objective, rest = split_validation(data.val, cfg.val_size, train.data.name)
+    model = init_model(train.model_config, data, train.training.seed).to(device)
+    model.load_state_dict(weights)
+    return device, data, model, weights, objective, rest
+
+
+def objective_score(train: TrainRun, cfg: SearchConfig, mask: Mask, runtime: Runtime = Runtime()) -> float:
+    """The objective a search with `cfg` maximises, for any mask over the model (a criterion's, say):
+    cfg.metric of the masked network at cfg.at on the search's images, as the evaluator scores it."""
+    check_config(cfg)
+    _, _, model, _, objective, _ = _at_checkpoint(train, cfg, runtime)
+    mask.apply(model)
+    model.eval()
+    with torch.inference_mode():
+        return score_batches(((model(xb), yb) for xb, yb in zip(objective.x.split(SCORE_BATCH),
+                                                                 objective.y.split(SCORE_BATCH))), cfg.metric)
+
+
 def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime = Runtime()) -> SearchRun:
     """Search masks of the trained run's weights at cfg.at with cfg.method, or return the finished
     search with the same inputs. Writes mask.safetensors (the best mask), history.csv, search.png,
@@ -112,16 +141,11 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
     if run.done and not runtime.force:
         result.summary, result.cached = run.summary(), True
         return result
-    device = apply_runtime(runtime)
-    weights = train.state_dict(cfg.at)
-    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
-    objective, rest = split_validation(data.val, cfg.val_size, train.data.name)
-    model = init_model(train.model_config, data, train.training.seed).to(device)
-    model.load_state_dict(weights)
+    device, data, model, weights, objective, rest = _at_checkpoint(train, cfg, runtime)
     space = weight_space(model) if cfg.granularity == "weight" else unit_space(model)
     generator = torch.Generator().manual_seed(cfg.seed)
     # Every input is checked before anything is written.
-    if cfg.method == "random":
+    if cfg.method in ("random", "reinforce"):  # they start from no mask
         start = None
         space.random(cfg.sparsity, torch.Generator(), cfg.layer_min)  # a throwaway draw: do the floors fit?
     else:
@@ -133,6 +157,8 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
         return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
                               train_config=train.training, train_data=data.train, exact=cfg.exact)
 
+    # The agent's state, read before the evaluator takes the model over.
+    features = unit_features(model, space) if cfg.method == "reinforce" else None
     evaluator = evaluator_on(objective, cfg.metric)
     with run.lock():
         if not run.claim(runtime.force):  # another process finished it meanwhile
@@ -142,7 +168,7 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
         resume = load_checkpoint(state) if state.exists() else None
         run.start({"train": train.run.name, "search": dataclasses.asdict(cfg)})
         started = time.perf_counter()
-        found = _run_method(evaluator, start, cfg, generator, runtime.progress, resume,
+        found = _run_method(evaluator, start, features, cfg, generator, runtime.progress, resume,
                             lambda snapshot: atomic_torch_save(snapshot, state))
         seconds = time.perf_counter() - started
         summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
@@ -167,11 +193,14 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
     return result
 
 
-def _run_method(evaluator: Any, start: torch.Tensor | None, cfg: SearchConfig, generator: torch.Generator,
-                progress: bool, resume: dict[str, Any] | None, checkpoint: Any) -> SearchResult:
+def _run_method(evaluator: Any, start: torch.Tensor | None, features: torch.Tensor | None, cfg: SearchConfig,
+                generator: torch.Generator, progress: bool, resume: dict[str, Any] | None,
+                checkpoint: Any) -> SearchResult:
     common = dict(progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY)
     if cfg.method == "random":
         return random_search(evaluator, cfg, generator, **common)
+    if cfg.method == "reinforce":
+        return reinforce(evaluator, features, cfg, generator, **common)
     method = greedy if cfg.method == "greedy" else anneal
     return method(evaluator, start, cfg, generator, **common)
 
@@ -190,4 +219,8 @@ def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds
     }
     if found.best_mean is not None:
         summary["best_running_mean"] = {"score": found.best_mean_score}
+    if cfg.method == "reinforce":  # where the policy ended: its entropy, from the first episode's
+        first, last = found.history[0], found.history[-1]
+        summary["policy"] = {"first_entropy": first["entropy"], "final_entropy": last["entropy"],
+                             "final_baseline": last["baseline"]}
     return summary
