@@ -229,12 +229,22 @@ def _mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
 
 
 def _describe_comparison(comparison: Any) -> list[str]:
-    lines = ["masks compared (test accuracy, mean ± std over replicates):",
-             f"  {'method':<18} {'sparsity':>8} {'rewind acc':>17} {'trained acc':>17}"]
-    lines += [f"  {row['method']:<18} {row['sparsity']:>8g} "
-              f"{_mean_std(row['rewind_acc_mean'], row['rewind_acc_std'], row['n']):>17} "
-              f"{_mean_std(row['trained_acc_mean'], row['trained_acc_std'], row['n']):>17}" for row in comparison.rows]
-    lines.append(f"  table: {comparison.path}")
+    searched = any(row.get("search_score_mean") is not None for row in comparison.rows)
+    lines = ["masks compared (test accuracy, mean ± std over replicates"
+             + ("; objective: the best validation score each method found, and the evaluations it spent" if searched
+                else "") + "):",
+             f"  {'method':<18} {'sparsity':>8} {'rewind acc':>17} {'trained acc':>17}"
+             + (f" {'objective':>17} {'evals':>6}" if searched else "")]
+    for row in comparison.rows:
+        line = (f"  {row['method']:<18} {row['sparsity']:>8g} "
+                f"{_mean_std(row['rewind_acc_mean'], row['rewind_acc_std'], row['n']):>17} "
+                f"{_mean_std(row['trained_acc_mean'], row['trained_acc_std'], row['n']):>17}")
+        if searched:
+            score = row.get("search_score_mean")
+            score = "—" if score is None else _mean_std(score, row["search_score_std"], row["n"])
+            line += f" {score:>17} {row['evaluations']:>6}"
+        lines.append(line)
+    lines.append(f"  table{', best score vs evaluations' if searched else ''}: {comparison.path}")
     return lines
 
 

@@ -4,14 +4,18 @@ For each replicate (dense seed), sparsity and method — a pruning criterion or 
 the method's mask is made (a cached prune or search stage), then scored twice:
 "rewind accuracy", the masked network at the rewind weights before any training, and
 "trained accuracy", after retraining those weights under the mask (a cached stage too).
-Test accuracy is reported at the best validation step; nothing is selected on test.
+A structured mask (whole filters or units) is retrained as the physically smaller network
+it stands for: shrunk at the rewind weights (checked equal to the masked network) and
+trained from there, which is what the thesis's "actual pruning" did. Test accuracy is
+reported at the best validation step; nothing is selected on test.
 
 Searches are also compared by what they optimise: the best objective score found (the
 masked network's score on the search's validation images at its checkpoint) and the
-evaluations spent on it. A criterion's mask spends none; its score on the objective of the
-comparison's first search is its single point. table.csv holds both; best_so_far.png draws
-each search's best score so far against evaluations (mean over replicates), the criteria as
-flat lines.
+evaluations spent on it, on one objective: the comparison's first search's. A criterion's
+mask spends no evaluations, and a search with another objective (another checkpoint, say)
+is not drawn as a curve: each is scored once on that objective, a single point.
+table.csv holds both; best_so_far.png draws each search's best score so far against
+evaluations (mean over replicates), the single points as flat lines.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from ticketlab.lottery.retrain import Setting, retrain
 from ticketlab.plots import line_panels
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
-from ticketlab.store import Run, atomic_write_text, csv_text
+from ticketlab.store import Run, StageRun, atomic_write_text, csv_text
+from ticketlab.structure.retrain import retrain_small
+from ticketlab.structure.stage import is_structured, shrink_run
 from ticketlab.training.stage import TrainRun, train, with_checkpoints
 
 
@@ -76,9 +82,7 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
                 mask = made.mask()
                 at_rewind = setting.model()
                 at_rewind.load_state_dict(dense.state_dict(rewind))
-                ticket = retrain(Run("ticket", {"mask": made.run.name, "rewind": rewind}, runtime.runs_dir), setting,
-                                 dense.state_dict(rewind), mask, start_iteration=setting.iteration(rewind),
-                                 hparams={"mask": made.run.name, "rewind": rewind, "method": method.name})
+                ticket = _retrain(made, method, setting, rewind, runtime)
                 runs.append({"replicate": replicate, "method": method.name, "sparsity": sparsity,
                              "mask_run": made.run.name, "ticket_run": ticket.run.name,
                              "rewind_acc": masked_metrics(at_rewind, setting.data, mask)["test_acc"],
@@ -94,8 +98,9 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
                          "rewind_acc_mean": rewind_mean, "rewind_acc_std": rewind_std,
                          "trained_acc_mean": trained_mean, "trained_acc_std": trained_std,
                          "evaluations": max(r["evaluations"] for r in mine)})
-            if objective is not None:
-                found = _mean_std([r["search_score"] for r in mine])
+            scores = [r["search_score"] for r in mine if r["search_score"] is not None]
+            if scores:
+                found = _mean_std(scores)
                 rows[-1].update(search_score_mean=found[0], search_score_std=found[1])
     report = Run("comparison", {"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir)
     with report.lock():
@@ -109,13 +114,33 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
     return Comparison(report.path, rows, [_without_curve(r) for r in runs])
 
 
+def _retrain(made: Any, method: MaskMethod, setting: Setting, rewind: str, runtime: Runtime) -> StageRun:
+    """The mask's network retrained from the rewind weights: shrunk first if the mask is structured."""
+    if is_structured(made):
+        return retrain_small(shrink_run(made, runtime, step=rewind), "rewind", runtime, rewind=rewind)
+    dense = setting.dense
+    return retrain(Run("ticket", {"mask": made.run.name, "rewind": rewind}, runtime.runs_dir), setting,
+                   dense.state_dict(rewind), made.mask(), start_iteration=setting.iteration(rewind),
+                   hparams={"mask": made.run.name, "rewind": rewind, "method": method.name})
+
+
+# What a search's best score depends on besides its mask: equal in these, two searches share an objective.
+OBJECTIVE_FIELDS = ("at", "metric", "val_size", "train_steps")
+
+
 def _search_score(made: Any, objective: SearchConfig | None, runtime: Runtime) -> dict[str, Any]:
-    """Evaluations a mask cost, its best objective score, and for a search its best score after each evaluation."""
-    if isinstance(made.config, SearchConfig):
-        return {"evaluations": made.summary["evaluations"], "search_score": made.summary["best"]["score"],
+    """Evaluations a mask cost, its objective score, and for a search of that objective its best
+    score after each evaluation."""
+    config = made.config
+    searched = isinstance(config, SearchConfig)
+    evaluations = made.summary["evaluations"] if searched else 0
+    if searched and all(getattr(config, f) == getattr(objective, f) for f in OBJECTIVE_FIELDS):
+        return {"evaluations": evaluations, "search_score": made.summary["best"]["score"],
                 "curve": [row["best"] for row in made.history()]}
-    score = None if objective is None else objective_score(made.train, objective, made.mask(), runtime)
-    return {"evaluations": 0, "search_score": score, "curve": None}
+    # A mask is scored as it is: an objective that trains each candidate first has no such score.
+    score = None if objective is None or objective.train_steps else objective_score(made.train, objective,
+                                                                                  made.mask(), runtime)
+    return {"evaluations": evaluations, "search_score": score, "curve": None}
 
 
 def _without_curve(run: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +158,8 @@ def _plot_best_so_far(path: Any, runs: list[dict[str, Any]], methods: Sequence[M
         series = {}
         for method in methods:
             mine = [r for r in runs if r["method"] == method.name and r["sparsity"] == sparsity]
+            if mine[0]["search_score"] is None:
+                continue
             if mine[0]["curve"] is None:
                 series[method.name] = [statistics.fmean(r["search_score"] for r in mine)] * len(x)
             else:  # past a search's own budget, its line stops

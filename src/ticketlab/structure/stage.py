@@ -93,9 +93,13 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch: int,
     return 1000 * statistics.median(times)
 
 
+def is_structured(source: PruneRun | SearchRun) -> bool:
+    """Whether the run's mask keeps or prunes whole units (what shrinking needs)."""
+    return source.config.structured if isinstance(source, PruneRun) else source.config.granularity == "filter"
+
+
 def check_structured(source: PruneRun | SearchRun) -> None:
-    structured = source.config.structured if isinstance(source, PruneRun) else source.config.granularity == "filter"
-    if not structured:
+    if not is_structured(source):
         raise TicketlabError(f"{source.run.name} has a mask of single weights; shrinking needs a structured mask "
                              "(prune --structured, or search --granularity filter)")
 
