@@ -5,9 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import load_data
+from ticketlab.sparsity.prune import prune
 from ticketlab.store import load_checkpoint
+from ticketlab.structure.stage import units_from_mask
 from ticketlab.structure.earlybird import EarlyBird, earlybird, is_stable, mask_distance
 from ticketlab.training.loop import Trainer, fit
 from ticketlab.training.stage import init_model
@@ -157,3 +159,15 @@ def test_earlybird_run_finds_tickets_that_satisfy_the_rule(tmp_path):
     assert result.summary["stopped_early_at"] == stopped and epochs[-1] == (stopped or 10)
     again = earlybird(DIGITS, VGG, training, (0.3, 0.5, 0.7), runtime, stop=True)
     assert again.cached and again.found == result.found
+    # The ticket a preset prunes at a ratio's early-bird epoch is the mask the detector drew there.
+    dense = result.as_training(DIGITS, VGG, training)
+    assert any(found is not None for found in result.found.values())
+    for ratio, found in result.found.items():
+        if found is None:
+            continue
+        model = init_model(VGG, load_data(DIGITS), 0)
+        model.load_state_dict(dense.state_dict(f"{found}ep"))
+        drawn = EarlyBird([ratio]).channel_masks(model)[ratio]
+        pruned = prune(dense, PruneConfig(criterion="bn_scale", structured=True, sparsity=ratio, at=f"{found}ep"),
+                       runtime).mask()
+        assert torch.equal(torch.cat(list(units_from_mask(model, pruned).values())), drawn)
