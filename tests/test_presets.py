@@ -43,7 +43,7 @@ def test_smoke_variants_run_end_to_end(name, tmp_path, capsys):
         assert all(0 <= row["rewind_acc_mean"] <= 1 and 0 <= row["trained_acc_mean"] <= 1 for row in rows)
 
 
-@pytest.mark.parametrize("name", ["lth-conv4", "resnet20-imp"])
+@pytest.mark.parametrize("name", ["lth-conv4", "resnet20-imp", "reinforce-vs-anneal-cifar"])
 def test_cifar_presets_without_cifar_stop_with_the_data_error(name, tmp_path, capsys):
     assert main(["run", name, "--quiet", "--runs-dir", str(tmp_path)]) == 2
     assert "cifar-10-binary.tar.gz" in capsys.readouterr().err
