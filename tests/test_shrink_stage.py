@@ -121,3 +121,10 @@ def test_onnx_export_without_onnx_names_the_package(shrunk, tmp_path, monkeypatc
     with pytest.raises(TicketlabError, match="pip install onnx"):
         export_onnx(ticketlab.load(result.model_file), tmp_path / "small.onnx", (1, 8, 8))
     assert not (tmp_path / "small.onnx").exists()
+
+
+def test_a_model_outside_the_zoo_is_not_saved(tmp_path):
+    with pytest.raises(TicketlabError, match="zoo models, not a Sequential"):
+        save_model(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "small.safetensors",
+                   ModelConfig(name="lenet300_100"), {})
+    assert not (tmp_path / "small.safetensors").exists()

@@ -36,6 +36,10 @@ METADATA_KEY = "ticketlab"
 def save_model(model: ZooModel, path: str | Path, model_config: ModelConfig,
                units: Mapping[str, torch.Tensor]) -> None:
     """Write `model` (the zoo model `model_config` names, shrunk by `units`) to one safetensors file."""
+    if not isinstance(model, ZooModel):
+        # The file names an architecture that `load` rebuilds; a pickled module would not be weights-only safe.
+        raise TicketlabError(f"save_model saves ticketlab's zoo models, not a {type(model).__name__}; export "
+                             "another model with export_onnx, or keep its keep-flags and state_dict")
     header = {
         "format": FORMAT, "version": VERSION,
         "model_config": dataclasses.asdict(model_config),
