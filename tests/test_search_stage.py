@@ -1,11 +1,13 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from ticketlab.config import DataConfig, ModelConfig, Runtime, SearchConfig, TicketlabError, TrainConfig
+from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError, TrainConfig
 from ticketlab.search import stage as stage_module
-from ticketlab.search.stage import search
+from ticketlab.search.stage import objective_score, search
+from ticketlab.sparsity.prune import prune
 from ticketlab.training.stage import train
 
 
@@ -72,6 +74,19 @@ def test_baselines_and_a_criterion_start(mlp, runtime, cfg):
     result = search(mlp, cfg, runtime)
     assert result.summary["evaluations"] == 15 and len(result.history()) == 15
     assert result.mask().sparsity() == pytest.approx(0.8, abs=1e-4)
+
+
+def test_a_search_starts_from_another_runs_trained_mask(mlp, runtime):
+    trained = prune(mlp, PruneConfig(criterion="magnitude_sign", sparsity=0.8, at="final", compare="0it"), runtime)
+    cfg = SearchConfig(method="greedy", budget=10, val_size=100, at="0it", start=trained.run.name)
+    result = search(mlp, cfg, runtime)
+    first = result.history()[0]
+    assert first["candidate"] == objective_score(mlp, cfg, trained.mask(), runtime)  # the start is that mask
+    assert result.summary["best"]["score"] >= first["candidate"]  # greedy never ends below its start
+    with pytest.raises(TicketlabError, match="keeps .* a search at sparsity 0.9 keeps"):
+        search(mlp, dataclasses.replace(cfg, sparsity=0.9), runtime)
+    with pytest.raises(TicketlabError, match="no run 'prune-000000000000'"):
+        search(mlp, dataclasses.replace(cfg, start="prune-000000000000"), runtime)
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path, monkeypatch):

@@ -104,7 +104,8 @@ class SearchConfig:
                               "the earlier attempt's deterministic agent, a flawed method reproduced)")
     metric: str = hp("accuracy", "objective: accuracy or loss of the masked network on the search subset")
     val_size: int | None = hp(1024, "validation images the objective is computed on (default: all of validation)")
-    start: str = hp("random", "initial mask: random, or a criterion's mask (magnitude, snip, ...)")
+    start: str = hp("random", "initial mask: random, a criterion's mask at the searched checkpoint (magnitude, "
+                              "snip, ...), or a finished prune or search run's mask (its name or directory)")
     neighbourhood: str = hp("sawtooth", "schedule of h (units swapped per move): sawtooth (thesis) or geometric")
     layer_min: float = hp(0.0, "fraction of each layer's units every mask keeps (0: none; 1 unit is always kept)")
     t0: float | None = hp(None, "initial temperature (default: thesis constant, or calibrated from random moves)")

@@ -23,6 +23,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,13 +44,14 @@ from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_text, load_checkpoint
+from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_text, find_run, load_checkpoint
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 MASK_FILE = "mask.safetensors"
 MEAN_MASK_FILE = "mask_running_mean.safetensors"
 STATE_FILE = "state.pt"
 CRITERION_BATCH = 64  # validation images a data-driven start criterion scores on
+START_RUN_KINDS = ("prune", "search")  # runs whose mask a search can start from
 
 
 @dataclass
@@ -76,10 +78,14 @@ def split_validation(val: Split, size: int | None, dataset: str) -> tuple[Split,
 
 
 def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: TrainRun, objective: Split,
-               generator: torch.Generator) -> torch.Tensor:
-    """A random keep-vector, or the mask of the criterion cfg.start at the same sparsity (global)."""
+               generator: torch.Generator, runs_dir: str | None = None) -> torch.Tensor:
+    """A random keep-vector, the mask of the finished prune or search run cfg.start names (at
+    the same sparsity), or the mask of the criterion cfg.start at the same sparsity (global),
+    scored at the search's checkpoint."""
     if cfg.start == "random":
         return space.random(cfg.sparsity, generator, cfg.layer_min)
+    if cfg.start.partition("-")[0] in START_RUN_KINDS or Path(cfg.start).is_dir():
+        return _start_from_run(cfg, model, space, runs_dir)
     criterion = get_criterion(cfg.start)
     if criterion.structured != (cfg.granularity == "filter"):
         raise TicketlabError(f"criterion {cfg.start} scores {'units' if criterion.structured else 'single weights'}, "
@@ -91,6 +97,20 @@ def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: T
         batches=[(objective.x[:CRITERION_BATCH], objective.y[:CRITERION_BATCH])] if criterion.needs_data else None,
     )
     return space.from_mask(score_and_select(context, criterion, cfg.sparsity))
+
+
+def _start_from_run(cfg: SearchConfig, model: nn.Module, space: SearchSpace, runs_dir: str | None) -> torch.Tensor:
+    """The keep-vector of a prune or search run's mask (a trained mask, say, to search on from)."""
+    path, _ = find_run(cfg.start, START_RUN_KINDS, runs_dir)
+    mask = Mask.load(path / MASK_FILE)
+    mask.check_fits(model)
+    keep = space.from_mask(mask)
+    expected = space.size - round(space.size * cfg.sparsity)
+    if int(keep.sum()) != expected:
+        raise TicketlabError(f"the mask of {cfg.start} keeps {int(keep.sum())} of the {space.size} {cfg.granularity} "
+                             f"units, a search at sparsity {cfg.sparsity:g} keeps {expected}; search at that run's "
+                             "sparsity")
+    return keep
 
 
 def held_out_scores(evaluator_on: Callable[[Split, str], Any], keep: torch.Tensor,
@@ -149,7 +169,7 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
         start = None
         space.random(cfg.sparsity, torch.Generator(), cfg.layer_min)  # a throwaway draw: do the floors fit?
     else:
-        start = start_mask(cfg, model, space, train, objective, generator)
+        start = start_mask(cfg, model, space, train, objective, generator, runtime.runs_dir)
         Moves.from_space(space, cfg.layer_min).check(start, f"the {cfg.start} start mask")
 
     def evaluator_on(split: Split, metric: str) -> Any:
