@@ -6,8 +6,9 @@ One row per unit of the space (a filter/neuron, or a single weight), in the spac
    weights (search per filter: the l1_norm criterion's score), |w| of a weight;
 1. the same magnitude over its mean across the whole space, log1p'd: per-layer normalisation
    alone would hide which layers are strong, which a global choice needs;
-2. BatchNorm scale |γ| min-max normalised within the layer, 0 where the layer has none (or
-   per weight, where no BatchNorm belongs to a single weight);
+2. BatchNorm scale |γ| min-max normalised within the layer; 0 everywhere unless every
+   channel group passes through a BatchNorm, and per weight (no BatchNorm belongs to a
+   single weight);
 3. the layer's position, index / (layers - 1), 0 for a single layer;
 4. the layer's size, log(size) / log(largest layer's size).
 
@@ -23,8 +24,9 @@ from torch import nn
 
 from ticketlab.config import TicketlabError
 from ticketlab.search.space import SearchSpace
-from ticketlab.sparsity.criteria import ScoreContext, get_criterion
+from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
+from ticketlab.sparsity.criteria.bn_scale import group_scales
 from ticketlab.sparsity.mask import prunable_names
 
 FEATURES = ("magnitude", "relative magnitude", "bn scale", "position", "size")
@@ -43,11 +45,10 @@ def _per_unit(model: nn.Module, space: SearchSpace) -> tuple[dict[str, torch.Ten
         return magnitude, {name: torch.zeros_like(m) for name, m in magnitude.items()}
     ctx = ScoreContext(model=model, names=prunable_names(model))
     magnitude = {group: rows.abs().mean(dim=1).float() for group, rows in incoming_weights(ctx).items()}
-    try:
-        scale = {group: s.float() for group, s in get_criterion("bn_scale").scores(ctx).items()}
-    except TicketlabError:  # no BatchNorm (or a group without one): the feature carries nothing
-        scale = {name: torch.zeros_like(m) for name, m in magnitude.items()}
-    return magnitude, scale
+    scales = group_scales(ctx)
+    if any(s is None for s in scales.values()):  # some group without a BatchNorm: the feature carries nothing
+        return magnitude, {name: torch.zeros_like(m) for name, m in magnitude.items()}
+    return magnitude, {group: s.float() for group, s in scales.items()}
 
 
 @torch.no_grad()

@@ -13,23 +13,31 @@ from ticketlab.config import TicketlabError
 from ticketlab.sparsity.criteria.base import Criterion, ScoreContext, channel_groups, unit_rows
 
 
+def group_scales(ctx: ScoreContext) -> dict[str, torch.Tensor | None]:
+    """Per channel group, the mean |γ| of each unit over the BatchNorms it passes through;
+    None for a group that passes through none."""
+    scales = {f"{name}.weight" for name, m in ctx.model.named_modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
+    params = ctx.params()
+    found: dict[str, torch.Tensor | None] = {}
+    for group in channel_groups(ctx.model):
+        gammas = [unit_rows(params[p.param], p, group.size) for p in group.producers if p.param in scales]
+        found[group.name] = torch.cat(gammas, dim=1).abs().mean(dim=1) if gammas else None
+    return found
+
+
 class BNScale(Criterion):
     name = "bn_scale"
     structured = True
 
     def compute(self, ctx: ScoreContext) -> dict[str, torch.Tensor]:
-        modules = dict(ctx.model.named_modules())
-        scales = {f"{name}.weight" for name, m in modules.items()
-                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
-        if not scales:
+        found = group_scales(ctx)
+        scores = {name: score for name, score in found.items() if score is not None}
+        if not scores:
             raise TicketlabError(f"criterion bn_scale needs BatchNorm layers with a scale; "
                                  f"{type(ctx.model).__name__} has none")
-        params = ctx.params()
-        scores = {}
-        for group in channel_groups(ctx.model):
-            gammas = [unit_rows(params[p.param], p, group.size) for p in group.producers if p.param in scales]
-            if not gammas:
-                raise TicketlabError(f"channel group {group.name} passes through no BatchNorm; bn_scale needs "
-                                     "every group to")
-            scores[group.name] = torch.cat(gammas, dim=1).abs().mean(dim=1)
+        missing = [name for name in found if name not in scores]
+        if missing:
+            raise TicketlabError(f"channel group {missing[0]} passes through no BatchNorm; bn_scale needs "
+                                 "every group to")
         return scores
