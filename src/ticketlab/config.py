@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,7 +69,9 @@ class TrainConfig:
 class PruneConfig:
     criterion: str = hp("magnitude", "pruning criterion (see `ticketlab criteria`)")
     sparsity: float = hp(0.8, "fraction of the prunable weights (or units) to prune, in [0, 1)")
-    scope: str = hp("global", "rank weights across all layers (global) or within each layer (layerwise)")
+    scope: str | None = hp(None, "rank across all layers (global) or within each layer (layerwise) (default: global "
+                                 "for single weights; layerwise for units, as Torch-Pruning does, since one global "
+                                 "ranking of units can empty whole layers)")
     structured: bool = hp(False, "prune whole units (neurons, filters, channels) instead of single weights")
     at: str = hp("final", "checkpoint the scores are taken from: a saved step (0it, 3ep), best or final")
     compare: str = hp("0it", "checkpoint that criteria comparing two steps use (magnitude_sign, magnitude_increase)")
@@ -103,7 +106,8 @@ class SearchConfig:
     mode: str = hp("default", "default (improved) or thesis (the EEE 198 constants and acceptance rule; reinforce: "
                               "the earlier attempt's deterministic agent, a flawed method reproduced)")
     metric: str = hp("accuracy", "objective: accuracy or loss of the masked network on the search subset")
-    val_size: int | None = hp(1024, "validation images the objective is computed on (default: all of validation)")
+    val_size: int | None = hp(1024, "validation images the objective is computed on: the first N of validation "
+                                    "(default: 1024, or all of validation where it holds fewer)")
     start: str = hp("random", "initial mask: random, a criterion's mask at the searched checkpoint (magnitude, "
                               "snip, ...), or a finished prune or search run's mask (its name or directory)")
     neighbourhood: str = hp("sawtooth", "schedule of h (units swapped per move): sawtooth (thesis) or geometric")
@@ -183,7 +187,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return None
     target = next((a for a in args if a is not type(None)), annotation) if args else annotation
     if isinstance(value, target) and not (target is int and isinstance(value, bool)):
-        return value
+        return _finite(value, value, target, where)
     text = str(value).strip()
     try:
         if target is bool:
@@ -195,6 +199,17 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ValueError
         if target is int and isinstance(value, float) and value.is_integer():
             return int(value)
-        return target(text)
+        converted = target(text)
     except (TypeError, ValueError):
-        raise TicketlabError(f"{where}: {value!r} is not a valid {target.__name__}") from None
+        raise TicketlabError(f"{where}: {value!r} is not a valid {target.__name__}; expected e.g. "
+                             f"{EXAMPLES.get(target, target.__name__)}") from None
+    return _finite(converted, value, target, where)
+
+
+def _finite(converted: Any, value: Any, target: type, where: str) -> Any:
+    if target is float and not math.isfinite(converted):
+        raise TicketlabError(f"{where}: {value!r} is not a finite number; expected e.g. {EXAMPLES[float]}")
+    return converted
+
+
+EXAMPLES = {int: "3", float: "0.5 or 1e-3", bool: "true or false"}

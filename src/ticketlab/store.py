@@ -4,19 +4,28 @@ A run directory is `<root>/<kind>-<hash>/`. It holds `hparams.json` (what define
 the stage's artifacts, and `summary.json`, written last: its presence means "done".
 Every file is written atomically (temp file in the same directory, then rename), and a
 run is locked while a process works on it, so two processes never write one run.
+
+Every file written into a run while its lock is held gets its SHA-256 recorded in the
+run's `manifest.json`, and every read of a run's file checks it. A finished run with a
+missing or damaged file is redone by the stage that made it the next time it is asked
+for (`Run.claim`); an unfinished one with a damaged file starts over instead of
+resuming from it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,9 +36,28 @@ from ticketlab.config import TicketlabError, stable_hash
 
 SUMMARY = "summary.json"
 HPARAMS = "hparams.json"
+MANIFEST = "manifest.json"
 LOCK = ".lock"
+DIVERGED = "diverged.json"
+TEMPORARY = ".*.tmp"  # what atomic_path's temporaries are named like
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+# Run directories whose lock this process holds: files written under them are recorded.
+_writing: set[Path] = set()
+# The command line that is running, recorded in each run's hparams.json as the way to redo it.
+_invocation: list[str | None] = [None]
+
+
+def set_invocation(command: str | None) -> None:
+    """Record `command` (e.g. `ticketlab train --epochs 3`) as the command that makes the runs this
+    process writes; a damaged artifact's error names it as the repair."""
+    _invocation[0] = command
+
+
+def note(message: str) -> None:
+    """Tell the user something the program did on its own (e.g. redoing a damaged run), on stderr."""
+    print(f"ticketlab: note: {message}", file=sys.stderr)
 
 
 def runs_root(runs_dir: str | Path | None = None) -> Path:
@@ -46,10 +74,131 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts should be as readable as any
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        root = _writing_run(path)
+        if root is None:
+            os.replace(tmp, path)
+        else:
+            _replace_recorded(Path(tmp), path, root)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+# --- the manifest -------------------------------------------------------------------------
+# manifest.json: {"files": {relative path: [accepted SHA-256, ...]}, "sha256": hash of "files"}.
+# A file's entry holds its one hash, except between the two manifest writes that bracket the
+# file's rename, when it accepts the old content and the new: a kill anywhere leaves a run
+# whose files all match.
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _writing_run(path: Path) -> Path | None:
+    absolute = Path(os.path.abspath(path))
+    return next((parent for parent in absolute.parents if parent in _writing), None)
+
+
+def _read_manifest(root: Path) -> dict[str, list[str]] | None:
+    """The run's recorded hashes; None for a run without a manifest (made before there were any)."""
+    path = root / MANIFEST
+    try:
+        saved = json.loads(path.read_bytes())
+        files = saved["files"]
+        intact = isinstance(files, dict) and saved["sha256"] == sha256_bytes(_canonical(files))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        intact = False
+    if not intact:
+        raise TicketlabError(f"{path} is corrupt (it does not match its own checksum){_repair_hint(root)}")
+    return files
+
+
+def _canonical(files: dict[str, list[str]]) -> bytes:
+    return json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _write_manifest(root: Path, files: dict[str, list[str]]) -> None:
+    text = json.dumps({"files": files, "sha256": sha256_bytes(_canonical(files))}, indent=1, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, root / MANIFEST)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _relative(path: Path, root: Path) -> str:
+    return Path(os.path.abspath(path)).relative_to(root).as_posix()
+
+
+def _replace_recorded(tmp: Path, path: Path, root: Path) -> None:
+    """Rename `tmp` to `path`, recording its hash in the manifest of `root` (a run this process writes)."""
+    digest, name = sha256_file(tmp), _relative(path, root)
+    files = _read_manifest(root) or {}
+    _write_manifest(root, {**files, name: [*files.get(name, [])[-1:], digest]})
+    os.replace(tmp, path)
+    _write_manifest(root, {**files, name: [digest]})
+
+
+def remove_artifact(path: Path) -> None:
+    """Delete a run's file (e.g. a resume point no longer needed) and its manifest entry."""
+    path.unlink(missing_ok=True)
+    root = _writing_run(path)
+    if root is not None:
+        files = _read_manifest(root) or {}
+        if files.pop(_relative(path, root), None) is not None:
+            _write_manifest(root, files)
+
+
+def _run_root(path: Path) -> Path | None:
+    """The run directory a file lies in: the nearest of its parents with a manifest."""
+    absolute = Path(os.path.abspath(path))
+    return next((parent for parent in list(absolute.parents)[:3] if (parent / MANIFEST).exists()), None)
+
+
+def _repair_hint(root: Path | None) -> str:
+    """How to repair a damaged file of the run at `root`: the command that made the run (which
+    redoes a damaged run), where it is known."""
+    if root is None or not (root / HPARAMS).exists():
+        return ""
+    try:
+        command = json.loads((root / HPARAMS).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if command:
+        return f"; repair it with `{command}` (a damaged run is redone)"
+    return f"; run what made {root.name} again (a damaged run is redone), or --force it"
+
+
+def verified_bytes(path: Path, what: str = "") -> bytes:
+    """The file's content, checked against the hash its run recorded when it was written."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TicketlabError(f"{label} does not exist") from None
+    except IsADirectoryError:
+        raise TicketlabError(f"{label} is a directory; expected a file") from None
+    root = _run_root(path)
+    if root is not None:
+        accepted = (_read_manifest(root) or {}).get(_relative(path, root))
+        if accepted is not None and sha256_bytes(data) not in accepted:
+            raise TicketlabError(f"{label} is corrupt: its SHA-256 is not the one recorded when it was written"
+                                 f"{_repair_hint(root)}")
+    return data
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -77,22 +226,27 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only: no code runs); a damaged file is a clear error."""
+    data = verified_bytes(path, "checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TicketlabError(f"checkpoint {path} does not exist") from None
+        with warnings.catch_warnings():  # torch warns about what it then refuses; the error says it in one line
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TicketlabError(
-            f"checkpoint {path} is corrupt or unreadable ({reason}); delete it or rerun with --force"
-        ) from None
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise TicketlabError(f"checkpoint {path} is corrupt or unreadable ({reason[:160]})"
+                             f"{_repair_hint(_run_root(path) or path.parent)}") from None
+    if not isinstance(state, dict):
+        raise TicketlabError(f"checkpoint {path} holds a {type(state).__name__}; expected a ticketlab checkpoint")
+    return state
 
 
 def read_json(path: Path) -> Any:
+    data = verified_bytes(path)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TicketlabError(f"{path} is unreadable ({exc}); delete it or rerun with --force") from None
+        return json.loads(data)
+    except ValueError as exc:
+        raise TicketlabError(f"{path} is not valid JSON ({exc}){_repair_hint(_run_root(path) or path.parent)}") \
+            from None
 
 
 class Run:
@@ -108,6 +262,24 @@ class Run:
     def done(self) -> bool:
         return (self.path / SUMMARY).exists()
 
+    def reusable(self, force: bool) -> bool:
+        """Whether the finished run can be returned as it is: not forced, and every file intact."""
+        return self.done and not force and self.problem() is None
+
+    def problem(self) -> str | None:
+        """What is wrong with the run's files (one missing, or not matching its recorded hash), if anything."""
+        try:
+            files = _read_manifest(Path(os.path.abspath(self.path)))
+        except TicketlabError:
+            return f"{MANIFEST} is corrupt"
+        for name, accepted in sorted((files or {}).items()):
+            path = self.path / name
+            if not path.exists():
+                return f"{name} is missing"
+            if sha256_file(path) not in accepted:
+                return f"{name} is corrupt (its SHA-256 is not the one recorded when it was written)"
+        return None
+
     def summary(self) -> dict[str, Any]:
         return read_json(self.path / SUMMARY)
 
@@ -118,6 +290,7 @@ class Run:
     def lock(self) -> Iterator[None]:
         """Hold the run's lock; a second process gets a clear error instead of a corrupt run."""
         self.path.mkdir(parents=True, exist_ok=True)
+        root = Path(os.path.abspath(self.path))
         with open(self.path / LOCK, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,20 +305,30 @@ class Run:
             handle.truncate()
             handle.write(str(os.getpid()))
             handle.flush()
+            _writing.add(root)
             try:
                 yield
             finally:
+                _writing.discard(root)
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def claim(self, force: bool) -> bool:
-        """Whether to (re)do the run, asked while holding its lock: not when it is finished (another
-        process may have finished it while we waited) unless forced; a forced run is cleared first."""
-        if self.done and not force:
+        """Whether to (re)do the run, asked while holding its lock: not when it is finished and intact
+        (another process may have finished it while we waited) unless forced. A forced run, and one
+        with a missing or damaged file, is cleared first; an interrupted one keeps what it has to
+        resume from, less the temporaries a kill left behind."""
+        problem = None if force else self.problem()
+        if self.done and not force and problem is None:
             return False
-        if force:
+        if problem is not None:
+            note(f"run {self.name}: {problem}; " + ("redoing the run" if self.done else "starting it over"))
+        if force or problem is not None:
             self.clear()
+        else:
+            for stale in self.path.rglob(TEMPORARY):
+                stale.unlink(missing_ok=True)
         return True
 
     def clear(self) -> None:
@@ -159,7 +342,8 @@ class Run:
                 child.unlink()
 
     def start(self, hparams: dict[str, Any]) -> None:
-        atomic_write_json(self.path / HPARAMS, {"kind": self.kind, "identity": self.identity, **hparams})
+        command = {"command": _invocation[0]} if _invocation[0] else {}
+        atomic_write_json(self.path / HPARAMS, {"kind": self.kind, "identity": self.identity, **hparams, **command})
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY, summary)
@@ -185,6 +369,9 @@ def check_found(found: StageRun, path: Path) -> None:
         raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun it")
     if not found.run.done:
         raise TicketlabError(f"run {found.run.name} has not finished; run its command again to resume it")
+    problem = found.run.problem()
+    if problem is not None:
+        raise TicketlabError(f"run {found.run.name}: {problem}{_repair_hint(Path(os.path.abspath(path)))}")
     found.summary = found.run.summary()
 
 
@@ -212,12 +399,38 @@ class StageRun:
         return load_checkpoint(path)["model"]
 
 
+# What `ticketlab runs` says of a finished run of each kind, from its hparams.json and summary.json:
+# a few words, and the metrics that summarise it (val_acc, test_acc). Each stage registers its own.
+Describer = Callable[[dict[str, Any], dict[str, Any]], tuple[str, dict[str, float]]]
+DESCRIBERS: dict[str, Describer] = {}
+
+
+def describes(*kinds: str) -> Callable[[Describer], Describer]:
+    """Register a function as what `ticketlab runs` shows of runs of `kinds`."""
+    def register(describer: Describer) -> Describer:
+        DESCRIBERS.update(dict.fromkeys(kinds, describer))
+        return describer
+    return register
+
+
+def describe(row: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A listed run's few words and key metrics (none for an unfinished or damaged run)."""
+    describer = DESCRIBERS.get(row["kind"])
+    if describer is None or row["status"] in ("corrupt",):
+        return row["kind"] or "?", {}
+    try:
+        what, metrics = describer(row["hparams"], row["summary"])
+    except (KeyError, TypeError, ValueError, AttributeError):  # a run of an older version, or edited by hand
+        return f"{row['kind']} (unreadable hparams)", {}
+    return what, metrics if row["status"] == "done" else {}
+
+
 def is_locked(path: Path) -> bool:
     """Whether some process holds the run's lock right now."""
     lock_file = path / LOCK
     if not lock_file.exists():
         return False
-    with open(lock_file, "a+") as handle:
+    with open(lock_file, "r") as handle:  # read-only: listing runs must work on a read-only runs dir
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -235,11 +448,22 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     for path in sorted(base.iterdir()):
         if not (path / HPARAMS).exists():
             continue
-        hparams = read_json(path / HPARAMS)
-        if (path / SUMMARY).exists():
-            status, summary = "done", read_json(path / SUMMARY)
-        else:
-            status, summary = ("running" if is_locked(path) else "interrupted"), {}
-        rows.append({"name": path.name, "path": str(path), "kind": hparams.get("kind"),
+        hparams: dict[str, Any] = {}
+        summary: dict[str, Any] = {}
+        try:  # one damaged run is listed as such; it does not hide the others
+            hparams = read_json(path / HPARAMS)
+            if is_locked(path):
+                status = "running"
+            elif (path / SUMMARY).exists():
+                status, summary = "done", read_json(path / SUMMARY)
+            elif (path / DIVERGED).exists():
+                status, summary = "diverged", read_json(path / DIVERGED)
+            else:
+                status = "interrupted"
+        except (TicketlabError, OSError):
+            status = "corrupt"
+        if not isinstance(hparams, dict) or not isinstance(summary, dict):
+            status, hparams, summary = "corrupt", {}, {}
+        rows.append({"name": path.name, "path": str(path), "kind": hparams.get("kind", path.name.rpartition("-")[0]),
                      "status": status, "hparams": hparams, "summary": summary})
     return rows

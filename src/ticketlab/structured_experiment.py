@@ -27,7 +27,7 @@ from ticketlab.presets import EARLYBIRD_AT, EarlyBirdSection, ShrinkPlan
 from ticketlab.sparsity.criteria import get_criterion
 from ticketlab.sparsity.prune import check_prune_config, prune
 from ticketlab.sparsity.schedules import check_sparsity
-from ticketlab.store import Run, atomic_write_text, csv_text
+from ticketlab.store import describes, Run, atomic_write_text, csv_text
 from ticketlab.structure.earlybird import EarlyBird, EarlyBirdResult, earlybird
 from ticketlab.structure.retrain import MODES, SmallRun, retrain_small
 from ticketlab.structure.stage import ShrinkRun, shrink_run
@@ -41,6 +41,12 @@ COLUMNS = ("at", "pruned_at", "epoch", "ratio", "mode", "start", "params_dense",
            "dense_test_acc", "pruned_test_acc", "retrained_val_acc", "retrained_test_acc", "retrained_best_step",
            "prune_run", "shrink_run", "retrain_run")
 TABLE, PLOT = "table.csv", "accuracy.png"
+
+
+@describes("structured")
+def describe_structured(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A report over other runs: its table's size (the metrics are in its rows)."""
+    return f"structured pruning: {len(summary.get('rows', []))} rows", {}
 
 
 @dataclass

@@ -32,7 +32,7 @@ from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import Run, atomic_write_text, csv_text
+from ticketlab.store import Run, atomic_write_text, csv_text, describes
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -49,6 +49,13 @@ class SweepResult:
     rows: list[dict[str, Any]]
     dense_test_acc: float
     cached: bool = False  # True when the sweep had finished before this call
+
+
+@describes("sweep")
+def describe_sweep(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    return (f"sweep of {summary.get('train', hparams.get('train'))} at {len(summary.get('ks', hparams.get('ks', [])))} "
+            "sparsities", {"val_acc": summary.get("dense_val_acc"), "test_acc": summary.get("dense_test_acc")}
+            if "dense_test_acc" in summary else {})
 
 
 def hidden_weights(model: nn.Module) -> list[str]:
@@ -120,7 +127,7 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
     if not run.run.done:
         raise TicketlabError(f"training run {run.run.name} has not finished; train it before sweeping")
     out = Run("sweep", sweep_identity(run, ks, step), runtime.runs_dir)
-    if out.done and not runtime.force:
+    if out.reusable(runtime.force):
         return _cached(out)
     started = time.perf_counter()
     trained = run.state_dict(step)

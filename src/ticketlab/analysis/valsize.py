@@ -17,10 +17,16 @@ from typing import Any
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
 from ticketlab.plots import line_panels
 from ticketlab.search.stage import search
-from ticketlab.store import Run, atomic_write_text, csv_text
+from ticketlab.store import describes, Run, atomic_write_text, csv_text
 from ticketlab.training.stage import TrainRun
 
 COLUMNS = ("val_size", "search_score", "val_rest_acc", "test_acc", "gap_to_test", "search_run")
+
+
+@describes("valsize")
+def describe_valsize(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A report over other runs: its table's size (the metrics are in its rows)."""
+    return f"validation-size effect: {len(summary.get('rows', []))} searches", {}
 
 
 @dataclass

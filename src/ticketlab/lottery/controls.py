@@ -83,7 +83,7 @@ def control(lottery: Lottery, level: int, name: str, runtime: Runtime = Runtime(
     if ticket is None:
         raise TicketlabError("controls branch off a pruned level (1 or more), not the dense level 0")
     run = Run("control", {"level": ticket.run.name, "control": name}, runtime.runs_dir)
-    if run.done and not runtime.force:
+    if run.reusable(runtime.force):
         return Retrained(run, summary=run.summary(), cached=True)
     setting = Setting.of(lottery.dense, runtime)
     generator = torch.Generator().manual_seed(lottery.dense.training.seed * 1_000 + level)

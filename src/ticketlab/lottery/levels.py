@@ -108,7 +108,7 @@ def lottery(dense: TrainRun, cfg: LotteryConfig = LotteryConfig(), runtime: Runt
     mask: Mask | None = None
     for number in range(1, cfg.levels + 1):
         run = level_run(dense, cfg, number, runtime)
-        if run.done and not runtime.force:
+        if run.reusable(runtime.force):
             done = Retrained(run, summary=run.summary(), cached=True)
             levels.append(Level(number, done.summary, done))
             mask = None  # loaded from the level's run only if a later level needs it

@@ -16,7 +16,7 @@ from ticketlab.config import Runtime
 from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.mask import Mask
 from ticketlab.sparsity.masked import MaskedTraining
-from ticketlab.store import StageRun, Run
+from ticketlab.store import StageRun, Run, describes
 from ticketlab.training.loop import Trainer
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 from ticketlab.training.steps import Step
@@ -55,10 +55,20 @@ class Retrained(StageRun):
         return Mask.load(self.run.file(MASK_FILE))
 
 
+@describes("level", "control", "ticket")
+def describe_retrained(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    identity = hparams["identity"]
+    remaining = f", {100 * summary['remaining']:.1f}% left" if "remaining" in summary else ""
+    what = {"level": lambda: f"level {identity['level']} of {identity['dense']}",
+            "control": lambda: f"{identity['control']} of {identity['level']}",
+            "ticket": lambda: f"retrained {identity['mask']}"}[hparams["kind"]]()
+    return what + remaining, summary.get("best", {})
+
+
 def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: Mask, *,
             start_iteration: int, hparams: dict[str, Any], extra: dict[str, Any] | None = None) -> Retrained:
     """Train `weights` under `mask` from `start_iteration` to the dense run's end, cached as `run`."""
-    if run.done and not setting.runtime.force:
+    if run.reusable(setting.runtime.force):
         return Retrained(run, summary=run.summary(), cached=True)
     model = setting.model()
     model.load_state_dict(weights)

@@ -72,3 +72,16 @@ def build_model(
     model.to_empty(device="cpu")
     initialize(model, init, generator)
     return model
+
+
+def model_facts(name: str, input_shape: Shape, num_classes: int) -> dict[str, object] | None:
+    """What `ticketlab models` shows of a zoo model built for these inputs: its parameter count and
+    its structured (channel) groups with their sizes; None when the model does not fit the inputs."""
+    try:
+        with torch.device("meta"):  # nothing is allocated or drawn
+            model = MODELS[name](ModelConfig(name=name), tuple(input_shape), num_classes)
+    except (ModelError, RuntimeError, ValueError):
+        return None
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "prunable": len(model.prunable_parameters()),
+            "groups": {group.name: group.size for group in model.channel_groups()}}

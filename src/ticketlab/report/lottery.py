@@ -21,11 +21,17 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Tr
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.plots import errorbar_panels
 from ticketlab.sparsity.schedules import round_rate
-from ticketlab.store import Run, atomic_write_text, csv_text
+from ticketlab.store import describes, Run, atomic_write_text, csv_text
 
 TICKET = "ticket"
 COLUMNS = ("procedure", "level", "remaining_pct", "n", "test_acc_mean", "test_acc_std", "early_stop_mean",
            "early_stop_std", "final_test_acc_mean", "final_test_acc_std")
+
+
+@describes("lottery")
+def describe_lottery(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A report over other runs: its table's size (the metrics are in its rows)."""
+    return f"lottery report: {len(summary.get('rows', []))} rows, {summary.get('replicates', '?')} replicate(s)", {}
 
 
 @dataclass
@@ -87,7 +93,7 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
     """
     rows = lottery_rows(experiment)
     out = Run("lottery", {"runs": _run_names(experiment)}, runtime.runs_dir)
-    if out.done and not runtime.force:
+    if out.reusable(runtime.force):
         return LotteryReport(out.path, rows)
     cfg, dense = experiment.config, experiment.lotteries[0].dense
     with out.lock():

@@ -44,7 +44,8 @@ from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_text, find_run, load_checkpoint
+from ticketlab.store import (StageRun, Run, atomic_torch_save, atomic_write_text, describes, find_run,
+                             load_checkpoint, remove_artifact)
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 MASK_FILE = "mask.safetensors"
@@ -53,6 +54,14 @@ STATE_FILE = "state.pt"
 CRITERION_BATCH = 64  # validation images a data-driven start criterion scores on
 START_RUN_KINDS = ("prune", "search")  # runs whose mask a search can start from
 
+
+
+@describes("search")
+def describe_search(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    cfg, held = hparams["search"], summary.get("best", {}).get("held_out", {})
+    metrics = {"val_acc": (held.get("val_rest") or {}).get("accuracy"), "test_acc": (held.get("test") or {}).get("accuracy")}
+    return (f"{cfg['method']} {cfg['sparsity']:.3g} {cfg['granularity']}s of {hparams['train']}",
+            {k: v for k, v in metrics.items() if v is not None})
 
 @dataclass
 class SearchRun(StageRun):
@@ -68,8 +77,9 @@ class SearchRun(StageRun):
 
 
 def split_validation(val: Split, size: int | None, dataset: str) -> tuple[Split, Split]:
-    """The objective's images (the first `size` of validation, all by default) and the rest."""
-    if size is None:
+    """The objective's images (the first `size` of validation; all for None, and for the default
+    size when validation holds fewer) and the rest."""
+    if size is None or (size == SearchConfig.val_size and size > len(val.y)):
         size = len(val.y)
     if size > len(val.y):
         raise TicketlabError(f"the search objective asks for {size} validation images but {dataset} holds "
@@ -158,7 +168,7 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
     check_config(cfg)
     run = Run("search", {"train": train.run.name, "search": non_default(cfg)}, runtime.runs_dir)
     result = SearchRun(run, train, cfg)
-    if run.done and not runtime.force:
+    if run.reusable(runtime.force):
         result.summary, result.cached = run.summary(), True
         return result
     device, data, model, weights, objective, rest = _at_checkpoint(train, cfg, runtime)
@@ -208,7 +218,7 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
                            f"sparsity {cfg.sparsity:g} ({run.name})")
         summary.update(device=str(device), threads=runtime.threads)
         run.finish(summary)
-        state.unlink(missing_ok=True)
+        remove_artifact(state)
     result.summary = summary
     return result
 

@@ -19,7 +19,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ticketlab.config import TicketlabError
-from ticketlab.store import atomic_path
+from ticketlab.store import atomic_path, verified_bytes
 
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -160,6 +160,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:
+        verified_bytes(Path(path), "mask file")
         try:
             with safe_open(Path(path), "pt") as handle:
                 order = json.loads((handle.metadata() or {}).get("order", "[]")) or list(handle.keys())

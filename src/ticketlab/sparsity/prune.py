@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import StageRun, Run, atomic_write_text
+from ticketlab.store import StageRun, Run, atomic_write_text, describes, note
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -34,12 +35,19 @@ class PruneRun(StageRun):
         return Mask.load(self.run.file(MASK_FILE))
 
 
+@describes("prune")
+def describe_prune(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    cfg = hparams["prune"]
+    return (f"{cfg['criterion']} {cfg['sparsity']:.3g}{' units' if cfg.get('structured') else ''} of "
+            f"{hparams['train']}", summary.get("masked", {}))
+
+
 def check_prune_config(cfg: PruneConfig) -> Criterion:
     if not 0 <= cfg.sparsity < 1:
         raise TicketlabError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
     if cfg.output_sparsity is not None and not 0 <= cfg.output_sparsity < 1:
         raise TicketlabError(f"output sparsity must be in [0, 1), got {cfg.output_sparsity}")
-    if cfg.scope not in ("global", "layerwise"):
+    if cfg.scope not in (None, "global", "layerwise"):
         raise TicketlabError(f"scope must be global or layerwise, got {cfg.scope!r}")
     if cfg.empty_layer not in ("keep", "error"):
         raise TicketlabError(f"empty_layer must be keep or error, got {cfg.empty_layer!r}")
@@ -86,12 +94,37 @@ def unit_counts(model: nn.Module, mask: Mask) -> dict[str, dict[str, int]]:
     return counts
 
 
+def with_scope(cfg: PruneConfig) -> PruneConfig:
+    """The config with its scope filled in: global for single weights, layerwise for units."""
+    return cfg if cfg.scope is not None else dataclasses.replace(cfg, scope="layerwise" if cfg.structured else "global")
+
+
+def prune_identity(cfg: PruneConfig) -> dict[str, Any]:
+    """What names a prune run, of a config whose scope is filled in. The scope's default was global
+    for every mask before units got layerwise; global stays unnamed so that runs made then keep
+    their names (and a structured run made with --scope layerwise then has the name it has now)."""
+    identity = non_default(cfg)
+    if identity.get("scope") == "global":
+        del identity["scope"]
+    return identity
+
+
+def guarded_layers(counts: dict[str, dict[str, int]], sparsity: float) -> list[str]:
+    """Layers left with one entry or unit where the target sparsity alone would keep more: the
+    guard that never empties a layer kept them alive."""
+    return [name for name, c in counts.items() if c["kept"] == 1 and round(c["total"] * (1 - sparsity)) > 1]
+
+
 def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = Runtime()) -> PruneRun:
-    """Score the trained run's weights at `cfg.at` and keep the best 1 - sparsity of them, as a cached mask."""
+    """Score the trained run's weights at `cfg.at` and keep the best 1 - sparsity of them, as a cached mask.
+
+    A layer that the ranking (in practice, a global one) would empty keeps its best unit or
+    weight; such layers are listed in the summary's `guarded` and named in a note."""
     criterion = check_prune_config(cfg)
-    run = Run("prune", {"train": train.run.name, "prune": non_default(cfg)}, runtime.runs_dir)
+    cfg = with_scope(cfg)
+    run = Run("prune", {"train": train.run.name, "prune": prune_identity(cfg)}, runtime.runs_dir)
     result = PruneRun(run, train, cfg)
-    if run.done and not runtime.force:
+    if run.reusable(runtime.force):
         result.summary, result.cached = run.summary(), True
         return result
     device = apply_runtime(runtime)
@@ -115,6 +148,17 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
     }
     if criterion.structured:
         summary["units"] = unit_counts(model, mask)
+        kept_units, total_units = (sum(c[key] for c in summary["units"].values()) for key in ("kept", "total"))
+        parameters = sum(p.numel() for p in model.parameters())
+        summary["unit_sparsity"] = 1 - kept_units / total_units
+        summary["parameter_sparsity"] = (mask.total() - mask.kept()) / parameters
+    counts = summary.get("units") or {layer["name"]: {"kept": layer["kept"], "total": layer["total"]}
+                                      for layer in summary["layers"]}
+    summary["guarded"] = guarded_layers(counts, cfg.sparsity)
+    if summary["guarded"]:
+        note(f"{', '.join(summary['guarded'])} kept 1 {'unit' if criterion.structured else 'weight'} only, "
+             f"by the guard that never empties a layer: the {cfg.scope} ranking pruned {'them' if len(summary['guarded']) > 1 else 'it'} "
+             "whole" + ("; --scope layerwise prunes each layer at the same rate" if cfg.scope == "global" else ""))
     with run.lock():
         if not run.claim(runtime.force):  # another process finished it meanwhile
             result.summary, result.cached = run.summary(), True

@@ -28,7 +28,7 @@ import torch
 from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models.initializers import DEFAULT_INIT, initialize
-from ticketlab.store import StageRun, Run
+from ticketlab.store import StageRun, Run, describes
 from ticketlab.structure.saving import load, save_model, saved_units
 from ticketlab.structure.stage import MODEL_FILE, ShrinkRun
 from ticketlab.structure.surgery import count_parameters, shrink
@@ -51,6 +51,12 @@ class SmallRun(StageRun):
         return self.run.file(MODEL_FILE)
 
 
+@describes("small")
+def describe_small(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    identity = hparams["identity"]
+    return f"{identity['shrink']} retrained ({identity['mode']})", summary.get("best", {})
+
+
 def small_run_handle(shrunk: ShrinkRun, mode: str, rewind: str = "0it",
                      training: TrainConfig | None = None, runs_dir: str | None = None) -> Run:
     """The run these inputs name, finished or not."""
@@ -70,7 +76,7 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
         raise TicketlabError(f"unknown retraining mode {mode!r}; expected one of {', '.join(MODES)}")
     run = small_run_handle(shrunk, mode, rewind, training, runtime.runs_dir)
     result = SmallRun(run, shrunk, mode)
-    if run.done and not runtime.force:
+    if run.reusable(runtime.force):
         result.summary, result.cached = run.summary(), True
         return result
     # Everything is computed before anything is written.

@@ -25,7 +25,7 @@ from torch import nn
 
 from ticketlab.config import ModelConfig, TicketlabError, from_dict
 from ticketlab.models import ZooModel, build_model
-from ticketlab.store import atomic_path
+from ticketlab.store import atomic_path, verified_bytes
 from ticketlab.structure.surgery import shrink
 
 FORMAT = "ticketlab-shrunk-model"
@@ -67,12 +67,14 @@ def _flags(header: dict) -> dict[str, torch.Tensor]:
 
 def saved_units(path: str | Path) -> dict[str, torch.Tensor]:
     """The keep-flags a `save_model` file was shrunk with."""
+    verified_bytes(Path(path), "model file")
     header, _ = _read(Path(path))
     return _flags(header)
 
 
 def load(path: str | Path) -> nn.Module:
     """The model a `save_model` file (a shrink run's model.safetensors) holds, in eval mode."""
+    verified_bytes(Path(path), "model file")
     try:
         header, state = _read(Path(path))
         config = from_dict(ModelConfig, header["model_config"], "model_config")

@@ -26,7 +26,7 @@ from ticketlab.data import load_data
 from ticketlab.search.stage import SearchRun
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
 from ticketlab.sparsity.prune import PruneRun, masked_metrics
-from ticketlab.store import check_found, find_run, StageRun, Run
+from ticketlab.store import check_found, describes, find_run, StageRun, Run
 from ticketlab.structure.saving import save_model
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
 from ticketlab.structure.tp_backend import shrink_zoo_with_torch_pruning
@@ -48,6 +48,13 @@ class ShrinkRun(StageRun):
     @property
     def model_file(self) -> Path:
         return self.run.file(MODEL_FILE)
+
+
+@describes("shrink")
+def describe_shrink(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    params = summary.get("parameters", {})
+    kept = f", {100 * params['small'] / params['dense']:.1f}% of parameters" if params else ""
+    return f"{hparams['identity']['mask']} shrunk at {hparams['identity']['step']}{kept}", summary.get("metrics", {})
 
 
 def units_from_mask(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
@@ -115,7 +122,7 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
     inputs = {"mask": source.run.name, "step": step, **({"backend": backend} if backend != "ticketlab" else {})}
     run = Run("shrink", inputs, runtime.runs_dir)
     result = ShrinkRun(run, source, step)
-    if run.done and not runtime.force:
+    if run.reusable(runtime.force):
         result.summary, result.cached = run.summary(), True
         return result
     # Everything is computed before anything is written.

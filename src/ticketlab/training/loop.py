@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from torch import nn
 
 from ticketlab.config import TicketlabError, TrainConfig
 from ticketlab.data import Dataset, Split, augment_batch
-from ticketlab.store import atomic_torch_save, atomic_write_text, csv_text, load_checkpoint
+from ticketlab.store import (DIVERGED, atomic_torch_save, atomic_write_json, atomic_write_text, csv_text,
+                             load_checkpoint, read_json, remove_artifact)
 from ticketlab.training.optim import build_optimizer, lr_factor_fn
 from ticketlab.training.progress import Progress
 from ticketlab.training.steps import Step, parse_steps, step_name
@@ -90,6 +92,15 @@ class EpochCallback(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict returned, when a run resumes."""
+
+
+class Diverged(TicketlabError):
+    """Training produced a non-finite loss; the run is recorded as diverged, never as done."""
+
+
+def diverged_message(record: dict[str, Any]) -> str:
+    return (f"training diverged at {record['step']} (the {record['what']} became {record['value']}); "
+            "lower --lr, or add --warmup or gradient-friendlier settings, then run again")
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -184,6 +195,22 @@ class Trainer:
             callback.load_state_dict(saved)
 
     # --- the loop ----------------------------------------------------------------------
+    def _diverge(self, what: str, value: float, iteration: int) -> typing.NoReturn:
+        """Record that training diverged (a rerun says so at once; --force retries) and stop."""
+        record = {"step": self.schedule.name(iteration), "iteration": iteration, "what": what, "value": str(value)}
+        if self.directory is not None:
+            atomic_write_json(self._path(DIVERGED), record)
+        raise Diverged(diverged_message(record))
+
+    def _check_finite(self, losses: torch.Tensor, first_iteration: int, val_loss: float) -> None:
+        """Stop at the first minibatch whose loss was not finite (or at a non-finite validation loss)."""
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            index = int(bad[0])
+            self._diverge("training loss", float(losses[index]), first_iteration + index)
+        if not math.isfinite(val_loss):
+            self._diverge("validation loss", val_loss, self.iteration)
+
     def _record(self, epoch: int, train_loss: float, train_acc: float) -> None:
         val_loss, val_acc = evaluate(self.model, self.data.val)
         test_loss, test_acc = evaluate(self.model, self.data.test)
@@ -220,6 +247,9 @@ class Trainer:
         return any(votes)
 
     def run(self) -> dict[str, Any]:
+        if self.directory is not None and self._path(DIVERGED).exists():
+            raise Diverged(diverged_message(read_json(self._path(DIVERGED))) + " (this run diverged earlier: "
+                           "change a setting, or --force to try it again)")
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self._resume()
@@ -236,6 +266,8 @@ class Trainer:
             order = torch.randperm(len(train.y), generator=generator).to(train.x.device)
             loss_sum = torch.zeros((), device=train.x.device)
             correct = torch.zeros((), device=train.x.device, dtype=torch.long)
+            losses = torch.zeros(schedule.iterations_per_epoch, device=train.x.device)  # to name a divergence's step
+            checked = first = self.iteration  # the losses from iteration `checked` on are not checked yet
             seen = 0
             started = time.perf_counter()
             # A retraining from a late rewind point starts mid-epoch, with that epoch's data order.
@@ -261,6 +293,7 @@ class Trainer:
                     self.constraint.before_step()
                 self.optimizer.step()
                 loss_sum += loss.detach() * len(y)
+                losses[self.iteration - first] = loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 self.iteration += 1
@@ -268,9 +301,13 @@ class Trainer:
                 if schedule.evaluates_mid_epoch(self.iteration):
                     self.wall_time += time.perf_counter() - started  # evaluation is not training time
                     self._record(epoch, loss_sum.item() / seen, correct.item() / seen)
+                    self._check_finite(losses[checked - first:self.iteration - first], checked,
+                                       self.rows[-1]["val_loss"])
+                    checked = self.iteration
                     started = time.perf_counter()
             self.wall_time += time.perf_counter() - started
             self._record(epoch + 1, loss_sum.item() / seen, correct.item() / seen)
+            self._check_finite(losses[checked - first:self.iteration - first], checked, self.rows[-1]["val_loss"])
             bar.note(val_acc=self.rows[-1]["val_acc"])
             if self._stop_requested(epoch + 1) and self.iteration < schedule.total:
                 self.stopped_early_at = epoch + 1
@@ -280,7 +317,7 @@ class Trainer:
             self._save_weights(schedule.save_at[self.iteration])
         self._save_weights("final")
         if self.directory is not None:  # only an unfinished run needs its resume point
-            self._path("resume.pt").unlink(missing_ok=True)
+            remove_artifact(self._path("resume.pt"))
         return self.summary()
 
     def summary(self) -> dict[str, Any]:

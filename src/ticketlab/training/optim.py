@@ -17,7 +17,28 @@ OPTIMIZERS = ("sgd", "adam", "adadelta")
 SCHEDULES = ("constant", "multistep", "cosine")
 
 
+# Numbers of a TrainConfig and the interval each must lie in: (low, high, low included, high included).
+RANGES = {"lr": (0.0, math.inf, False, False), "momentum": (0.0, 1.0, True, False),
+          "weight_decay": (0.0, math.inf, True, False), "l1": (0.0, math.inf, True, False),
+          "l2": (0.0, math.inf, True, False), "bn_l1": (0.0, math.inf, True, False),
+          "gamma": (0.0, math.inf, False, False)}
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Refuse a learning rate, momentum or penalty that cannot train: non-finite, or out of its range."""
+    for name, (low, high, low_in, high_in) in RANGES.items():
+        value = getattr(cfg, name)
+        inside = math.isfinite(value) and (low <= value if low_in else low < value) and \
+            (value <= high if high_in else value < high)
+        if not inside:
+            interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise TicketlabError(f"{name} must be a finite number in {interval}, got {value}")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):
+        raise TicketlabError("nesterov needs --optimizer sgd and a momentum above 0")
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    check_numbers(cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay

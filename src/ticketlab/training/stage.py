@@ -17,7 +17,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
-from ticketlab.store import check_found, find_run, Run, StageRun
+from ticketlab.store import check_found, describes, find_run, Run, StageRun
 from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
 
@@ -108,7 +108,7 @@ def run_training(run: Run, data: DataConfig, model: ModelConfig, training: Train
     `before_finish` gets the summary before the run is marked finished, to write what the
     run adds to its directory (a run killed before finishing redoes it on resume).
     """
-    if run.done and not runtime.force:
+    if run.reusable(runtime.force):
         return run.summary(), True
     device = apply_runtime(runtime)
     dataset = load_data(data, data_dir=runtime.data_dir, device=device)
@@ -126,6 +126,14 @@ def run_training(run: Run, data: DataConfig, model: ModelConfig, training: Train
             before_finish(summary)
         run.finish(summary)
     return summary, False
+
+
+@describes("train", "earlybird")
+def describe_training(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    what = f"{hparams['model']['name']} on {hparams['data']['name']}, {hparams['train']['steps']}"
+    if hparams["kind"] == "earlybird":
+        what = f"early birds: {what}"
+    return what, summary.get("best", {})
 
 
 def find_train_run(ref: str, runs_dir: str | None = None) -> TrainRun:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -76,6 +77,12 @@ class Criterion(ABC):
     needs_data: bool = False
     needs_init: bool = False
     rounds: int = 1  # prune-and-rescore rounds that score_and_select runs by default
+
+    @property
+    def description(self) -> str:
+        """One line for `ticketlab criteria`: the first line of the class's docstring, else of its module's."""
+        doc = (type(self).__doc__ or sys.modules[type(self).__module__].__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else self.name
 
     def scores(self, ctx: ScoreContext) -> dict[str, torch.Tensor]:
         """Check that ctx has what this criterion needs, then score."""

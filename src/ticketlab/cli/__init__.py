@@ -1,0 +1,68 @@
+"""The `ticketlab` command: thin wrappers over the library's public functions.
+
+Flags are generated from the config dataclasses (flags.py); each module here holds one group
+of commands and registers them. Every command prints a human summary and, with --json, one
+JSON object as its last line. Every error the user can cause or meet is one line,
+`ticketlab: error: ...`, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+
+from ticketlab.cli import experiments, listing, pruning, training
+from ticketlab.cli.flags import Command, HelpFormatter, Parser
+from ticketlab.config import TicketlabError
+from ticketlab.store import set_invocation
+
+GROUPS = (training, pruning, experiments, listing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ticketlab", formatter_class=HelpFormatter,
+                    description="Find lottery tickets: sparse subnetworks that train as well as their dense parent.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(commands, HelpFormatter)
+    return parser
+
+
+def os_error_message(exc: OSError) -> str:
+    """What a filesystem error means for the user, in one line."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full{where}; free some space or use another --runs-dir, then run the command again"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {exc.strerror}; use a writable --runs-dir"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{exc.strerror}{where}; --runs-dir must be a directory (or a path where one can be made)"
+    return f"{exc.strerror or exc}{where}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ticketlab runs | head` ends quietly
+    argv = list(sys.argv[1:] if argv is None else argv)
+    set_invocation("ticketlab " + shlex.join(argv))
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Command = args.handler
+        lines, payload = handler(args)
+    except TicketlabError as exc:
+        print(f"ticketlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the user's disk or directories: a full disk, a read-only or missing path
+        print(f"ticketlab: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ticketlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print("\n".join(lines))
+    if args.json:
+        print(json.dumps({"command": args.command, **payload}, default=str))
+    return 0

@@ -1,0 +1,125 @@
+"""Commands that train: `train`, `lottery`, `earlybird`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from ticketlab.cli.flags import (Result, add_config_flags, add_runtime_flags, add_training_flags, config_from_args,
+                                mean_std, runtime_from_args, training_from_args, typed)
+from ticketlab.config import LotteryConfig, TicketlabError, coerce
+
+
+def describe_training(result: Any) -> Result:
+    summary = result.summary
+    best, final = summary["best"], summary["final"]
+    lines = [
+        f"{'finished earlier: ' if result.cached else ''}trained {result.model_config.name} on {result.data.name} "
+        f"for {result.training.steps} ({summary['iterations']} iterations, {summary['wall_time']:.1f} s)",
+        f"  data: {summary['data_source']}",
+        f"  best step {best['step']} by {summary['select_by']}: val acc {best['val_acc']:.4f}, "
+        f"test acc {best['test_acc']:.4f}",
+        f"  final step {final['step']}: val acc {final['val_acc']:.4f}, test acc {final['test_acc']:.4f}",
+        f"  run: {result.path}",
+    ]
+    payload = {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
+    return lines, payload
+
+
+def cmd_train(args: argparse.Namespace) -> Result:
+    from ticketlab.training.stage import train
+
+    result = train(*training_from_args(args), runtime_from_args(args))
+    return describe_training(result)
+
+
+def describe_lottery(report: Any) -> list[str]:
+    lines = ["lottery (test accuracy at the early-stop step, mean ± std over replicates):",
+             f"  {'procedure':<17} {'level':>5} {'remaining':>9} {'test acc':>17} {'early stop (it)':>19}"]
+    for row in report.rows:
+        lines.append(f"  {row['procedure']:<17} {row['level']:>5} {row['remaining_pct']:>8.1f}% "
+                     f"{mean_std(row['test_acc_mean'], row['test_acc_std'], row['n']):>17} "
+                     f"{mean_std(row['early_stop_mean'], row['early_stop_std'], row['n'], 0):>19}")
+    lines.append(f"  table and plot: {report.path}")
+    return lines
+
+
+def cmd_lottery(args: argparse.Namespace) -> Result:
+    from ticketlab.lottery.experiment import run_lottery
+    from ticketlab.report.lottery import write_report
+    from ticketlab.sparsity.schedules import round_rate
+
+    cfg = config_from_args(args, LotteryConfig)
+    if args.target_sparsity is not None:
+        if cfg.rate != LotteryConfig.rate:
+            raise TicketlabError("give either --rate or --target-sparsity, not both")
+        cfg = dataclasses.replace(cfg, rate=round_rate(args.target_sparsity, cfg.levels))
+    runtime = runtime_from_args(args)
+    experiment = run_lottery(
+        *training_from_args(args), cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
+        control_levels=[int(v) for v in args.control_levels.split(",") if v] or None)
+    report = write_report(experiment, runtime)
+    return describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
+
+
+def cmd_earlybird(args: argparse.Namespace) -> Result:
+    from ticketlab.structure.earlybird import earlybird
+
+    ratios = [coerce(r, float, "--ratios") for r in args.ratios.split(",") if r.strip()]
+    result = earlybird(*training_from_args(args), ratios, runtime_from_args(args), criterion=args.criterion,
+                       threshold=args.threshold, stop=args.stop)
+    return describe_earlybird(result), earlybird_payload(result)
+
+
+def describe_earlybird(result: Any) -> list[str]:
+    settings = result.run.identity["earlybird"]
+    lines = [f"{'finished earlier: ' if result.cached else ''}early-bird tickets by {settings['criterion']} "
+             f"(distance < {settings['threshold']} to each of the 4 previous epochs' masks), "
+             f"{result.total_epochs} epochs:"]
+    for ratio, epoch in result.found.items():
+        lines.append(f"  pruning ratio {ratio:g}: " + (f"found at epoch {epoch} ({100 * result.cost[ratio]:.0f}% of "
+                                                         "training)" if epoch is not None else "not found"))
+    stopped = result.summary.get("stopped_early_at")
+    if stopped is not None:
+        lines.append(f"  training stopped at epoch {stopped}")
+    lines.append(f"  heatmaps, tickets' checkpoints: {result.path}")
+    return lines
+
+
+def earlybird_payload(result: Any) -> dict[str, Any]:
+    return {"run_dir": str(result.path), "cached": result.cached,
+            "found": {str(r): e for r, e in result.found.items()}, "metrics": result.summary}
+
+
+def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    train = commands.add_parser("train", help="train a dense network (cached by its hyperparameters)",
+                                formatter_class=formatter)
+    add_training_flags(train)
+    add_runtime_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    lottery = commands.add_parser("lottery", help="iterative pruning with rewinding (lottery tickets), with controls",
+                                  formatter_class=formatter)
+    add_training_flags(lottery, "training (dense level 0 and every retraining)")
+    add_config_flags(lottery, LotteryConfig, "lottery")
+    lottery.add_argument("--target-sparsity", type=typed(float, "--target-sparsity"), default=None,
+                         help="reach this sparsity at the last level: sets --rate to 1-(1-s)^(1/levels)")
+    lottery.add_argument("--replicates", type=typed(int, "--replicates"), default=1,
+                         help="seeds: --seed, --seed+1, ...")
+    lottery.add_argument("--controls", default="",
+                         help="comma-separated: reinit, random_mask, reinit_survivors, finetune, scratch")
+    lottery.add_argument("--control-levels", default="", help="levels to run controls on (default: all)")
+    add_runtime_flags(lottery)
+    lottery.set_defaults(handler=cmd_lottery)
+
+    early = commands.add_parser("earlybird", help="train and detect early-bird tickets (stable channel masks)",
+                                formatter_class=formatter)
+    add_training_flags(early)
+    early.add_argument("--ratios", default="0.3,0.5,0.7", help="channel pruning ratios to detect tickets for")
+    early.add_argument("--criterion", default="bn_scale", help="structured criterion that draws the channel masks")
+    early.add_argument("--threshold", type=typed(float, "--threshold"), default=0.1,
+                       help="normalised Hamming distance that counts as stable")
+    early.add_argument("--stop", action="store_true", help="stop training once every ratio has its ticket")
+    add_runtime_flags(early)
+    early.set_defaults(handler=cmd_earlybird)
