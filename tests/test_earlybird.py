@@ -168,6 +168,6 @@ def test_earlybird_run_finds_tickets_that_satisfy_the_rule(tmp_path):
         model = init_model(VGG, load_data(DIGITS), 0)
         model.load_state_dict(dense.state_dict(f"{found}ep"))
         drawn = EarlyBird([ratio]).channel_masks(model)[ratio]
-        pruned = prune(dense, PruneConfig(criterion="bn_scale", structured=True, sparsity=ratio, at=f"{found}ep"),
-                       runtime).mask()
+        pruned = prune(dense, PruneConfig(criterion="bn_scale", structured=True, sparsity=ratio, at=f"{found}ep",
+                                          scope="global"), runtime).mask()
         assert torch.equal(torch.cat(list(units_from_mask(model, pruned).values())), drawn)

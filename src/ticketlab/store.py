@@ -73,7 +73,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts should be as readable as any
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:  # a full disk: name the artifact, not the temporary
+            exc.filename = str(path)
+            raise
         root = _writing_run(path)
         if root is None:
             os.replace(tmp, path)
@@ -220,8 +224,12 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    # Serialised in memory first: torch's own file writer reports a full disk as a RuntimeError
+    # ("unexpected pos"), a plain write as the OSError it is (ENOSPC).
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -441,8 +449,10 @@ def is_locked(path: Path) -> bool:
 
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     """Every run under the root with its status (done, running, interrupted) and summary."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     base = runs_root(root)
+    if base.exists() and not base.is_dir():
+        raise TicketlabError(f"runs directory {base} is a file; expected a directory (--runs-dir or $TICKETLAB_RUNS)")
     if not base.is_dir():
         return rows
     for path in sorted(base.iterdir()):

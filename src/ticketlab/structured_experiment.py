@@ -95,6 +95,9 @@ def _check_ticket_steps(where: str, plan: ShrinkPlan, ratios: Sequence[float], d
     if get_criterion(plan.prune.criterion) is not detector.criterion:
         raise TicketlabError(f"{where}: at {EARLYBIRD_AT} prunes the tickets, so its criterion must be the "
                              f"earlybird one, not {plan.prune.criterion}")
+    if plan.prune.scope != "global":
+        raise TicketlabError(f"{where}: at {EARLYBIRD_AT} prunes the tickets, which the detector draws by one global "
+                             f"ranking of channels; the scope must be global, not {plan.prune.scope}")
     missing = [f"{r:g}" for r in ratios if r not in detector.ratios]
     if missing:
         raise TicketlabError(f"{where}: ratio(s) {', '.join(missing)} draw no early-bird ticket; the earlybird "

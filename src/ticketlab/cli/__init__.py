@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ticketlab.cli import experiments, listing, pruning, training
 from ticketlab.cli.flags import Command, HelpFormatter, Parser
@@ -41,8 +42,21 @@ def os_error_message(exc: OSError) -> str:
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write{where}: {exc.strerror}; use a writable --runs-dir"
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"{exc.strerror}{where}; --runs-dir must be a directory (or a path where one can be made)"
+        blocking = _first_file(exc.filename)
+        return (f"{blocking} is a file, where a directory was to be made ({exc.filename}); --runs-dir and "
+                "$TICKETLAB_RUNS must name a directory or a path where one can be made") if blocking else \
+            f"{exc.strerror}{where}"
     return f"{exc.strerror or exc}{where}"
+
+
+def _first_file(path: str | None) -> str | None:
+    """The part of `path` that exists and is a file, which stops directories being made below it."""
+    if not path:
+        return None
+    for parent in (Path(path), *Path(path).parents):
+        if parent.is_file():
+            return str(parent)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,7 +100,11 @@ def training_from_args(args: argparse.Namespace) -> tuple[DataConfig, ModelConfi
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
     values = {f.name: getattr(args, f"Runtime.{f.name}") for f in dataclasses.fields(Runtime)
               if f.name not in ("force", "progress")}
-    return Runtime(**values, force=args.force, progress=not args.quiet)
+    from ticketlab.training.stage import check_runtime
+
+    runtime = Runtime(**values, force=args.force, progress=not args.quiet)
+    check_runtime(runtime)  # also when the run asked for is finished and nothing else would look
+    return runtime
 
 
 def mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:

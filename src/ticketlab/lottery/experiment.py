@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.lottery.controls import CONTROLS, control
-from ticketlab.lottery.levels import Lottery, lottery
+from ticketlab.lottery.levels import Lottery, check_settings, lottery
 from ticketlab.lottery.retrain import Retrained
 from ticketlab.training.stage import train, with_checkpoints
 
@@ -30,6 +30,7 @@ def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg
     """
     if replicates < 1:
         raise TicketlabError(f"replicates must be at least 1, got {replicates}")
+    check_settings(cfg)  # before the dense run trains
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise TicketlabError(f"unknown control(s) {', '.join(unknown)}: expected some of {', '.join(CONTROLS)}")

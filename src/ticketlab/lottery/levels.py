@@ -49,7 +49,8 @@ class Lottery:
         return self.levels[number]
 
 
-def check_lottery(cfg: LotteryConfig, dense: TrainRun) -> None:
+def check_settings(cfg: LotteryConfig) -> None:
+    """What can be checked before the dense run trains: numbers in range, known names."""
     if cfg.levels < 1:
         raise TicketlabError(f"levels must be at least 1, got {cfg.levels}")
     if not 0 < cfg.rate < 1:
@@ -60,6 +61,10 @@ def check_lottery(cfg: LotteryConfig, dense: TrainRun) -> None:
         raise TicketlabError(f"scope must be global or layerwise, got {cfg.scope!r}")
     if get_criterion(cfg.criterion).structured:
         raise TicketlabError(f"criterion {cfg.criterion} prunes whole units; the lottery prunes single weights")
+
+
+def check_lottery(cfg: LotteryConfig, dense: TrainRun) -> None:
+    check_settings(cfg)
     if dense.checkpoint_name(cfg.rewind) not in dense.summary["checkpoints"]:
         raise TicketlabError(f"the dense run kept no checkpoint at {cfg.rewind}; train it with --save-at {cfg.rewind}")
     if dense.checkpoint_name(cfg.rewind) == dense.checkpoint_name(dense.training.steps):

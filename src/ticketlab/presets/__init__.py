@@ -117,8 +117,11 @@ def _shrink(section: Any, name: str) -> tuple[ShrinkPlan, ...]:
         if fixed:
             raise TicketlabError(f"{where}.prune: {', '.join(fixed)} cannot be set here; the entry's ratios "
                                  "and at give them, and shrinking needs structured masks")
+        # Global by default, as the early-bird detector and network slimming rank channels: the
+        # ticket a plan prunes at an early-bird epoch is then the mask the detector drew.
         plans.append(ShrinkPlan(
-            from_dict(PruneConfig, {"criterion": "bn_scale", **prune, "structured": True}, f"{where}.prune"),
+            from_dict(PruneConfig, {"criterion": "bn_scale", "scope": "global", **prune, "structured": True},
+                      f"{where}.prune"),
             tuple(str(step) for step in lists.get("at", [])),
             tuple(coerce(r, float, f"{where}.ratios") for r in lists.get("ratios", [])),
             tuple(str(mode) for mode in lists.get("retrain", ["finetune"])),

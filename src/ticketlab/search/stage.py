@@ -161,13 +161,18 @@ def objective_score(train: TrainRun, cfg: SearchConfig, mask: Mask, runtime: Run
                                                                  objective.y.split(SCORE_BATCH))), cfg.metric)
 
 
+def search_run_handle(train: TrainRun, cfg: SearchConfig, runs_dir: str | None) -> SearchRun:
+    """The search run these inputs name, finished or not."""
+    return SearchRun(Run("search", {"train": train.run.name, "search": non_default(cfg)}, runs_dir), train, cfg)
+
+
 def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime = Runtime()) -> SearchRun:
     """Search masks of the trained run's weights at cfg.at with cfg.method, or return the finished
     search with the same inputs. Writes mask.safetensors (the best mask), history.csv, search.png,
     report.txt and summary.json."""
     check_config(cfg)
-    run = Run("search", {"train": train.run.name, "search": non_default(cfg)}, runtime.runs_dir)
-    result = SearchRun(run, train, cfg)
+    result = search_run_handle(train, cfg, runtime.runs_dir)
+    run = result.run
     if run.reusable(runtime.force):
         result.summary, result.cached = run.summary(), True
         return result

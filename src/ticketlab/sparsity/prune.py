@@ -115,15 +115,20 @@ def guarded_layers(counts: dict[str, dict[str, int]], sparsity: float) -> list[s
     return [name for name, c in counts.items() if c["kept"] == 1 and round(c["total"] * (1 - sparsity)) > 1]
 
 
+def prune_run_handle(train: TrainRun, cfg: PruneConfig, runs_dir: str | None) -> PruneRun:
+    """The prune run these inputs name, finished or not (its config's scope filled in)."""
+    cfg = with_scope(cfg)
+    return PruneRun(Run("prune", {"train": train.run.name, "prune": prune_identity(cfg)}, runs_dir), train, cfg)
+
+
 def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = Runtime()) -> PruneRun:
     """Score the trained run's weights at `cfg.at` and keep the best 1 - sparsity of them, as a cached mask.
 
     A layer that the ranking (in practice, a global one) would empty keeps its best unit or
     weight; such layers are listed in the summary's `guarded` and named in a note."""
     criterion = check_prune_config(cfg)
-    cfg = with_scope(cfg)
-    run = Run("prune", {"train": train.run.name, "prune": prune_identity(cfg)}, runtime.runs_dir)
-    result = PruneRun(run, train, cfg)
+    result = prune_run_handle(train, cfg, runtime.runs_dir)
+    run, cfg = result.run, result.config
     if run.reusable(runtime.force):
         result.summary, result.cached = run.summary(), True
         return result

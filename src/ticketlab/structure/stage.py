@@ -17,15 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ticketlab.config import PruneConfig, Runtime, SearchConfig, TicketlabError, from_dict, non_default
+from ticketlab.config import PruneConfig, Runtime, SearchConfig, TicketlabError, from_dict
 from ticketlab.data import load_data
-from ticketlab.search.stage import SearchRun
+from ticketlab.search.stage import SearchRun, search_run_handle
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
-from ticketlab.sparsity.prune import PruneRun, masked_metrics
+from ticketlab.sparsity.prune import PruneRun, masked_metrics, prune_run_handle
 from ticketlab.store import check_found, describes, find_run, StageRun, Run
 from ticketlab.structure.saving import save_model
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
@@ -165,7 +166,7 @@ def find_mask_run(ref: str, runs_dir: str | None = None) -> PruneRun | SearchRun
     kind = hparams["kind"]
     train = find_train_run(hparams["train"], str(path.parent))
     cfg = from_dict(PruneConfig if kind == "prune" else SearchConfig, hparams[kind], f"{path}/hparams.json {kind}")
-    run = Run(kind, {"train": train.run.name, kind: non_default(cfg)}, path.parent)
-    source: PruneRun | SearchRun = PruneRun(run, train, cfg) if kind == "prune" else SearchRun(run, train, cfg)
+    source = prune_run_handle(train, cfg, str(path.parent)) if isinstance(cfg, PruneConfig) else \
+        search_run_handle(train, cfg, str(path.parent))
     check_found(source, path)
     return source

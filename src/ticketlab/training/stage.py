@@ -32,12 +32,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def apply_runtime(runtime: Runtime) -> torch.device:
-    """Set the thread count and pick the device; every entry point calls this once."""
+def check_runtime(runtime: Runtime) -> torch.device:
+    """The device the runtime names, after checking its thread count; it changes nothing."""
     if runtime.threads < 1:
         raise TicketlabError(f"threads must be at least 1, got {runtime.threads}")
-    torch.set_num_threads(runtime.threads)
     return resolve_device(runtime.device)
+
+
+def apply_runtime(runtime: Runtime) -> torch.device:
+    """Set the thread count and pick the device; every entry point calls this once."""
+    device = check_runtime(runtime)
+    torch.set_num_threads(runtime.threads)
+    return device
 
 
 def train_identity(data: DataConfig, model: ModelConfig, training: TrainConfig) -> dict[str, Any]:
