@@ -150,6 +150,15 @@ def non_default(config: Any) -> dict[str, Any]:
     }
 
 
+def sha256_file(path: Any) -> str:
+    """The SHA-256 of a file's content, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """A hash of JSON-able data that does not depend on dict order, process or platform."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -6,9 +6,9 @@ Every file is written atomically (temp file in the same directory, then rename),
 run is locked while a process works on it, so two processes never write one run.
 
 Every file written into a run while its lock is held gets its SHA-256 recorded in the
-run's `manifest.json`, and every read of a run's file checks it. A finished run with a
-missing or damaged file is redone by the stage that made it the next time it is asked
-for (`Run.claim`); an unfinished one with a damaged file starts over instead of
+run's manifest (manifest.py), and every read of a run's file checks it. A finished run
+with a missing or damaged file is redone by the stage that made it the next time it is
+asked for (`Run.claim`); an unfinished one with a damaged file starts over instead of
 resuming from it.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import fcntl
 import json
@@ -33,18 +32,15 @@ from typing import Any, ClassVar
 import torch
 
 from ticketlab.config import TicketlabError, stable_hash
+from ticketlab.manifest import (HPARAMS, problem as manifest_problem, repair_hint, replace_recorded, run_root,
+                                verified_bytes, writing, writing_run)
 
 SUMMARY = "summary.json"
-HPARAMS = "hparams.json"
-MANIFEST = "manifest.json"
 LOCK = ".lock"
 DIVERGED = "diverged.json"
 TEMPORARY = ".*.tmp"  # what atomic_path's temporaries are named like
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-# Run directories whose lock this process holds: files written under them are recorded.
-_writing: set[Path] = set()
 # The command line that is running, recorded in each run's hparams.json as the way to redo it.
 _invocation: list[str | None] = [None]
 
@@ -78,131 +74,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         except OSError as exc:  # a full disk: name the artifact, not the temporary
             exc.filename = str(path)
             raise
-        root = _writing_run(path)
+        root = writing_run(path)
         if root is None:
             os.replace(tmp, path)
         else:
-            _replace_recorded(Path(tmp), path, root)
+            replace_recorded(Path(tmp), path, root)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-# --- the manifest -------------------------------------------------------------------------
-# manifest.json: {"files": {relative path: [accepted SHA-256, ...]}, "sha256": hash of "files"}.
-# A file's entry holds its one hash, except between the two manifest writes that bracket the
-# file's rename, when it accepts the old content and the new: a kill anywhere leaves a run
-# whose files all match.
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _writing_run(path: Path) -> Path | None:
-    absolute = Path(os.path.abspath(path))
-    return next((parent for parent in absolute.parents if parent in _writing), None)
-
-
-def _read_manifest(root: Path) -> dict[str, list[str]] | None:
-    """The run's recorded hashes; None for a run without a manifest (made before there were any)."""
-    path = root / MANIFEST
-    try:
-        saved = json.loads(path.read_bytes())
-        files = saved["files"]
-        intact = isinstance(files, dict) and saved["sha256"] == sha256_bytes(_canonical(files))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        intact = False
-    if not intact:
-        raise TicketlabError(f"{path} is corrupt (it does not match its own checksum){_repair_hint(root)}")
-    return files
-
-
-def _canonical(files: dict[str, list[str]]) -> bytes:
-    return json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _write_manifest(root: Path, files: dict[str, list[str]]) -> None:
-    text = json.dumps({"files": files, "sha256": sha256_bytes(_canonical(files))}, indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, root / MANIFEST)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _relative(path: Path, root: Path) -> str:
-    return Path(os.path.abspath(path)).relative_to(root).as_posix()
-
-
-def _replace_recorded(tmp: Path, path: Path, root: Path) -> None:
-    """Rename `tmp` to `path`, recording its hash in the manifest of `root` (a run this process writes)."""
-    digest, name = sha256_file(tmp), _relative(path, root)
-    files = _read_manifest(root) or {}
-    _write_manifest(root, {**files, name: [*files.get(name, [])[-1:], digest]})
-    os.replace(tmp, path)
-    _write_manifest(root, {**files, name: [digest]})
-
-
-def remove_artifact(path: Path) -> None:
-    """Delete a run's file (e.g. a resume point no longer needed) and its manifest entry."""
-    path.unlink(missing_ok=True)
-    root = _writing_run(path)
-    if root is not None:
-        files = _read_manifest(root) or {}
-        if files.pop(_relative(path, root), None) is not None:
-            _write_manifest(root, files)
-
-
-def _run_root(path: Path) -> Path | None:
-    """The run directory a file lies in: the nearest of its parents with a manifest."""
-    absolute = Path(os.path.abspath(path))
-    return next((parent for parent in list(absolute.parents)[:3] if (parent / MANIFEST).exists()), None)
-
-
-def _repair_hint(root: Path | None) -> str:
-    """How to repair a damaged file of the run at `root`: the command that made the run (which
-    redoes a damaged run), where it is known."""
-    if root is None or not (root / HPARAMS).exists():
-        return ""
-    try:
-        command = json.loads((root / HPARAMS).read_text()).get("command")
-    except (OSError, ValueError, AttributeError):
-        command = None
-    if command:
-        return f"; repair it with `{command}` (a damaged run is redone)"
-    return f"; run what made {root.name} again (a damaged run is redone), or --force it"
-
-
-def verified_bytes(path: Path, what: str = "") -> bytes:
-    """The file's content, checked against the hash its run recorded when it was written."""
-    label = f"{what} {path}" if what else str(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TicketlabError(f"{label} does not exist") from None
-    except IsADirectoryError:
-        raise TicketlabError(f"{label} is a directory; expected a file") from None
-    root = _run_root(path)
-    if root is not None:
-        accepted = (_read_manifest(root) or {}).get(_relative(path, root))
-        if accepted is not None and sha256_bytes(data) not in accepted:
-            raise TicketlabError(f"{label} is corrupt: its SHA-256 is not the one recorded when it was written"
-                                 f"{_repair_hint(root)}")
-    return data
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -242,7 +121,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises many types for a damaged file
         reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise TicketlabError(f"checkpoint {path} is corrupt or unreadable ({reason[:160]})"
-                             f"{_repair_hint(_run_root(path) or path.parent)}") from None
+                             f"{repair_hint(run_root(path) or path.parent)}") from None
     if not isinstance(state, dict):
         raise TicketlabError(f"checkpoint {path} holds a {type(state).__name__}; expected a ticketlab checkpoint")
     return state
@@ -253,7 +132,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(data)
     except ValueError as exc:
-        raise TicketlabError(f"{path} is not valid JSON ({exc}){_repair_hint(_run_root(path) or path.parent)}") \
+        raise TicketlabError(f"{path} is not valid JSON ({exc}){repair_hint(run_root(path) or path.parent)}") \
             from None
 
 
@@ -276,17 +155,7 @@ class Run:
 
     def problem(self) -> str | None:
         """What is wrong with the run's files (one missing, or not matching its recorded hash), if anything."""
-        try:
-            files = _read_manifest(Path(os.path.abspath(self.path)))
-        except TicketlabError:
-            return f"{MANIFEST} is corrupt"
-        for name, accepted in sorted((files or {}).items()):
-            path = self.path / name
-            if not path.exists():
-                return f"{name} is missing"
-            if sha256_file(path) not in accepted:
-                return f"{name} is corrupt (its SHA-256 is not the one recorded when it was written)"
-        return None
+        return manifest_problem(self.path)
 
     def summary(self) -> dict[str, Any]:
         return read_json(self.path / SUMMARY)
@@ -298,7 +167,6 @@ class Run:
     def lock(self) -> Iterator[None]:
         """Hold the run's lock; a second process gets a clear error instead of a corrupt run."""
         self.path.mkdir(parents=True, exist_ok=True)
-        root = Path(os.path.abspath(self.path))
         with open(self.path / LOCK, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -313,11 +181,10 @@ class Run:
             handle.truncate()
             handle.write(str(os.getpid()))
             handle.flush()
-            _writing.add(root)
             try:
-                yield
+                with writing(self.path):
+                    yield
             finally:
-                _writing.discard(root)
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -379,7 +246,7 @@ def check_found(found: StageRun, path: Path) -> None:
         raise TicketlabError(f"run {found.run.name} has not finished; run its command again to resume it")
     problem = found.run.problem()
     if problem is not None:
-        raise TicketlabError(f"run {found.run.name}: {problem}{_repair_hint(Path(os.path.abspath(path)))}")
+        raise TicketlabError(f"run {found.run.name}: {problem}{repair_hint(path)}")
     found.summary = found.run.summary()
 
 

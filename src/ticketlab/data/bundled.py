@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketlab.data.download import sha256_file
+from ticketlab.config import sha256_file
 from ticketlab.data.formats import read_mnist_pickle
 from ticketlab.data.raw import DataError, Found, RawData
 from ticketlab.data.splits import hold_out_test

@@ -59,14 +59,6 @@ class DownloadError(DataError):
     """No mirror could be reached for a file (a checksum mismatch is a plain DataError)."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(url: str, dest: Path, sha256: str) -> None:
     """Download url to dest: into a temporary file beside it, verified, then renamed into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.store import (StageRun, Run, atomic_torch_save, atomic_write_text, describes, find_run,
-                             load_checkpoint, remove_artifact)
+                             load_checkpoint)
+from ticketlab.manifest import remove_artifact
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 MASK_FILE = "mask.safetensors"

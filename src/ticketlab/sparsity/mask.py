@@ -19,7 +19,8 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ticketlab.config import TicketlabError
-from ticketlab.store import atomic_path, verified_bytes
+from ticketlab.manifest import verified_bytes
+from ticketlab.store import atomic_path
 
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

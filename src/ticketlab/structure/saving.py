@@ -25,7 +25,8 @@ from torch import nn
 
 from ticketlab.config import ModelConfig, TicketlabError, from_dict
 from ticketlab.models import ZooModel, build_model
-from ticketlab.store import atomic_path, verified_bytes
+from ticketlab.manifest import verified_bytes
+from ticketlab.store import atomic_path
 from ticketlab.structure.surgery import shrink
 
 FORMAT = "ticketlab-shrunk-model"

@@ -23,7 +23,8 @@ from torch import nn
 from ticketlab.config import TicketlabError, TrainConfig
 from ticketlab.data import Dataset, Split, augment_batch
 from ticketlab.store import (DIVERGED, atomic_torch_save, atomic_write_json, atomic_write_text, csv_text,
-                             load_checkpoint, read_json, remove_artifact)
+                             load_checkpoint, read_json)
+from ticketlab.manifest import remove_artifact
 from ticketlab.training.optim import build_optimizer, lr_factor_fn
 from ticketlab.training.progress import Progress
 from ticketlab.training.steps import Step, parse_steps, step_name
