@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +100,7 @@ class Diverged(TicketlabError):
 
 def diverged_message(record: dict[str, Any]) -> str:
     return (f"training diverged at {record['step']} (the {record['what']} became {record['value']}); "
-            "lower --lr, or add --warmup or gradient-friendlier settings, then run again")
+            "lower --lr (or add --warmup), then run again")
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -196,24 +195,24 @@ class Trainer:
             callback.load_state_dict(saved)
 
     # --- the loop ----------------------------------------------------------------------
-    def _diverge(self, what: str, value: float, iteration: int) -> typing.NoReturn:
+    def _diverge(self, what: str, value: float, iteration: int) -> NoReturn:
         """Record that training diverged (a rerun says so at once; --force retries) and stop."""
         record = {"step": self.schedule.name(iteration), "iteration": iteration, "what": what, "value": str(value)}
         if self.directory is not None:
             atomic_write_json(self._path(DIVERGED), record)
         raise Diverged(diverged_message(record))
 
-    def _check_finite(self, losses: torch.Tensor, first_iteration: int, val_loss: float) -> None:
-        """Stop at the first minibatch whose loss was not finite (or at a non-finite validation loss)."""
+    def _check_finite(self, losses: torch.Tensor, first_iteration: int) -> None:
+        """Stop at the first minibatch since `first_iteration` whose loss was not finite."""
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             index = int(bad[0])
             self._diverge("training loss", float(losses[index]), first_iteration + index)
-        if not math.isfinite(val_loss):
-            self._diverge("validation loss", val_loss, self.iteration)
 
     def _record(self, epoch: int, train_loss: float, train_acc: float) -> None:
         val_loss, val_acc = evaluate(self.model, self.data.val)
+        if not math.isfinite(val_loss):  # finite training losses, and yet weights that overflow
+            self._diverge("validation loss", val_loss, self.iteration)
         test_loss, test_acc = evaluate(self.model, self.data.test)
         row = {"epoch": epoch, "iteration": self.iteration, "step": self.schedule.name(self.iteration),
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
@@ -301,14 +300,13 @@ class Trainer:
                 bar.update()
                 if schedule.evaluates_mid_epoch(self.iteration):
                     self.wall_time += time.perf_counter() - started  # evaluation is not training time
-                    self._record(epoch, loss_sum.item() / seen, correct.item() / seen)
-                    self._check_finite(losses[checked - first:self.iteration - first], checked,
-                                       self.rows[-1]["val_loss"])
+                    self._check_finite(losses[checked - first:self.iteration - first], checked)
                     checked = self.iteration
+                    self._record(epoch, loss_sum.item() / seen, correct.item() / seen)
                     started = time.perf_counter()
             self.wall_time += time.perf_counter() - started
+            self._check_finite(losses[checked - first:self.iteration - first], checked)
             self._record(epoch + 1, loss_sum.item() / seen, correct.item() / seen)
-            self._check_finite(losses[checked - first:self.iteration - first], checked, self.rows[-1]["val_loss"])
             bar.note(val_acc=self.rows[-1]["val_acc"])
             if self._stop_requested(epoch + 1) and self.iteration < schedule.total:
                 self.stopped_early_at = epoch + 1
