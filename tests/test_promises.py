@@ -323,3 +323,53 @@ def test_a_read_only_runs_dir_lists_and_reuses_runs_and_refuses_new_ones_in_one_
         assert main(["prune", "--run", run.name, "--quiet"]) == 2
         one_line_error(capsys)
         assert intact_files(run) == before
+
+
+def test_a_checkpoint_of_another_network_in_a_run_without_manifest_is_refused_in_one_line(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TICKETLAB_RUNS", str(tmp_path))
+    assert main(TRAIN) == 0
+    assert main(["train", "--model", "conv2", "--dataset", "digits", "--steps", "20it", "--quiet"]) == 0
+    lenet, conv2 = trained_name(tmp_path), trained_name(tmp_path, "conv2")
+    (tmp_path / lenet / "manifest.json").unlink()  # as runs made before manifests existed
+    (tmp_path / lenet / "checkpoints" / "0it.pt").write_bytes((tmp_path / conv2 / "checkpoints" / "final.pt").read_bytes())
+    capsys.readouterr()
+    for command in (["prune", "--run", lenet, "--at", "0it"], ["sweep", "--run", lenet, "--step", "0it"]):
+        assert main([*command, "--quiet"]) == 2
+        message = one_line_error(capsys)
+        assert "0it.pt holds weights of another network" in message and "--force" in message
+    assert not list(tmp_path.glob("prune-*")) and not list(tmp_path.glob("sweep-*"))
+
+
+def test_a_flipped_csv_that_a_finished_run_is_read_back_from_is_detected(tmp_path, monkeypatch, capsys):
+    from ticketlab.analysis.sweep import sweep
+    from ticketlab.config import Runtime, TicketlabError
+    from ticketlab.store import read_csv
+    from ticketlab.training.stage import find_train_run
+
+    monkeypatch.setenv("TICKETLAB_RUNS", str(tmp_path))
+    assert main(TRAIN) == 0
+    trained = find_train_run(trained_name(tmp_path))
+    done = sweep(trained, ["0", "0.5"], runtime=Runtime(progress=False))
+    flip_middle(done.path / "sweep.csv", 4)
+    with pytest.raises(TicketlabError, match="sweep.csv is corrupt"):
+        read_csv(done.path / "sweep.csv")
+    again = sweep(trained, ["0", "0.5"], runtime=Runtime(progress=False))  # redone, and says so
+    assert "redoing the run" in capsys.readouterr().err and again.rows == done.rows
+
+
+def test_a_forced_run_killed_while_it_is_cleared_starts_over(tmp_path, capsys):
+    from ticketlab.store import Run, atomic_write_text
+
+    run = Run("demo", {"n": 2}, tmp_path)
+    with run.lock():
+        run.start({})
+        atomic_write_text(run.file("a.txt"), "a")
+        run.finish({})
+    # What clear() leaves when killed after the summary and one file went: the manifest names both.
+    run.file("summary.json").unlink()
+    run.file("a.txt").unlink()
+    assert not run.done and run.problem() == "a.txt is missing"
+    with run.lock():
+        assert run.claim(force=False)
+    assert "starting it over" in capsys.readouterr().err and not run.file("manifest.json").exists()

@@ -118,15 +118,21 @@ def run_root(path: Path) -> Path | None:
     return next((parent for parent in list(_absolute(path).parents)[:3] if (parent / MANIFEST).exists()), None)
 
 
+def recorded_command(root: Path) -> str | None:
+    """The command line that made the run at `root`, as its hparams.json recorded it (if it did)."""
+    try:
+        command = json.loads((root / HPARAMS).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if isinstance(command, str) else None
+
+
 def repair_hint(root: Path | None) -> str:
     """How to repair a damaged file of the run at `root`: the command that made the run (which
     redoes a damaged run), where it is known."""
     if root is None or not (root / HPARAMS).exists():
         return ""
-    try:
-        command = json.loads((root / HPARAMS).read_text()).get("command")
-    except (OSError, ValueError, AttributeError):
-        command = None
+    command = recorded_command(root)
     if command:
         return f"; repair it with `{command}` (a damaged run is redone)"
     return f"; run what made {root.name} again (a damaged run is redone), or --force it"

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 
 from ticketlab.config import TicketlabError, stable_hash
-from ticketlab.manifest import (HPARAMS, problem as manifest_problem, repair_hint, replace_recorded, run_root,
+from ticketlab.manifest import (HPARAMS, MANIFEST, problem as manifest_problem, repair_hint, replace_recorded, run_root,
                                 verified_bytes, writing, writing_run)
 
 SUMMARY = "summary.json"
@@ -100,6 +100,11 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header (checked against its run's manifest), as text."""
+    return list(csv.DictReader(io.StringIO(verified_bytes(path).decode(errors="replace"), newline="")))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -207,8 +212,11 @@ class Run:
         return True
 
     def clear(self) -> None:
-        """Remove every artifact (for --force); call while holding the lock."""
-        for child in self.path.iterdir():
+        """Remove every artifact (for --force); call while holding the lock. The summary goes first
+        and the manifest last, so that a kill part-way leaves an unfinished run whose manifest
+        still names what is gone: it starts over."""
+        (self.path / SUMMARY).unlink(missing_ok=True)
+        for child in sorted(self.path.iterdir(), key=lambda p: p.name == MANIFEST):
             if child.name == LOCK:
                 continue
             if child.is_dir():

@@ -15,7 +15,6 @@ too, so it exceeds k: those weights read a unit that is gone.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import Run, atomic_write_text, csv_text, describes
+from ticketlab.store import Run, atomic_write_text, csv_text, describes, read_csv
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -165,9 +164,8 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
 
 
 def _cached(out: Run) -> SweepResult:
-    with open(out.file("sweep.csv"), newline="") as handle:
-        rows = [{key: value if key == "method" else float(value) for key, value in row.items()}
-                for row in csv.DictReader(handle)]
+    rows = [{key: value if key == "method" else float(value) for key, value in row.items()}
+            for row in read_csv(out.file("sweep.csv"))]
     return SweepResult(out.path, rows, out.summary()["dense_test_acc"], cached=True)
 
 

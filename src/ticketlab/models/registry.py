@@ -74,6 +74,13 @@ def build_model(
     return model
 
 
+def state_shapes(cfg: ModelConfig, input_shape: Shape, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every entry of the model's state_dict, without building its weights."""
+    with torch.device("meta"):
+        model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
 def model_facts(name: str, input_shape: Shape, num_classes: int) -> dict[str, object] | None:
     """What `ticketlab models` shows of a zoo model built for these inputs: its parameter count and
     its structured (channel) groups with their sizes; None when the model does not fit the inputs."""

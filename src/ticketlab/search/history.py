@@ -14,14 +14,13 @@ the rows have them, so other searches' files stay as they were.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ticketlab.plots import twin_axis_lines
-from ticketlab.store import atomic_write_text, csv_text
+from ticketlab.store import atomic_write_text, csv_text, read_csv
 
 COLUMNS = ("step", "temperature", "h", "candidate", "current", "mean", "best", "accepted")
 AGENT_COLUMNS = ("episode", "reward", "baseline", "entropy")
@@ -35,9 +34,8 @@ def write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as handle:
-        return [{key: None if text == "" else _TYPES.get(key, float)(text) for key, text in row.items()}
-                for row in csv.DictReader(handle)]
+    return [{key: None if text == "" else _TYPES.get(key, float)(text) for key, text in row.items()}
+            for row in read_csv(path)]
 
 
 def _column(history: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> list[float]:

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
-from ticketlab.data import Dataset, load_data
-from ticketlab.models import build_model
+from ticketlab.data import DATASETS, Dataset, load_data
+from ticketlab.models import build_model, state_shapes
+from ticketlab.manifest import recorded_command
 from ticketlab.store import check_found, describes, find_run, Run, StageRun
 from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
@@ -75,8 +76,20 @@ class TrainRun(StageRun):
         return step_name(iteration, self.summary["iterations_per_epoch"])
 
     def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
-        """Weights saved at a step: a `--save-at` step like `0it`/`3ep`, or `best` or `final`."""
-        return super().state_dict(self.checkpoint_name(step))
+        """Weights saved at a step: a `--save-at` step like `0it`/`3ep`, or `best` or `final`;
+        checked to be weights of this run's network (a checkpoint of another one is an error)."""
+        name = self.checkpoint_name(step)
+        weights = super().state_dict(name)
+        spec = DATASETS[self.data.name]
+        expected = state_shapes(self.model_config, spec.input_shape, spec.num_classes)
+        found = {key: tuple(value.shape) for key, value in weights.items()} if isinstance(weights, dict) else {}
+        if found != expected:
+            redo = f"{recorded_command(self.path) or 'its ticketlab train command'} --force"
+            odd = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
+            raise TicketlabError(f"checkpoint {self.run.file(f'checkpoints/{name}.pt')} holds weights of another "
+                                 f"network (differing at {', '.join(odd[:3])}); expected {self.model_config.name}'s "
+                                 f"for {self.data.name}; redo the run with `{redo}`")
+        return weights
 
 
 def with_checkpoints(training: TrainConfig, steps: Sequence[str]) -> TrainConfig:
