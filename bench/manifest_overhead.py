@@ -48,8 +48,8 @@ def main() -> None:
         for record in (False, True):
             times[record].append(timed_training(data, model, training, record))
     bare, recorded = statistics.median(times[False]), statistics.median(times[True])
-    print(f"{args.model} on {args.dataset}, {args.epochs} epochs: without manifest {bare:.3f} s, with {recorded:.3f} s, "
-          f"ratio {recorded / bare:.3f}")
+    print(f"{args.model} on {args.dataset}, {args.epochs} epochs: without manifest {bare:.3f} s, "
+          f"with {recorded:.3f} s, ratio {recorded / bare:.3f}")
 
     with tempfile.TemporaryDirectory() as root:
         done = train(data, model, training, Runtime(runs_dir=root, progress=False))

@@ -60,7 +60,8 @@ START_RUN_KINDS = ("prune", "search")  # runs whose mask a search can start from
 @describes("search")
 def describe_search(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
     cfg, held = hparams["search"], summary.get("best", {}).get("held_out", {})
-    metrics = {"val_acc": (held.get("val_rest") or {}).get("accuracy"), "test_acc": (held.get("test") or {}).get("accuracy")}
+    metrics = {"val_acc": (held.get("val_rest") or {}).get("accuracy"),
+               "test_acc": (held.get("test") or {}).get("accuracy")}
     return (f"{cfg['method']} {cfg['sparsity']:.3g} {cfg['granularity']}s of {hparams['train']}",
             {k: v for k, v in metrics.items() if v is not None})
 

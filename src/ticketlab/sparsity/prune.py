@@ -161,9 +161,9 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
                                       for layer in summary["layers"]}
     summary["guarded"] = guarded_layers(counts, cfg.sparsity)
     if summary["guarded"]:
-        note(f"{', '.join(summary['guarded'])} kept 1 {'unit' if criterion.structured else 'weight'} only, "
-             f"by the guard that never empties a layer: the {cfg.scope} ranking pruned {'them' if len(summary['guarded']) > 1 else 'it'} "
-             "whole" + ("; --scope layerwise prunes each layer at the same rate" if cfg.scope == "global" else ""))
+        advice = "; --scope layerwise prunes each layer at the same rate" if cfg.scope == "global" else ""
+        note(f"{', '.join(summary['guarded'])}: 1 {'unit' if criterion.structured else 'weight'} left, kept by the "
+             f"guard that never empties a layer (the {cfg.scope} ranking would have pruned all){advice}")
     with run.lock():
         if not run.claim(runtime.force):  # another process finished it meanwhile
             result.summary, result.cached = run.summary(), True
