@@ -74,13 +74,16 @@ BAD = [
     # bad steps and combinations
     "train --steps banana", "train --save-at 99ep", "train --epochs 2 --steps 3ep", "prune --run T --at 1ep9it",
     "prune --run T --at 99ep", "prune --run T --structured --criterion magnitude", "train --nesterov",
-    "train --schedule multistep",
+    "train --schedule multistep", "train --schedule multistep --milestones 99ep", "train --warmup 99ep",
+    "train --eval-every 0it", "prune --run T --criterion snip --score-batches 0",
+    "lottery --controls reinit --control-levels x",
     # bad paths and runs
     "prune --run nope", "prune --run /nonexistent/run", "shrink --run T", "train --data-dir /nonexistent --dataset mnist",
     "runs --runs-dir FILE", "train --runs-dir FILE/sub",
     # malformed and hostile YAML
     "run YAML:evil.yaml", "run YAML:unclosed.yaml", "run YAML:list.yaml", "run YAML:unknown.yaml",
-    "run YAML:badvalue.yaml", "run YAML:missing.yaml",
+    "run YAML:badvalue.yaml", "run YAML:missing.yaml", "run YAML:binary.yaml",
+    "run YAML:late.yaml",  # its prune section is bad: nothing may train before that is found
     # a mask from another model
     "search anneal --run T --sparsity 0.5 --start OTHER_PRUNE",
 ]
@@ -90,6 +93,7 @@ YAMLS = {
     "list.yaml": "- 1\n- 2\n",
     "unknown.yaml": "train: {steps: 1ep, colour: red}\n",
     "badvalue.yaml": "train: {steps: 1ep, lr: .nan}\n",
+    "late.yaml": "description: trains, then prunes at an impossible sparsity\ntrain: {steps: 1ep}\nprune: {sparsity: 2}\n",
 }
 
 
@@ -114,6 +118,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_no_run(case, runs, other_prune
     monkeypatch.chdir(tmp_path)
     for name, text in YAMLS.items():
         write_yaml(tmp_path, name, text)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00 not text")
     (tmp_path / "FILE").write_text("not a directory")
     words = [word.replace("YAML:", str(tmp_path) + "/").replace("FILE", str(tmp_path / "FILE"))
              for word in shlex.split(case)]

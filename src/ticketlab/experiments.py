@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, sweep
+from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, normalise_ks, sweep
 from ticketlab.comparison import Comparison, compare_masks
-from ticketlab.config import Runtime
+from ticketlab.config import PruneConfig, Runtime
 from ticketlab.data import DataError, load_data
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
+from ticketlab.lottery.levels import check_settings
+from ticketlab.search.anneal import check_config
 from ticketlab.report.lottery import LotteryReport, write_report
 from ticketlab.presets import Preset
-from ticketlab.sparsity.prune import PruneRun, prune
+from ticketlab.sparsity.prune import PruneRun, check_prune_config, prune
 from ticketlab.structured_experiment import StructuredExperiment, check_sections, run_structured
 from ticketlab.training.stage import TrainRun, train
 
@@ -29,10 +32,25 @@ class ExperimentResult:
     structured: StructuredExperiment | None = None
 
 
-def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
-    structured = preset.earlybird is not None or bool(preset.shrink)
-    if structured:  # a bad value is reported before the data is looked for
+def check_preset(preset: Preset) -> None:
+    """Every section's settings, before anything trains: a bad value costs nothing and writes nothing."""
+    if preset.earlybird is not None or preset.shrink:
         check_sections(preset.earlybird, preset.shrink)
+    if preset.prune is not None:
+        check_prune_config(preset.prune)
+    if preset.lottery is not None:
+        check_settings(preset.lottery)
+    for method in preset.compare.methods if preset.compare is not None else ():
+        for sparsity in preset.compare.sparsities:
+            config = dataclasses.replace(method.config, sparsity=sparsity)
+            check_prune_config(config) if isinstance(config, PruneConfig) else check_config(config)
+    if preset.sweep is not None:
+        normalise_ks(preset.sweep.get("ks", DEFAULT_KS))
+
+
+def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
+    check_preset(preset)  # a bad value is reported before the data is looked for
+    structured = preset.earlybird is not None or bool(preset.shrink)
     data, training = preset.data, preset.train
     try:
         load_data(data, data_dir=runtime.data_dir)  # cached after the first call: cheap to ask

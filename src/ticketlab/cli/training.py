@@ -58,7 +58,7 @@ def cmd_lottery(args: argparse.Namespace) -> Result:
     runtime = runtime_from_args(args)
     experiment = run_lottery(
         *training_from_args(args), cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
-        control_levels=[int(v) for v in args.control_levels.split(",") if v] or None)
+        control_levels=[coerce(v, int, "--control-levels") for v in args.control_levels.split(",") if v] or None)
     report = write_report(experiment, runtime)
     return describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
 

@@ -256,7 +256,11 @@ def load_preset(name_or_file: str) -> Preset:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise TicketlabError(f"preset file {path} does not exist")
-        return parse_preset(path.stem, path.read_text())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise TicketlabError(f"preset file {path} is not UTF-8 text; expected a YAML file") from None
+        return parse_preset(path.stem, text)
     if name_or_file not in preset_names():
         raise TicketlabError(
             f"unknown preset {name_or_file!r}: expected one of {', '.join(preset_names())} or a FILE.yaml"

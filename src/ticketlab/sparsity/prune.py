@@ -49,6 +49,9 @@ def check_prune_config(cfg: PruneConfig) -> Criterion:
         raise TicketlabError(f"output sparsity must be in [0, 1), got {cfg.output_sparsity}")
     if cfg.scope not in (None, "global", "layerwise"):
         raise TicketlabError(f"scope must be global or layerwise, got {cfg.scope!r}")
+    if cfg.score_batches < 1 or cfg.score_batch_size < 1:
+        raise TicketlabError(f"score_batches and score_batch_size must be at least 1, got {cfg.score_batches} "
+                             f"and {cfg.score_batch_size}")
     if cfg.empty_layer not in ("keep", "error"):
         raise TicketlabError(f"empty_layer must be keep or error, got {cfg.empty_layer!r}")
     criterion = get_criterion(cfg.criterion)

@@ -59,6 +59,9 @@ class Schedule:
                 )
             save_at[iteration] = step_name(iteration, per_epoch)
         eval_every = Step.parse(cfg.eval_every).to_iterations(per_epoch) if cfg.eval_every else 0
+        if cfg.eval_every and eval_every < 1:
+            raise TicketlabError(f"eval_every {cfg.eval_every!r} is zero iterations; expected e.g. 100it "
+                                 "(or leave it out: evaluations at epoch ends only)")
         return cls(per_epoch, total, save_at, eval_every)
 
     def evaluates_mid_epoch(self, iteration: int) -> bool:

@@ -60,7 +60,13 @@ def lr_factor_fn(cfg: TrainConfig, iterations_per_epoch: int, total_iterations: 
     milestones = sorted(s.to_iterations(iterations_per_epoch) for s in parse_steps(cfg.milestones))
     if cfg.schedule == "multistep" and not milestones:
         raise TicketlabError("schedule multistep needs --milestones, e.g. 80ep,120ep")
+    if milestones and milestones[-1] >= total_iterations:
+        raise TicketlabError(f"milestone {cfg.milestones} is not before the end of training ({cfg.steps} = "
+                             f"{total_iterations} iterations); expected steps inside it")
     warmup = Step.parse(cfg.warmup).to_iterations(iterations_per_epoch)
+    if warmup > total_iterations:
+        raise TicketlabError(f"warmup {cfg.warmup} is longer than training ({cfg.steps} = {total_iterations} "
+                             "iterations)")
 
     def factor(iteration: int) -> float:
         if cfg.schedule == "multistep":
