@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from pinned import PINNED_RUN_NAMES, finished_runs
 from ticketlab.cli import main
 from ticketlab.config import TicketlabError
 from ticketlab.presets import load_preset, parse_preset, preset_names
@@ -32,6 +33,7 @@ def test_smoke_variants_run_end_to_end(name, tmp_path, capsys):
     assert main(["run", name, "--smoke", "--quiet", "--json", "--runs-dir", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "smoke" in result["metrics"]["data_source"]
+    assert finished_runs(tmp_path) == PINNED_RUN_NAMES[name]
     if "lottery" in result:
         rows = result["lottery"]["rows"]
         assert rows[0]["procedure"] == "ticket" and rows[0]["remaining_pct"] == 100.0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pinned import PINNED_RUN_NAMES, finished_runs
 from ticketlab.cli import main
 from ticketlab.config import TicketlabError
 from ticketlab.presets import EarlyBirdSection, load_preset, parse_preset
@@ -61,6 +62,7 @@ def test_smoke_variants_prune_shrink_retrain_and_write_the_table(name, tmp_path,
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     assert "smoke" in result["metrics"]["data_source"]
+    assert finished_runs(tmp_path) == PINNED_RUN_NAMES[name]
     rows = result["structured"]["rows"]
     assert {(row["at"], row["ratio"], row["mode"]) for row in rows} == expected_rows(name)
     report = Path(result["structured"]["run_dir"])
