@@ -109,14 +109,17 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
                 found = _mean_std(scores)
                 rows[-1].update(search_score_mean=found[0], search_score_std=found[1])
     report = Run("comparison", {"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir)
-    with report.lock():
-        report.start({"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind})
+
+    def write(_: None) -> dict[str, Any]:
         atomic_write_text(report.file("table.csv"), csv_text(rows, COLUMNS))
         atomic_write_text(report.file("runs.csv"), csv_text([_without_curve(r) for r in runs],
                                                             tuple(_without_curve(runs[0]))))
         if objective is not None:
             _plot_best_so_far(report.file("best_so_far.png"), runs, methods, sparsities, objective)
-        report.finish({"rows": rows})
+        return {"rows": rows}
+
+    hparams = {"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind}
+    report.produce(runtime.force, lambda: (hparams, None), write)
     return Comparison(report.path, rows, [_without_curve(r) for r in runs])
 
 

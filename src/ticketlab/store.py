@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -39,6 +39,7 @@ SUMMARY = "summary.json"
 LOCK = ".lock"
 DIVERGED = "diverged.json"
 TEMPORARY = ".*.tmp"  # what atomic_path's temporaries are named like
+P = TypeVar("P")  # what a stage prepares before it writes
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 # The command line that is running, recorded in each run's hparams.json as the way to redo it.
@@ -223,6 +224,28 @@ class Run:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+    def produce(self, force: bool, prepare: Callable[[], tuple[dict[str, Any], P]],
+                write: Callable[[P], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """The stage protocol, once: the run's summary, and whether it had finished before (cached).
+
+        A finished, intact run is returned as it is. Otherwise `prepare()` does everything that
+        writes nothing — every check of the inputs, and the work that can fail on them, so that
+        bad input leaves no run directory — and returns the run's hparams and what `write`
+        needs. Then, holding the run's lock, the run is claimed (cleared if forced or damaged;
+        or found finished by another process meanwhile), started with those hparams, `write`
+        writes the artifacts and returns the summary, and the summary marks the run done.
+        """
+        if self.reusable(force):
+            return self.summary(), True
+        hparams, prepared = prepare()
+        with self.lock():
+            if not self.claim(force):  # another process finished it while this one prepared
+                return self.summary(), True
+            self.start(hparams)
+            summary = write(prepared)
+            self.finish(summary)
+        return summary, False
 
     def start(self, hparams: dict[str, Any]) -> None:
         command = {"command": _invocation[0]} if _invocation[0] else {}

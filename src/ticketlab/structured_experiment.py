@@ -209,10 +209,12 @@ def _write_report(rows: list[dict[str, Any]], runtime: Runtime) -> Path:
     epochs = sorted({row["epoch"] for row in rows})
     panels["test acc after retraining"]["dense"] = (epochs, [rows[0]["dense_test_acc"]] * len(epochs),
                                                     [0.0] * len(epochs))
-    with report.lock():
-        report.start({"rows": len(rows)})
+
+    def write(_: None) -> dict[str, Any]:
         atomic_write_text(report.file(TABLE), csv_text(rows, COLUMNS))
         errorbar_panels(report.file(PLOT), panels, xlabel="epoch pruned at",
                         title="structured pruning: shrunk, then retrained")
-        report.finish({"rows": rows})
+        return {"rows": rows}
+
+    report.produce(runtime.force, lambda: ({"rows": len(rows)}, None), write)
     return report.path

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ticketlab.config import Runtime, TicketlabError
-from ticketlab.data import load_data
+from ticketlab.data import Dataset, load_data
 from ticketlab.plots import animate, histogram_grid, line_panels
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
@@ -126,47 +126,55 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
     if not run.run.done:
         raise TicketlabError(f"training run {run.run.name} has not finished; train it before sweeping")
     out = Run("sweep", sweep_identity(run, ks, step), runtime.runs_dir)
-    if out.reusable(runtime.force):
-        return _cached(out)
+
+    def prepare() -> tuple[dict[str, Any], tuple[dict[str, torch.Tensor], Dataset, nn.Module, torch.device]]:
+        trained = run.state_dict(step)
+        device = apply_runtime(runtime)
+        dataset = load_data(run.data, data_dir=runtime.data_dir, device=device)
+        model = init_model(run.model_config, dataset, run.training.seed).to(device)
+        return {"train": run.run.name, "train_path": str(run.path), "step": step, "ks": ks}, \
+            (trained, dataset, model, device)
+
+    _, cached = out.produce(runtime.force, prepare, lambda prepared: _sweep(out, run, ks, step, *prepared))
+    result = _read(out)
+    result.cached = cached
+    return result
+
+
+def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[str, torch.Tensor], dataset: Dataset,
+           model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Prune and evaluate for each k and method; write the table, plots and histograms; the summary."""
     started = time.perf_counter()
-    trained = run.state_dict(step)
-    device = apply_runtime(runtime)
-    dataset = load_data(run.data, data_dir=runtime.data_dir, device=device)
-    model = init_model(run.model_config, dataset, run.training.seed).to(device)
-    with out.lock():
-        if not out.claim(runtime.force):  # another process finished it meanwhile
-            return _cached(out)
-        out.start({"train": run.run.name, "train_path": str(run.path), "step": step, "ks": ks})
-        model.load_state_dict(trained)
-        (test_loss, test_acc), (val_loss, val_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
-        names = hidden_weights(model)
-        histograms = Histograms(out.path, model, names)
-        rows = []
-        for k in ks:
-            for method in METHODS:
-                # load_state_dict copies, so `trained` stays unpruned for the next mask.
-                model.load_state_dict(trained)
-                mask = MASKS[method](model, k)
-                mask.apply(model)
-                (t_loss, t_acc), (v_loss, v_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
-                rows.append({"k": k, "method": method, "sparsity": sparsity_of(mask, names),
-                             "test_loss": t_loss, "test_acc": t_acc, "val_loss": v_loss, "val_acc": v_acc})
-                histograms.draw(model, method, k)
-        atomic_write_text(out.file("sweep.csv"), csv_text(rows, COLUMNS))
-        _plot_curves(out.file("sweep.png"), ks, rows,
-                     title=f"{run.model_config.name} on {run.data.name}, {step} weights ({run.run.name})")
-        animate([[histograms.path("weight", k), histograms.path("unit", k)] for k in ks], out.file("hist.gif"))
-        out.finish({"train": run.run.name, "step": step, "ks": ks, "dense_test_loss": test_loss,
-                    "dense_test_acc": test_acc, "dense_val_loss": val_loss, "dense_val_acc": val_acc,
-                    "hidden_weights": sum(dict(model.named_parameters())[n].numel() for n in names),
-                    "seconds": round(time.perf_counter() - started, 3), "device": str(device)})
-    return SweepResult(out.path, rows, test_acc)
+    model.load_state_dict(trained)
+    (test_loss, test_acc), (val_loss, val_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
+    names = hidden_weights(model)
+    histograms = Histograms(out.path, model, names)
+    rows = []
+    for k in ks:
+        for method in METHODS:
+            # load_state_dict copies, so `trained` stays unpruned for the next mask.
+            model.load_state_dict(trained)
+            mask = MASKS[method](model, k)
+            mask.apply(model)
+            (t_loss, t_acc), (v_loss, v_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
+            rows.append({"k": k, "method": method, "sparsity": sparsity_of(mask, names),
+                         "test_loss": t_loss, "test_acc": t_acc, "val_loss": v_loss, "val_acc": v_acc})
+            histograms.draw(model, method, k)
+    atomic_write_text(out.file("sweep.csv"), csv_text(rows, COLUMNS))
+    _plot_curves(out.file("sweep.png"), ks, rows,
+                 title=f"{run.model_config.name} on {run.data.name}, {step} weights ({run.run.name})")
+    animate([[histograms.path("weight", k), histograms.path("unit", k)] for k in ks], out.file("hist.gif"))
+    return {"train": run.run.name, "step": step, "ks": ks, "dense_test_loss": test_loss,
+            "dense_test_acc": test_acc, "dense_val_loss": val_loss, "dense_val_acc": val_acc,
+            "hidden_weights": sum(dict(model.named_parameters())[n].numel() for n in names),
+            "seconds": round(time.perf_counter() - started, 3), "device": str(device)}
 
 
-def _cached(out: Run) -> SweepResult:
+def _read(out: Run) -> SweepResult:
+    """A finished sweep, as its table and summary hold it."""
     rows = [{key: value if key == "method" else float(value) for key, value in row.items()}
             for row in read_csv(out.file("sweep.csv"))]
-    return SweepResult(out.path, rows, out.summary()["dense_test_acc"], cached=True)
+    return SweepResult(out.path, rows, out.summary()["dense_test_acc"])
 
 
 def _plot_curves(path: Path, ks: list[float], rows: list[dict[str, Any]], title: str) -> None:

@@ -52,16 +52,18 @@ def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[i
                      "val_rest_acc": rest["accuracy"] if rest else None, "test_acc": test,
                      "gap_to_test": best["score"] - test, "search_run": done.run.name})
     out = Run("valsize", {"searches": [row["search_run"] for row in rows]}, runtime.runs_dir)
-    with out.lock():
-        out.start({"train": train.run.name, "search": dataclasses.asdict(cfg), "sizes": list(sizes)})
+
+    def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file("table.csv"), csv_text(rows, COLUMNS))
-        x = [row["val_size"] for row in rows]
-        line_panels(out.file("valsize.png"), x, {"accuracy": {
+        line_panels(out.file("valsize.png"), [row["val_size"] for row in rows], {"accuracy": {
             "search objective (its own images)": [row["search_score"] for row in rows],
             "rest of validation": [row["val_rest_acc"] if row["val_rest_acc"] is not None else float("nan")
                                    for row in rows],
             "test": [row["test_acc"] for row in rows],
         }}, xlabel="validation images in the search objective", categorical=True,
             title=f"{cfg.method} ({cfg.granularity}, sparsity {cfg.sparsity:g}, at {cfg.at}) on {train.run.name}")
-        out.finish({"rows": rows})
+        return {"rows": rows}
+
+    hparams = {"train": train.run.name, "search": dataclasses.asdict(cfg), "sizes": list(sizes)}
+    out.produce(runtime.force, lambda: (hparams, None), write)
     return ValidationSizeEffect(out.path, rows)

@@ -68,21 +68,21 @@ def describe_retrained(hparams: dict[str, Any], summary: dict[str, Any]) -> tupl
 def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: Mask, *,
             start_iteration: int, hparams: dict[str, Any], extra: dict[str, Any] | None = None) -> Retrained:
     """Train `weights` under `mask` from `start_iteration` to the dense run's end, cached as `run`."""
-    if run.reusable(setting.runtime.force):
-        return Retrained(run, summary=run.summary(), cached=True)
-    model = setting.model()
-    model.load_state_dict(weights)
-    mask.apply(model)
-    trainer = Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
-                      label=run.name, constraint=MaskedTraining(model, mask), start_iteration=start_iteration)
-    with run.lock():
-        if not run.claim(setting.runtime.force):  # another process finished it meanwhile
-            return Retrained(run, summary=run.summary(), cached=True)
-        run.start(hparams)
+    def prepare() -> tuple[dict[str, Any], Trainer]:
+        model = setting.model()
+        model.load_state_dict(weights)
+        mask.apply(model)
+        return hparams, Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
+                                label=run.name, constraint=MaskedTraining(model, mask),
+                                start_iteration=start_iteration)
+
+    def write(trainer: Trainer) -> dict[str, Any]:
         mask.save(run.file(MASK_FILE))
         summary = trainer.run()
         summary.update(remaining=mask.kept() / mask.total(), kept=mask.kept(), total=mask.total(),
                        start_iteration=start_iteration, **(extra or {}))
-        run.finish(summary)
-    return Retrained(run, summary=summary)
+        return summary
+
+    summary, cached = run.produce(setting.runtime.force, prepare, write)
+    return Retrained(run, summary=summary, cached=cached)
 

@@ -93,18 +93,16 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
     """
     rows = lottery_rows(experiment)
     out = Run("lottery", {"runs": _run_names(experiment)}, runtime.runs_dir)
-    if out.reusable(runtime.force):
-        return LotteryReport(out.path, rows)
     cfg, dense = experiment.config, experiment.lotteries[0].dense
-    with out.lock():
-        if runtime.force:
-            out.clear()
-        out.start({"lottery": dataclasses.asdict(cfg)})
+
+    def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file("table.csv"), csv_text(rows, COLUMNS))
         _plot(out.file("lottery.png"), rows, title=(
             f"{dense.model_config.name} on {dense.data.name}: rate {cfg.rate:g} ({cfg.scope}), rewind {cfg.rewind}, "
             f"{len(experiment.lotteries)} replicate(s)"))
-        out.finish({"replicates": len(experiment.lotteries), "controls": _control_names(experiment), "rows": rows})
+        return {"replicates": len(experiment.lotteries), "controls": _control_names(experiment), "rows": rows}
+
+    out.produce(runtime.force, lambda: ({"lottery": dataclasses.asdict(cfg)}, None), write)
     return LotteryReport(out.path, rows)
 
 

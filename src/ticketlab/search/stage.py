@@ -174,10 +174,30 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
     report.txt and summary.json."""
     check_config(cfg)
     result = search_run_handle(train, cfg, runtime.runs_dir)
-    run = result.run
-    if run.reusable(runtime.force):
-        result.summary, result.cached = run.summary(), True
-        return result
+    result.summary, result.cached = result.run.produce(
+        runtime.force, lambda: ({"train": train.run.name, "search": dataclasses.asdict(cfg)},
+                                _set_up(train, cfg, runtime)),
+        lambda setup: _search(result.run, setup, train, cfg, runtime))
+    return result
+
+
+@dataclass
+class SearchSetup:
+    """Everything a search needs, made and checked before its run directory is written."""
+
+    device: torch.device
+    data: Dataset
+    space: SearchSpace
+    objective: Split
+    rest: Split
+    start: torch.Tensor | None
+    features: torch.Tensor | None
+    generator: torch.Generator
+    evaluator: Any
+    evaluator_on: Callable[[Split, str], Any]
+
+
+def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup:
     device, data, model, weights, objective, rest = _at_checkpoint(train, cfg, runtime)
     space = weight_space(model) if cfg.granularity == "weight" else unit_space(model)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -196,38 +216,37 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
 
     # The agent's state, read before the evaluator takes the model over.
     features = unit_features(model, space) if cfg.method == "reinforce" else None
-    evaluator = evaluator_on(objective, cfg.metric)
-    with run.lock():
-        if not run.claim(runtime.force):  # another process finished it meanwhile
-            result.summary, result.cached = run.summary(), True
-            return result
-        state = run.file(STATE_FILE)
-        resume = load_checkpoint(state) if state.exists() else None
-        run.start({"train": train.run.name, "search": dataclasses.asdict(cfg)})
-        started = time.perf_counter()
-        found = _run_method(evaluator, start, features, cfg, generator, runtime.progress, resume,
-                            lambda snapshot: atomic_torch_save(snapshot, state))
-        seconds = time.perf_counter() - started
-        summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
-                           objective_images=len(objective.y), held_out_images=len(rest.y))
-        splits = {"val_rest": rest, "test": data.test}
-        summary["best"]["held_out"] = held_out_scores(evaluator_on, found.best, splits)
-        mask = space.to_mask(found.best)
-        mask.save(run.file(MASK_FILE))
-        atomic_write_text(run.file("report.txt"), mask.report() + "\n")
-        if found.best_mean is not None:
-            space.to_mask(found.best_mean).save(run.file(MEAN_MASK_FILE))
-            summary["best_running_mean"]["held_out"] = held_out_scores(evaluator_on, found.best_mean, splits)
-        write_history(run.file("history.csv"), found.history)
-        plot_history(run.file("search.png"), found.history, space.size,
-                     title=f"{cfg.method} ({cfg.mode}) over {space.size} {cfg.granularity} units of "
-                           f"{train.model_config.name} on {train.data.name} at {cfg.at}, "
-                           f"sparsity {cfg.sparsity:g} ({run.name})")
-        summary.update(device=str(device), threads=runtime.threads)
-        run.finish(summary)
-        remove_artifact(state)
-    result.summary = summary
-    return result
+    return SearchSetup(device, data, space, objective, rest, start, features, generator,
+                       evaluator_on(objective, cfg.metric), evaluator_on)
+
+
+def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> dict[str, Any]:
+    """Run the search in `run` (resuming from its snapshot), write its artifacts, return its summary."""
+    state = run.file(STATE_FILE)
+    resume = load_checkpoint(state) if state.exists() else None
+    started = time.perf_counter()
+    found = _run_method(setup.evaluator, setup.start, setup.features, cfg, setup.generator, runtime.progress, resume,
+                        lambda snapshot: atomic_torch_save(snapshot, state))
+    seconds = time.perf_counter() - started
+    space = setup.space
+    summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
+                       objective_images=len(setup.objective.y), held_out_images=len(setup.rest.y))
+    splits = {"val_rest": setup.rest, "test": setup.data.test}
+    summary["best"]["held_out"] = held_out_scores(setup.evaluator_on, found.best, splits)
+    mask = space.to_mask(found.best)
+    mask.save(run.file(MASK_FILE))
+    atomic_write_text(run.file("report.txt"), mask.report() + "\n")
+    if found.best_mean is not None:
+        space.to_mask(found.best_mean).save(run.file(MEAN_MASK_FILE))
+        summary["best_running_mean"]["held_out"] = held_out_scores(setup.evaluator_on, found.best_mean, splits)
+    write_history(run.file("history.csv"), found.history)
+    plot_history(run.file("search.png"), found.history, space.size,
+                 title=f"{cfg.method} ({cfg.mode}) over {space.size} {cfg.granularity} units of "
+                       f"{train.model_config.name} on {train.data.name} at {cfg.at}, "
+                       f"sparsity {cfg.sparsity:g} ({run.name})")
+    summary.update(device=str(setup.device), threads=runtime.threads)
+    remove_artifact(state)  # done with: a kill from here on redoes the search from its start
+    return summary
 
 
 def _run_method(evaluator: Any, start: torch.Tensor | None, features: torch.Tensor | None, cfg: SearchConfig,

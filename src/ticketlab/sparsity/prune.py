@@ -131,10 +131,23 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
     weight; such layers are listed in the summary's `guarded` and named in a note."""
     criterion = check_prune_config(cfg)
     result = prune_run_handle(train, cfg, runtime.runs_dir)
-    run, cfg = result.run, result.config
-    if run.reusable(runtime.force):
-        result.summary, result.cached = run.summary(), True
-        return result
+    cfg = result.config
+
+    def write(made: tuple[Mask, dict[str, Any]]) -> dict[str, Any]:
+        mask, summary = made
+        mask.save(result.run.file(MASK_FILE))
+        atomic_write_text(result.run.file("report.txt"), mask.report() + "\n")
+        return summary
+
+    result.summary, result.cached = result.run.produce(
+        runtime.force, lambda: ({"train": train.run.name, "prune": dataclasses.asdict(cfg)},
+                                select_mask(train, cfg, criterion, runtime)), write)
+    return result
+
+
+def select_mask(train: TrainRun, cfg: PruneConfig, criterion: Criterion,
+                runtime: Runtime) -> tuple[Mask, dict[str, Any]]:
+    """The mask `cfg` selects from the trained run's weights, and the prune run's summary of it."""
     device = apply_runtime(runtime)
     data = load_data(train.data, data_dir=runtime.data_dir, device=device)
     model = init_model(train.model_config, data, train.training.seed).to(device)
@@ -167,13 +180,4 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
         advice = "; --scope layerwise prunes each layer at the same rate" if cfg.scope == "global" else ""
         note(f"{', '.join(summary['guarded'])}: 1 {'unit' if criterion.structured else 'weight'} left, kept by the "
              f"guard that never empties a layer (the {cfg.scope} ranking would have pruned all){advice}")
-    with run.lock():
-        if not run.claim(runtime.force):  # another process finished it meanwhile
-            result.summary, result.cached = run.summary(), True
-            return result
-        run.start({"train": train.run.name, "prune": dataclasses.asdict(cfg)})
-        mask.save(run.file(MASK_FILE))
-        atomic_write_text(run.file("report.txt"), mask.report() + "\n")
-        run.finish(summary)
-    result.summary = summary
-    return result
+    return mask, summary

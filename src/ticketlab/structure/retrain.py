@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
 from ticketlab.lottery.retrain import Setting
@@ -76,12 +77,30 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
         raise TicketlabError(f"unknown retraining mode {mode!r}; expected one of {', '.join(MODES)}")
     run = small_run_handle(shrunk, mode, rewind, training, runtime.runs_dir)
     result = SmallRun(run, shrunk, mode)
-    if run.reusable(runtime.force):
-        result.summary, result.cached = run.summary(), True
-        return result
-    # Everything is computed before anything is written.
     dense = shrunk.source.train
     training = training or dense.training
+
+    def prepare() -> tuple[dict[str, Any], tuple[Trainer, nn.Module, dict[str, torch.Tensor], int]]:
+        hparams = {"shrink": shrunk.run.name, "mode": mode, "rewind": rewind if mode == "rewind" else None,
+                   "train": dataclasses.asdict(training)}
+        return hparams, _set_up(shrunk, mode, rewind, training, run, runtime)
+
+    def write(prepared: tuple[Trainer, nn.Module, dict[str, torch.Tensor], int]) -> dict[str, Any]:
+        trainer, small, units, start_iteration = prepared
+        summary = trainer.run()
+        summary.update(mode=mode, shrink=shrunk.run.name, dense=dense.run.name, start_iteration=start_iteration,
+                       parameters=count_parameters(small))
+        save_model(small, run.file(MODEL_FILE), dense.model_config, units)
+        return summary
+
+    result.summary, result.cached = run.produce(runtime.force, prepare, write)
+    return result
+
+
+def _set_up(shrunk: ShrinkRun, mode: str, rewind: str, training: TrainConfig, run: Run,
+            runtime: Runtime) -> tuple[Trainer, nn.Module, dict[str, torch.Tensor], int]:
+    """The trainer of the small network at its start, the network, its keep-flags and its first iteration."""
+    dense = shrunk.source.train
     setting = Setting.of(dense, runtime)
     units = saved_units(shrunk.model_file)
     start_iteration = 0
@@ -99,16 +118,4 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
         small = small.to(setting.device)
     trainer = Trainer(small, setting.data, training, run.path, runtime.progress, label=run.name,
                       start_iteration=start_iteration)
-    with run.lock():
-        if not run.claim(runtime.force):  # another process finished it meanwhile
-            result.summary, result.cached = run.summary(), True
-            return result
-        run.start({"shrink": shrunk.run.name, "mode": mode, "rewind": rewind if mode == "rewind" else None,
-                   "train": dataclasses.asdict(training)})
-        summary = trainer.run()
-        summary.update(mode=mode, shrink=shrunk.run.name, dense=dense.run.name, start_iteration=start_iteration,
-                       parameters=count_parameters(small))
-        save_model(small, run.file(MODEL_FILE), dense.model_config, units)
-        run.finish(summary)
-    result.summary = summary
-    return result
+    return trainer, small, units, start_iteration

@@ -121,12 +121,21 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
     if backend not in BACKENDS:
         raise TicketlabError(f"unknown shrink backend {backend!r}; expected {' or '.join(BACKENDS)}")
     inputs = {"mask": source.run.name, "step": step, **({"backend": backend} if backend != "ticketlab" else {})}
-    run = Run("shrink", inputs, runtime.runs_dir)
-    result = ShrinkRun(run, source, step)
-    if run.reusable(runtime.force):
-        result.summary, result.cached = run.summary(), True
-        return result
-    # Everything is computed before anything is written.
+    result = ShrinkRun(Run("shrink", inputs, runtime.runs_dir), source, step)
+
+    def write(made: tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]) -> dict[str, Any]:
+        small, units, summary = made
+        save_model(small, result.run.file(MODEL_FILE), source.train.model_config, units)
+        return summary
+
+    result.summary, result.cached = result.run.produce(
+        runtime.force, lambda: (inputs, _shrink(source, step, backend, runtime)), write)
+    return result
+
+
+def _shrink(source: PruneRun | SearchRun, step: str, backend: str,
+            runtime: Runtime) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """The small network, its keep-flags and the shrink run's summary: cut, checked, measured."""
     train = source.train
     device = apply_runtime(runtime)
     data = load_data(train.data, data_dir=runtime.data_dir, device=device)
@@ -149,15 +158,7 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
         "max_difference": check_equivalent(masked, small, data.val.x[:CHECK_IMAGES]),
         "metrics": masked_metrics(small, data, None),
     }
-    with run.lock():
-        if not run.claim(runtime.force):  # another process finished it meanwhile
-            result.summary, result.cached = run.summary(), True
-            return result
-        run.start(inputs)
-        save_model(small, run.file(MODEL_FILE), train.model_config, units)
-        run.finish(summary)
-    result.summary = summary
-    return result
+    return small, units, summary
 
 
 def find_mask_run(ref: str, runs_dir: str | None = None) -> PruneRun | SearchRun:

@@ -127,24 +127,25 @@ def run_training(run: Run, data: DataConfig, model: ModelConfig, training: Train
     `before_finish` gets the summary before the run is marked finished, to write what the
     run adds to its directory (a run killed before finishing redoes it on resume).
     """
-    if run.reusable(runtime.force):
-        return run.summary(), True
-    device = apply_runtime(runtime)
-    dataset = load_data(data, data_dir=runtime.data_dir, device=device)
-    network = init_model(model, dataset, training.seed).to(device)
-    # Built before anything is written: it validates every training option.
-    trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name, callbacks=callbacks)
-    with run.lock():
-        if not run.claim(runtime.force):  # another process finished it meanwhile
-            return run.summary(), True
-        run.start({"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
-                   "train": dataclasses.asdict(training), "data_source": dataset.source})
+    def prepare() -> tuple[dict[str, Any], tuple[Trainer, Dataset, torch.device]]:
+        device = apply_runtime(runtime)
+        dataset = load_data(data, data_dir=runtime.data_dir, device=device)
+        network = init_model(model, dataset, training.seed).to(device)
+        # Built before anything is written: it validates every training option.
+        trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name, callbacks=callbacks)
+        hparams = {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
+                   "train": dataclasses.asdict(training), "data_source": dataset.source}
+        return hparams, (trainer, dataset, device)
+
+    def write(prepared: tuple[Trainer, Dataset, torch.device]) -> dict[str, Any]:
+        trainer, dataset, device = prepared
         summary = trainer.run()
         summary.update(data_source=dataset.source, device=str(device), threads=runtime.threads)
         if before_finish is not None:
             before_finish(summary)
-        run.finish(summary)
-    return summary, False
+        return summary
+
+    return run.produce(runtime.force, prepare, write)
 
 
 @describes("train", "earlybird")
