@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "src" / "ticketlab"
 LAYERS = {
-    "config": 0, "manifest": 0, "store": 0, "plots": 0, "data": 0, "models": 0, "training": 0, "presets": 0,
+    "config": 0, "paths": 0, "manifest": 0, "store": 0, "plots": 0, "data": 0, "models": 0, "training": 0, "presets": 0,
     "sparsity": 1,
     "lottery": 2, "search": 2, "structure": 2,
     "analysis": 3, "report": 3, "comparison": 3, "experiments": 3, "structured_experiment": 3,

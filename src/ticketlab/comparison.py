@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ticketlab import paths
 from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
                               TrainConfig)
 from ticketlab.lottery.retrain import Setting, retrain
@@ -111,11 +112,11 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
     report = Run("comparison", {"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir)
 
     def write(_: None) -> dict[str, Any]:
-        atomic_write_text(report.file("table.csv"), csv_text(rows, COLUMNS))
-        atomic_write_text(report.file("runs.csv"), csv_text([_without_curve(r) for r in runs],
+        atomic_write_text(report.file(paths.TABLE), csv_text(rows, COLUMNS))
+        atomic_write_text(report.file(paths.RUNS_TABLE), csv_text([_without_curve(r) for r in runs],
                                                             tuple(_without_curve(runs[0]))))
         if objective is not None:
-            _plot_best_so_far(report.file("best_so_far.png"), runs, methods, sparsities, objective)
+            _plot_best_so_far(report.file(paths.BEST_SO_FAR_PLOT), runs, methods, sparsities, objective)
         return {"rows": rows}
 
     hparams = {"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind}

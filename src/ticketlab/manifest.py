@@ -25,8 +25,7 @@ from pathlib import Path
 
 from ticketlab.config import TicketlabError, sha256_file
 
-MANIFEST = "manifest.json"
-HPARAMS = "hparams.json"  # where a run records the command that made it (store.Run.start)
+from ticketlab.paths import HPARAMS, MANIFEST
 
 _writing: set[Path] = set()  # run directories whose lock this process holds
 _UMASK = os.umask(0)

@@ -32,13 +32,10 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from ticketlab.config import TicketlabError, stable_hash
-from ticketlab.manifest import (HPARAMS, MANIFEST, problem as manifest_problem, repair_hint, replace_recorded, run_root,
+from ticketlab.manifest import (problem as manifest_problem, repair_hint, replace_recorded, run_root,
                                 verified_bytes, writing, writing_run)
+from ticketlab.paths import CHECKPOINTS, DIVERGED, HPARAMS, LOCK, MANIFEST, SUMMARY, TEMPORARY, checkpoint
 
-SUMMARY = "summary.json"
-LOCK = ".lock"
-DIVERGED = "diverged.json"
-TEMPORARY = ".*.tmp"  # what atomic_path's temporaries are named like
 P = TypeVar("P")  # what a stage prepares before it writes
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -297,9 +294,9 @@ class StageRun:
 
     def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
         """The weights saved as checkpoints/<step>.pt."""
-        path = self.run.file(f"checkpoints/{step}.pt")
+        path = self.run.file(checkpoint(step))
         if not path.exists():
-            saved = sorted(p.stem for p in self.run.file("checkpoints").glob("*.pt"))
+            saved = sorted(p.stem for p in self.run.file(CHECKPOINTS).glob("*.pt"))
             raise TicketlabError(f"run {self.run.name} has no checkpoint {step!r}; saved: {', '.join(saved)}"
                                  f"{self.checkpoint_hint}")
         return load_checkpoint(path)["model"]

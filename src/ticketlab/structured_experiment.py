@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.plots import errorbar_panels
 from ticketlab.presets import EARLYBIRD_AT, EarlyBirdSection, ShrinkPlan
@@ -40,7 +41,6 @@ COLUMNS = ("at", "pruned_at", "epoch", "ratio", "mode", "start", "params_dense",
            "macs_small", "latency_b1_dense_ms", "latency_b1_small_ms", "latency_b64_dense_ms", "latency_b64_small_ms",
            "dense_test_acc", "pruned_test_acc", "retrained_val_acc", "retrained_test_acc", "retrained_best_step",
            "prune_run", "shrink_run", "retrain_run")
-TABLE, PLOT = "table.csv", "accuracy.png"
 
 
 @describes("structured")
@@ -211,8 +211,8 @@ def _write_report(rows: list[dict[str, Any]], runtime: Runtime) -> Path:
                                                     [0.0] * len(epochs))
 
     def write(_: None) -> dict[str, Any]:
-        atomic_write_text(report.file(TABLE), csv_text(rows, COLUMNS))
-        errorbar_panels(report.file(PLOT), panels, xlabel="epoch pruned at",
+        atomic_write_text(report.file(paths.TABLE), csv_text(rows, COLUMNS))
+        errorbar_panels(report.file(paths.STRUCTURED_PLOT), panels, xlabel="epoch pruned at",
                         title="structured pruning: shrunk, then retrained")
         return {"rows": rows}
 

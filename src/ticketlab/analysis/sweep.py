@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError
 from ticketlab.data import Dataset, load_data
 from ticketlab.plots import animate, histogram_grid, line_panels
@@ -160,10 +161,10 @@ def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[st
             rows.append({"k": k, "method": method, "sparsity": sparsity_of(mask, names),
                          "test_loss": t_loss, "test_acc": t_acc, "val_loss": v_loss, "val_acc": v_acc})
             histograms.draw(model, method, k)
-    atomic_write_text(out.file("sweep.csv"), csv_text(rows, COLUMNS))
-    _plot_curves(out.file("sweep.png"), ks, rows,
+    atomic_write_text(out.file(paths.SWEEP_TABLE), csv_text(rows, COLUMNS))
+    _plot_curves(out.file(paths.SWEEP_PLOT), ks, rows,
                  title=f"{run.model_config.name} on {run.data.name}, {step} weights ({run.run.name})")
-    animate([[histograms.path("weight", k), histograms.path("unit", k)] for k in ks], out.file("hist.gif"))
+    animate([[histograms.path("weight", k), histograms.path("unit", k)] for k in ks], out.file(paths.HISTOGRAMS_GIF))
     return {"train": run.run.name, "step": step, "ks": ks, "dense_test_loss": test_loss,
             "dense_test_acc": test_acc, "dense_val_loss": val_loss, "dense_val_acc": val_acc,
             "hidden_weights": sum(dict(model.named_parameters())[n].numel() for n in names),
@@ -173,7 +174,7 @@ def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[st
 def _read(out: Run) -> SweepResult:
     """A finished sweep, as its table and summary hold it."""
     rows = [{key: value if key == "method" else float(value) for key, value in row.items()}
-            for row in read_csv(out.file("sweep.csv"))]
+            for row in read_csv(out.file(paths.SWEEP_TABLE))]
     return SweepResult(out.path, rows, out.summary()["dense_test_acc"])
 
 
@@ -202,7 +203,7 @@ class Histograms:
         }
 
     def path(self, method: str, k: float) -> Path:
-        return self.directory / f"hist/{method}s_k{k:g}.png"
+        return self.directory / paths.histogram(method, k)
 
     def draw(self, model: nn.Module, method: str, k: float) -> None:
         if method == "weight":

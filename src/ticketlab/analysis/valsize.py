@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
 from ticketlab.plots import line_panels
 from ticketlab.search.stage import search
@@ -54,8 +55,8 @@ def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[i
     out = Run("valsize", {"searches": [row["search_run"] for row in rows]}, runtime.runs_dir)
 
     def write(_: None) -> dict[str, Any]:
-        atomic_write_text(out.file("table.csv"), csv_text(rows, COLUMNS))
-        line_panels(out.file("valsize.png"), [row["val_size"] for row in rows], {"accuracy": {
+        atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
+        line_panels(out.file(paths.VALSIZE_PLOT), [row["val_size"] for row in rows], {"accuracy": {
             "search objective (its own images)": [row["search_score"] for row in rows],
             "rest of validation": [row["val_rest_acc"] if row["val_rest_acc"] is not None else float("nan")
                                    for row in rows],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ticketlab import paths
 from ticketlab.cli.flags import (Result, add_config_flags, add_run_flag, add_runtime_flags, config_from_args,
                                 runtime_from_args)
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, coerce
@@ -26,7 +27,7 @@ def describe_prune(result: Any) -> list[str]:
     return [
         f"{'finished earlier: ' if result.cached else ''}pruned {100 * summary['sparsity']:.2f}% of "
         f"{summary['total']:,} entries of {result.train.run.name} by {cfg.criterion} ({cfg.scope}, scores at {cfg.at})",
-        *("  " + line for line in result.run.file("report.txt").read_text().splitlines()),
+        *("  " + line for line in result.run.file(paths.MASK_REPORT).read_text().splitlines()),
         *(["  units kept: " + ", ".join(f"{g} {c['kept']}/{c['total']}" for g, c in summary["units"].items()),
            f"  unit sparsity {100 * summary['unit_sparsity']:.1f}% (target {100 * cfg.sparsity:g}%); parameter "
            f"sparsity {100 * summary['parameter_sparsity']:.1f}% of all the network's parameters"]
@@ -126,7 +127,7 @@ def cmd_shrink(args: argparse.Namespace) -> Result:
     ]
     if args.onnx:
         small = load(result.model_file)
-        export_onnx(small, result.run.file("model.onnx"), small.input_shape)
+        export_onnx(small, result.run.file(paths.ONNX), small.input_shape)
         lines.append(f"  ONNX: {result.run.file('model.onnx')}")
     payload = {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
     if args.retrain:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import Runtime
 from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.mask import Mask
@@ -21,7 +22,6 @@ from ticketlab.training.loop import Trainer
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 from ticketlab.training.steps import Step
 
-MASK_FILE = "mask.safetensors"
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Retrained(StageRun):
     """A finished retraining: its run, mask, summary and checkpoints."""
 
     def mask(self) -> Mask:
-        return Mask.load(self.run.file(MASK_FILE))
+        return Mask.load(self.run.file(paths.MASK))
 
 
 @describes("level", "control", "ticket")
@@ -77,7 +77,7 @@ def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: 
                                 start_iteration=start_iteration)
 
     def write(trainer: Trainer) -> dict[str, Any]:
-        mask.save(run.file(MASK_FILE))
+        mask.save(run.file(paths.MASK))
         summary = trainer.run()
         summary.update(remaining=mask.kept() / mask.total(), kept=mask.kept(), total=mask.total(),
                        start_iteration=start_iteration, **(extra or {}))

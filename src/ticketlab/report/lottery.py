@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ticketlab import paths
 from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TrainConfig
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.plots import errorbar_panels
@@ -96,8 +97,8 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
     cfg, dense = experiment.config, experiment.lotteries[0].dense
 
     def write(_: None) -> dict[str, Any]:
-        atomic_write_text(out.file("table.csv"), csv_text(rows, COLUMNS))
-        _plot(out.file("lottery.png"), rows, title=(
+        atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
+        _plot(out.file(paths.LOTTERY_PLOT), rows, title=(
             f"{dense.model_config.name} on {dense.data.name}: rate {cfg.rate:g} ({cfg.scope}), rewind {cfg.rewind}, "
             f"{len(experiment.lotteries)} replicate(s)"))
         return {"replicates": len(experiment.lotteries), "controls": _control_names(experiment), "rows": rows}

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError, non_default
 from ticketlab.data import load_data
 from ticketlab.data.load import Dataset, Split
@@ -49,9 +50,6 @@ from ticketlab.store import (StageRun, Run, atomic_torch_save, atomic_write_text
 from ticketlab.manifest import remove_artifact
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
-MASK_FILE = "mask.safetensors"
-MEAN_MASK_FILE = "mask_running_mean.safetensors"
-STATE_FILE = "state.pt"
 CRITERION_BATCH = 64  # validation images a data-driven start criterion scores on
 START_RUN_KINDS = ("prune", "search")  # runs whose mask a search can start from
 
@@ -72,10 +70,10 @@ class SearchRun(StageRun):
 
     def mask(self) -> Mask:
         """The best mask the search evaluated, over the model's parameters."""
-        return Mask.load(self.run.file(MASK_FILE))
+        return Mask.load(self.run.file(paths.MASK))
 
     def history(self) -> list[dict[str, Any]]:
-        return read_history(self.run.file("history.csv"))
+        return read_history(self.run.file(paths.HISTORY))
 
 
 def split_validation(val: Split, size: int | None, dataset: str) -> tuple[Split, Split]:
@@ -114,7 +112,7 @@ def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: T
 def _start_from_run(cfg: SearchConfig, model: nn.Module, space: SearchSpace, runs_dir: str | None) -> torch.Tensor:
     """The keep-vector of a prune or search run's mask (a trained mask, say, to search on from)."""
     path, _ = find_run(cfg.start, START_RUN_KINDS, runs_dir)
-    mask = Mask.load(path / MASK_FILE)
+    mask = Mask.load(path / paths.MASK)
     mask.check_fits(model)
     keep = space.from_mask(mask)
     expected = space.size - round(space.size * cfg.sparsity)
@@ -222,7 +220,7 @@ def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup
 
 def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> dict[str, Any]:
     """Run the search in `run` (resuming from its snapshot), write its artifacts, return its summary."""
-    state = run.file(STATE_FILE)
+    state = run.file(paths.SEARCH_STATE)
     resume = load_checkpoint(state) if state.exists() else None
     started = time.perf_counter()
     found = _run_method(setup.evaluator, setup.start, setup.features, cfg, setup.generator, runtime.progress, resume,
@@ -234,13 +232,13 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     splits = {"val_rest": setup.rest, "test": setup.data.test}
     summary["best"]["held_out"] = held_out_scores(setup.evaluator_on, found.best, splits)
     mask = space.to_mask(found.best)
-    mask.save(run.file(MASK_FILE))
-    atomic_write_text(run.file("report.txt"), mask.report() + "\n")
+    mask.save(run.file(paths.MASK))
+    atomic_write_text(run.file(paths.MASK_REPORT), mask.report() + "\n")
     if found.best_mean is not None:
-        space.to_mask(found.best_mean).save(run.file(MEAN_MASK_FILE))
+        space.to_mask(found.best_mean).save(run.file(paths.MEAN_MASK))
         summary["best_running_mean"]["held_out"] = held_out_scores(setup.evaluator_on, found.best_mean, splits)
-    write_history(run.file("history.csv"), found.history)
-    plot_history(run.file("search.png"), found.history, space.size,
+    write_history(run.file(paths.HISTORY), found.history)
+    plot_history(run.file(paths.SEARCH_PLOT), found.history, space.size,
                  title=f"{cfg.method} ({cfg.mode}) over {space.size} {cfg.granularity} units of "
                        f"{train.model_config.name} on {train.data.name} at {cfg.at}, "
                        f"sparsity {cfg.sparsity:g} ({run.name})")

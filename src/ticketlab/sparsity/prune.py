@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import PruneConfig, Runtime, TicketlabError, non_default
 from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
@@ -23,7 +24,6 @@ from ticketlab.store import StageRun, Run, atomic_write_text, describes, note
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
-MASK_FILE = "mask.safetensors"
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PruneRun(StageRun):
     config: PruneConfig
 
     def mask(self) -> Mask:
-        return Mask.load(self.run.file(MASK_FILE))
+        return Mask.load(self.run.file(paths.MASK))
 
 
 @describes("prune")
@@ -135,8 +135,8 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
 
     def write(made: tuple[Mask, dict[str, Any]]) -> dict[str, Any]:
         mask, summary = made
-        mask.save(result.run.file(MASK_FILE))
-        atomic_write_text(result.run.file("report.txt"), mask.report() + "\n")
+        mask.save(result.run.file(paths.MASK))
+        atomic_write_text(result.run.file(paths.MASK_REPORT), mask.report() + "\n")
         return summary
 
     result.summary, result.cached = result.run.produce(

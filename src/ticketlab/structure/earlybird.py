@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.plots import heatmap
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
@@ -32,8 +33,6 @@ from ticketlab.training.stage import TrainRun, run_training, train_identity
 
 WINDOW = 5
 THRESHOLD = 0.1
-RESULT = "earlybird.json"
-DISTANCES = "distances.json"
 
 SaveTicket = Callable[[float, int, dict[str, torch.Tensor]], None]  # (ratio, epoch, state_dict)
 
@@ -133,7 +132,7 @@ class EarlyBirdResult(StageRun):
 
     def ticket_checkpoint(self, ratio: float) -> Path:
         """The weights of the epoch where the ratio's ticket was drawn ({"model": state_dict, "epoch": n})."""
-        return self.run.file(f"checkpoints/{_ticket_name(ratio)}.pt")
+        return self.run.file(paths.checkpoint(paths.ticket(ratio)))
 
     def as_training(self, data: DataConfig, model: ModelConfig, training: TrainConfig) -> TicketTraining:
         """This run as the dense training it is (pass the configs it was run with), each drawn
@@ -144,10 +143,6 @@ class EarlyBirdResult(StageRun):
                               tickets=tickets)
 
 
-def _ticket_name(ratio: float) -> str:
-    return f"earlybird-{ratio:g}"
-
-
 @dataclass
 class TicketTraining(TrainRun):
     """An early-bird run read as a training run; `tickets` maps a ticket's epoch (`7ep`) to its ratio."""
@@ -156,8 +151,8 @@ class TicketTraining(TrainRun):
 
     def checkpoint_name(self, step: str) -> str:
         name = super().checkpoint_name(step)
-        if name in self.tickets and not self.run.file(f"checkpoints/{name}.pt").exists():
-            return _ticket_name(self.tickets[name])
+        if name in self.tickets and not self.run.file(paths.checkpoint(name)).exists():
+            return paths.ticket(self.tickets[name])
         return name
 
 
@@ -174,7 +169,7 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     run = Run("earlybird", {**train_identity(data, model, training), "earlybird": settings}, runtime.runs_dir)
 
     def save(ratio: float, epoch: int, weights: dict[str, torch.Tensor]) -> None:
-        atomic_torch_save({"model": weights, "epoch": epoch}, run.file(f"checkpoints/{_ticket_name(ratio)}.pt"))
+        atomic_torch_save({"model": weights, "epoch": epoch}, run.file(paths.checkpoint(paths.ticket(ratio))))
 
     detector = EarlyBird(ratios, criterion, threshold=threshold, stop=stop, save=save)
 
@@ -182,18 +177,18 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
         total = -(-summary["iterations"] // summary["iterations_per_epoch"])
         found = {f"{r:g}": {"epoch": e, "cost": e / total if e is not None else None}
                  for r, e in detector.found.items()}
-        atomic_write_json(run.file(RESULT), {**settings, "total_epochs": total,
+        atomic_write_json(run.file(paths.EARLYBIRD), {**settings, "total_epochs": total,
                                              "stopped_early_at": summary["stopped_early_at"], "found": found})
-        atomic_write_json(run.file(DISTANCES), {"epochs": detector.epochs,
+        atomic_write_json(run.file(paths.DISTANCES), {"epochs": detector.epochs,
                                                 "distances": {f"{r:g}": detector.distances(r) for r in detector.ratios}})
         for ratio in detector.ratios:
-            heatmap(run.file(f"distances-{ratio:g}.png"), detector.distances(ratio), detector.epochs,
+            heatmap(run.file(paths.distances_plot(ratio)), detector.distances(ratio), detector.epochs,
                     label="epoch", colorbar="mask distance", contour=threshold,
                     title=f"early-bird mask distances, pruning ratio {ratio:g} (found: {detector.found[ratio]})")
         summary["earlybird"] = found
 
     summary, cached = run_training(run, data, model, training, runtime, callbacks=[detector], before_finish=write)
-    saved = read_json(run.file(RESULT))
+    saved = read_json(run.file(paths.EARLYBIRD))
     found = {float(r): entry["epoch"] for r, entry in saved["found"].items()}
     cost = {float(r): entry["cost"] for r, entry in saved["found"].items()}
     return EarlyBirdResult(run, found, cost, saved["total_epochs"], summary=summary, cached=cached)

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models.initializers import DEFAULT_INIT, initialize
 from ticketlab.store import StageRun, Run, describes
 from ticketlab.structure.saving import load, save_model, saved_units
-from ticketlab.structure.stage import MODEL_FILE, ShrinkRun
+from ticketlab.structure.stage import ShrinkRun
 from ticketlab.structure.surgery import count_parameters, shrink
 from ticketlab.training.loop import Trainer
 
@@ -49,7 +50,7 @@ class SmallRun(StageRun):
 
     @property
     def model_file(self) -> Path:
-        return self.run.file(MODEL_FILE)
+        return self.run.file(paths.MODEL)
 
 
 @describes("small")
@@ -90,7 +91,7 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
         summary = trainer.run()
         summary.update(mode=mode, shrink=shrunk.run.name, dense=dense.run.name, start_iteration=start_iteration,
                        parameters=count_parameters(small))
-        save_model(small, run.file(MODEL_FILE), dense.model_config, units)
+        save_model(small, run.file(paths.MODEL), dense.model_config, units)
         return summary
 
     result.summary, result.cached = run.produce(runtime.force, prepare, write)

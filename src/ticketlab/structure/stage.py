@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab import paths
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, TicketlabError, from_dict
 from ticketlab.data import load_data
 from ticketlab.search.stage import SearchRun, search_run_handle
@@ -33,7 +34,6 @@ from ticketlab.structure.surgery import check_equivalent, count_macs, count_para
 from ticketlab.structure.tp_backend import shrink_zoo_with_torch_pruning
 from ticketlab.training.stage import apply_runtime, find_train_run, init_model
 
-MODEL_FILE = "model.safetensors"
 CHECK_IMAGES = 256  # validation images the small and the masked model are compared on
 LATENCY_BATCHES = (1, 64)
 LATENCY_WARMUP = 3
@@ -48,7 +48,7 @@ class ShrinkRun(StageRun):
 
     @property
     def model_file(self) -> Path:
-        return self.run.file(MODEL_FILE)
+        return self.run.file(paths.MODEL)
 
 
 @describes("shrink")
@@ -125,7 +125,7 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
 
     def write(made: tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]) -> dict[str, Any]:
         small, units, summary = made
-        save_model(small, result.run.file(MODEL_FILE), source.train.model_config, units)
+        save_model(small, result.run.file(paths.MODEL), source.train.model_config, units)
         return summary
 
     result.summary, result.cached = result.run.produce(

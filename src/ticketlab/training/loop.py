@@ -21,7 +21,8 @@ from torch import nn
 
 from ticketlab.config import TicketlabError, TrainConfig
 from ticketlab.data import Dataset, Split, augment_batch
-from ticketlab.store import (DIVERGED, atomic_torch_save, atomic_write_json, atomic_write_text, csv_text,
+from ticketlab import paths
+from ticketlab.store import (atomic_torch_save, atomic_write_json, atomic_write_text, csv_text,
                              load_checkpoint, read_json)
 from ticketlab.manifest import remove_artifact
 from ticketlab.training.optim import build_optimizer, lr_factor_fn
@@ -171,7 +172,7 @@ class Trainer:
     def _save_weights(self, name: str) -> None:
         if self.directory is not None:
             atomic_torch_save({"model": self.model.state_dict(), "iteration": self.iteration},
-                              self._path(f"checkpoints/{name}.pt"))
+                              self._path(paths.checkpoint(name)))
 
     def _save_resume_point(self) -> None:
         if self.directory is None:
@@ -181,13 +182,13 @@ class Trainer:
             "iteration": self.iteration, "wall_time": self.wall_time, "rows": self.rows, "best": self.best,
             "rng": torch.get_rng_state(), "stopped_early_at": self.stopped_early_at,
             "callbacks": [callback.state_dict() for callback in self.callbacks],
-        }, self._path("resume.pt"))
-        atomic_write_text(self._path("metrics.csv"), csv_text(self.rows, METRIC_COLUMNS))
+        }, self._path(paths.RESUME))
+        atomic_write_text(self._path(paths.METRICS), csv_text(self.rows, METRIC_COLUMNS))
 
     def _resume(self) -> None:
-        if self.directory is None or not self._path("resume.pt").exists():
+        if self.directory is None or not self._path(paths.RESUME).exists():
             return
-        state = load_checkpoint(self._path("resume.pt"))
+        state = load_checkpoint(self._path(paths.RESUME))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.wall_time = state["iteration"], state["wall_time"]
@@ -202,7 +203,7 @@ class Trainer:
         """Record that training diverged (a rerun says so at once; --force retries) and stop."""
         record = {"step": self.schedule.name(iteration), "iteration": iteration, "what": what, "value": str(value)}
         if self.directory is not None:
-            atomic_write_json(self._path(DIVERGED), record)
+            atomic_write_json(self._path(paths.DIVERGED), record)
         raise Diverged(diverged_message(record))
 
     def _check_finite(self, losses: torch.Tensor, first_iteration: int) -> None:
@@ -250,8 +251,8 @@ class Trainer:
         return any(votes)
 
     def run(self) -> dict[str, Any]:
-        if self.directory is not None and self._path(DIVERGED).exists():
-            raise Diverged(diverged_message(read_json(self._path(DIVERGED))) + " (this run diverged earlier: "
+        if self.directory is not None and self._path(paths.DIVERGED).exists():
+            raise Diverged(diverged_message(read_json(self._path(paths.DIVERGED))) + " (this run diverged earlier: "
                            "change a setting, or --force to try it again)")
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -319,7 +320,7 @@ class Trainer:
             self._save_weights(schedule.save_at[self.iteration])
         self._save_weights("final")
         if self.directory is not None:  # only an unfinished run needs its resume point
-            remove_artifact(self._path("resume.pt"))
+            remove_artifact(self._path(paths.RESUME))
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
