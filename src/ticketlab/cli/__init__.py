@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ticketlab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:  # runs made later in this process by library calls were not made by this command
+        set_invocation(None)
     print("\n".join(lines))
     if args.json:
         print(json.dumps({"command": args.command, **payload}, default=str))
