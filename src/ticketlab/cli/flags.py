@@ -76,7 +76,7 @@ def add_run_flag(parser: argparse.ArgumentParser, what: str = "the training run:
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results last")
 
 
@@ -98,10 +98,10 @@ def training_from_args(args: argparse.Namespace) -> tuple[DataConfig, ModelConfi
 
 
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
+    from ticketlab.training.stage import check_runtime  # imports torch: only for commands that run stages
+
     values = {f.name: getattr(args, f"Runtime.{f.name}") for f in dataclasses.fields(Runtime)
               if f.name not in ("force", "progress")}
-    from ticketlab.training.stage import check_runtime
-
     runtime = Runtime(**values, force=args.force, progress=not args.quiet)
     check_runtime(runtime)  # also when the run asked for is finished and nothing else would look
     return runtime
