@@ -39,14 +39,35 @@ def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_a_second_writer_gets_a_clear_error(tmp_path):
+def test_a_second_lock_in_the_same_process_is_a_clear_error_not_a_deadlock(tmp_path):
     run = Run("train", {"x": 1}, tmp_path)
     with run.lock():
-        with pytest.raises(TicketlabError, match=f"another process \\(pid {os.getpid()}\\)"):
-            with run.lock():
+        with pytest.raises(TicketlabError, match="already being written by this process"):
+            with run.lock(wait=True):
                 pass
     with run.lock():  # released: free again
         pass
+
+
+@pytest.mark.parametrize("holder_finishes", [True, False])
+def test_a_stage_asked_for_while_another_process_writes_it_waits_and_computes_it_once(holder_finishes, tmp_path,
+                                                                                      capsys):
+    run = Run("train", {"x": 3}, tmp_path)
+    run.path.mkdir(parents=True)
+    finish = f"open(sys.argv[2], 'w').write('{{}}'); " if holder_finishes else ""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl,sys,time; f=open(sys.argv[1],'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush(); "
+         f"print('held', flush=True); time.sleep(1.5); {finish}fcntl.flock(f, fcntl.LOCK_UN)",
+         str(run.path / ".lock"), str(run.path / "summary.json")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        written = []
+        summary, cached = run.produce(False, lambda: ({}, "prepared"), lambda p: written.append(p) or {"mine": 1})
+    finally:
+        holder.wait()
+    assert "waiting for it" in capsys.readouterr().err
+    assert (cached, written, summary) == ((True, [], {}) if holder_finishes else (False, ["prepared"], {"mine": 1}))
 
 
 def test_lock_held_by_another_process_and_listing_shows_it(tmp_path):

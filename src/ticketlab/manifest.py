@@ -47,6 +47,11 @@ def writing(root: Path) -> Iterator[None]:
         _writing.discard(root)
 
 
+def is_writing(root: Path) -> bool:
+    """Whether this process holds the lock of the run at `root`."""
+    return _absolute(root) in _writing
+
+
 def writing_run(path: Path) -> Path | None:
     """The run directory being written by this process that `path` lies in, if any."""
     return next((parent for parent in _absolute(path).parents if parent in _writing), None)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from ticketlab.config import TicketlabError, stable_hash
-from ticketlab.manifest import (problem as manifest_problem, repair_hint, replace_recorded, run_root,
+from ticketlab.manifest import (is_writing, problem as manifest_problem, repair_hint, replace_recorded, run_root,
                                 verified_bytes, writing, writing_run)
 from ticketlab.paths import CHECKPOINTS, DIVERGED, HPARAMS, LOCK, MANIFEST, SUMMARY, TEMPORARY, checkpoint
 
@@ -167,8 +167,12 @@ class Run:
         return self.path / name
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the run's lock; a second process gets a clear error instead of a corrupt run."""
+    def lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the run's lock, so that two processes never write one run. When another process
+        holds it, wait for it to let go (`wait`; a stage then finds the run finished), or stop
+        with a clear error."""
+        if is_writing(self.path):
+            raise TicketlabError(f"run {self.name} is already being written by this process")
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / LOCK, "a+") as handle:
             try:
@@ -176,10 +180,11 @@ class Run:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
-                raise TicketlabError(
-                    f"run {self.path} is being written by another process (pid {holder}); "
-                    "wait for it to finish or stop it"
-                ) from None
+                if not wait:
+                    raise TicketlabError(f"run {self.path} is being written by another process (pid {holder}); "
+                                         "wait for it to finish or stop it") from None
+                note(f"run {self.name} is being written by another process (pid {holder}); waiting for it")
+                fcntl.flock(handle, fcntl.LOCK_EX)
             handle.seek(0)
             handle.truncate()
             handle.write(str(os.getpid()))
@@ -236,8 +241,8 @@ class Run:
         if self.reusable(force):
             return self.summary(), True
         hparams, prepared = prepare()
-        with self.lock():
-            if not self.claim(force):  # another process finished it while this one prepared
+        with self.lock(wait=True):  # a study overlapping another one's waits for the shared run
+            if not self.claim(force):  # another process finished it while this one prepared or waited
                 return self.summary(), True
             self.start(hparams)
             summary = write(prepared)
