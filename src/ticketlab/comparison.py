@@ -37,7 +37,8 @@ from ticketlab.sparsity.prune import masked_metrics, prune
 from ticketlab.store import describes, Run, StageRun, atomic_write_text, csv_text
 from ticketlab.structure.retrain import retrain_small
 from ticketlab.structure.stage import is_structured, shrink_run
-from ticketlab.training.stage import TrainRun, train, with_checkpoints
+from ticketlab.experiments.study import Node
+from ticketlab.training.stage import TrainRun, train, train_run_handle, with_checkpoints
 
 
 COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std",
@@ -63,6 +64,37 @@ def _mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Run
     return (prune if isinstance(config, PruneConfig) else search)(dense, config, runtime)
 
 
+def _dense_training(training: TrainConfig, methods: Sequence[MaskMethod], rewind: str, replicate: int) -> TrainConfig:
+    """A replicate's dense training, keeping every step the masks are scored at or rewound to."""
+    steps = ["0it", rewind, *(m.config.at for m in methods), *(getattr(m.config, "compare", "0it") for m in methods)]
+    return dataclasses.replace(with_checkpoints(training, steps), seed=training.seed + replicate)
+
+
+def comparison_nodes(data: DataConfig, model: ModelConfig, training: TrainConfig, methods: Sequence[MaskMethod],
+                     sparsities: Sequence[float], runtime: Runtime = Runtime(), *, replicates: int = 1,
+                     rewind: str = "0it") -> list[Node]:
+    """compare_masks' independent stages as a study: each replicate's dense training, then each
+    (replicate, sparsity, method)'s mask and its retrained ticket. compare_masks then finds them done."""
+    quiet = dataclasses.replace(runtime, progress=False)
+    nodes: dict[str, Node] = {}
+    for replicate in range(replicates):
+        seeded = _dense_training(training, methods, rewind, replicate)
+        dense = train_run_handle(data, model, seeded, runtime.runs_dir).run.name
+        nodes[dense] = Node(dense, train, (data, model, seeded, quiet))
+        for sparsity in sparsities:
+            for method in methods:
+                name = f"{dense}: {method.name} at {sparsity:g}"
+                nodes[name] = Node(name, _ticket_node, (data, model, seeded, method, sparsity, rewind, quiet), (dense,))
+    return list(nodes.values())
+
+
+def _ticket_node(data: DataConfig, model: ModelConfig, training: TrainConfig, method: MaskMethod, sparsity: float,
+                 rewind: str, runtime: Runtime) -> None:
+    dense = train(data, model, training, runtime)  # done: the node needs it
+    made = _mask_run(dense, method, sparsity, runtime)
+    _retrain(made, method, Setting.of(dense, runtime), rewind, runtime)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -75,13 +107,11 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
         raise TicketlabError("a comparison needs at least one method and one sparsity")
     if replicates < 1:
         raise TicketlabError(f"replicates must be at least 1, got {replicates}")
-    steps = ["0it", rewind, *(m.config.at for m in methods), *(getattr(m.config, "compare", "0it") for m in methods)]
     # The objective every mask is also scored on: the first search's (none without a search).
     objective = next((m.config for m in methods if isinstance(m.config, SearchConfig)), None)
     runs = []
     for replicate in range(replicates):
-        seeded = dataclasses.replace(with_checkpoints(training, steps), seed=training.seed + replicate)
-        dense = train(data, model, seeded, runtime)
+        dense = train(data, model, _dense_training(training, methods, rewind, replicate), runtime)
         setting = Setting.of(dense, runtime)
         for sparsity in sparsities:
             for method in methods:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ticketlab.cli.flags import Result, add_output_flags, add_runtime_flags, mean_std, runtime_from_args
+from ticketlab.cli.flags import Result, add_output_flags, add_runtime_flags, mean_std, runtime_from_args, typed
 from ticketlab.cli.pruning import describe_prune, describe_sweep
 from ticketlab.cli.training import describe_earlybird, describe_lottery, describe_training, earlybird_payload
 
 
 def cmd_run(args: argparse.Namespace) -> Result:
-    from ticketlab.experiments import run_preset
+    from ticketlab.experiments.preset import run_preset
     from ticketlab.presets import load_preset
 
     preset = load_preset(args.preset)
-    result = run_preset(preset.smoked() if args.smoke else preset, runtime_from_args(args))
+    result = run_preset(preset.smoked() if args.smoke else preset, runtime_from_args(args), workers=args.workers)
     lines, payload = describe_training(result.train)
     title = f"preset {result.preset.name}" + (f": {result.preset.description}" if result.preset.description else
                                                f" ({args.preset})")
@@ -96,6 +96,9 @@ def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
                               formatter_class=formatter)
     run.add_argument("preset", nargs="?", default="quickstart", help="preset name or FILE.yaml")
     run.add_argument("--smoke", action="store_true", help="the preset's smoke variant: tiny generated data, few steps")
+    run.add_argument("--workers", type=typed(int, "--workers"), default=1,
+                     help="worker processes for the stages that do not depend on each other (today: a "
+                          "comparison's trainings, masks and tickets); workers × --threads must fit the cores")
     add_runtime_flags(run)
     run.set_defaults(handler=cmd_run)
 

@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, normalise_ks, sweep
-from ticketlab.comparison import Comparison, compare_masks
-from ticketlab.config import PruneConfig, Runtime
+from ticketlab.comparison import Comparison, compare_masks, comparison_nodes
+from ticketlab.config import PruneConfig, Runtime, TicketlabError
 from ticketlab.data import DataError, load_data
+from ticketlab.experiments.study import Node, check_workers, run_study
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.lottery.levels import check_settings
 from ticketlab.search.anneal import check_config
@@ -32,6 +33,14 @@ class ExperimentResult:
     structured: StructuredExperiment | None = None
 
 
+def _run_in_parallel(nodes: list[Node], workers: int) -> None:
+    outcome = run_study(nodes, workers)
+    if outcome.failed:
+        raise TicketlabError(f"{len(outcome.failed)} of {len(nodes)} stages failed (each named above), "
+                             f"{len(outcome.skipped)} skipped as they needed one; {len(outcome.done)} are done and "
+                             "kept: fix the cause and run the same command again")
+
+
 def check_preset(preset: Preset) -> None:
     """Every section's settings, before anything trains: a bad value costs nothing and writes nothing."""
     if preset.earlybird is not None or preset.shrink:
@@ -48,8 +57,12 @@ def check_preset(preset: Preset) -> None:
         normalise_ks(preset.sweep.get("ks", DEFAULT_KS))
 
 
-def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult:
+def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1) -> ExperimentResult:
+    """Run a preset's sections in order, each stage cached. With workers > 1, the stages that do
+    not depend on each other (today: a comparison's trainings, masks and tickets) run first on
+    that many processes; the sections then find them done."""
     check_preset(preset)  # a bad value is reported before the data is looked for
+    check_workers(workers, runtime.threads)
     structured = preset.earlybird is not None or bool(preset.shrink)
     data, training = preset.data, preset.train
     try:
@@ -60,6 +73,10 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime()) -> ExperimentResult
             raise
         data, training = preset.fallback.data, preset.fallback.train
         note = f"data: {data.name}, because {preset.data.name} is not available here ({missing})"
+    if workers > 1 and preset.compare is not None:
+        _run_in_parallel(comparison_nodes(data, preset.model, training, preset.compare.methods,
+                                          preset.compare.sparsities, runtime, replicates=preset.replicates,
+                                          rewind=preset.compare.rewind), workers)
     if structured:  # its dense run keeps the checkpoints it prunes at (and draws early birds)
         drawn = run_structured(data, preset.model, training, preset.earlybird, preset.shrink, runtime)
         result = ExperimentResult(preset, note, drawn.dense, structured=drawn)

@@ -1,0 +1,85 @@
+"""Studies: a preset's independent stages on worker processes give the runs and metrics a serial
+run gives; a failing node is reported and skips only what needs it."""
+
+import json
+
+import pytest
+
+from ticketlab.cli import main
+from ticketlab.config import TicketlabError
+from ticketlab.experiments.study import Node, check_workers, run_study
+
+COMPARISON = """\
+description: two masks at two sparsities on two seeds, for the study tests
+data: {name: digits}
+model: {name: lenet300_100}
+train: {steps: 60it, batch_size: 32, save_at: 0it}
+replicates: 2
+compare:
+  sparsities: [0.5, 0.8]
+  methods:
+    - {name: magnitude, prune: {criterion: magnitude}}
+    - {name: random, prune: {criterion: random}}
+"""
+
+
+def finished(root):
+    return {p.name: json.loads((p / "summary.json").read_text()) for p in root.iterdir()
+            if (p / "summary.json").exists()}
+
+
+def comparable(summary):
+    """A summary without what differs between two identical runs: wall-clock time and thread placement."""
+    drop = {"wall_time", "seconds", "evaluations_per_s"}
+    if isinstance(summary, dict):
+        return {k: comparable(v) for k, v in summary.items() if k not in drop}
+    if isinstance(summary, list):
+        return [comparable(v) for v in summary]
+    return summary
+
+
+def test_two_workers_make_the_same_runs_and_metrics_as_one(tmp_path, capsys):
+    preset = tmp_path / "study.yaml"
+    preset.write_text(COMPARISON)
+    results = {}
+    for workers in (1, 2):
+        root = tmp_path / f"runs{workers}"
+        assert main(["run", str(preset), "--workers", str(workers), "--quiet", "--json",
+                     "--runs-dir", str(root)]) == 0
+        out = capsys.readouterr()
+        results[workers] = (finished(root), json.loads(out.out.splitlines()[-1])["comparison"]["rows"])
+        if workers == 2:
+            assert "study: 10/10 done, 0 failed" in out.err
+    (serial, serial_rows), (parallel, parallel_rows) = results[1], results[2]
+    assert sorted(serial) == sorted(parallel) and len(serial) == 2 + 2 * 2 * 2 * 2 + 1  # trains, masks, tickets, report
+    assert {name: comparable(s) for name, s in serial.items()} == {name: comparable(s) for name, s in parallel.items()}
+    assert serial_rows == parallel_rows
+
+
+def _ok(marker):
+    marker.write_text("done")
+
+
+def _fail(message):
+    raise TicketlabError(message)
+
+
+def test_a_failing_node_is_reported_its_dependants_skipped_and_its_siblings_done(tmp_path, capsys):
+    nodes = [Node("a", _ok, (tmp_path / "a",)), Node("bad", _fail, ("no data here",)),
+             Node("needs-bad", _ok, (tmp_path / "c",), ("bad",)), Node("needs-a", _ok, (tmp_path / "d",), ("a",))]
+    for workers in (1, 2):
+        outcome = run_study(nodes, workers)
+        assert sorted(outcome.done) == ["a", "needs-a"] and outcome.failed == {"bad": "no data here"}
+        assert outcome.skipped == ["needs-bad"] and not (tmp_path / "c").exists()
+        assert "bad failed: no data here" in capsys.readouterr().err
+
+
+def test_bad_studies_and_worker_counts_are_one_line_errors():
+    with pytest.raises(TicketlabError, match="names a run twice"):
+        run_study([Node("a", _ok, ("x",)), Node("a", _ok, ("y",))])
+    with pytest.raises(TicketlabError, match="need runs it does not make: z"):
+        run_study([Node("a", _ok, ("x",), ("z",))])
+    with pytest.raises(TicketlabError, match="more than this machine's"):
+        check_workers(64, 4)
+    with pytest.raises(TicketlabError, match="at least 1"):
+        check_workers(0, 1)
