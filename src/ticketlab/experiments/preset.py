@@ -33,8 +33,8 @@ class ExperimentResult:
     structured: StructuredExperiment | None = None
 
 
-def _run_in_parallel(nodes: list[Node], workers: int) -> None:
-    outcome = run_study(nodes, workers)
+def _run_in_parallel(nodes: list[Node], workers: int, progress: bool) -> None:
+    outcome = run_study(nodes, workers, progress)
     if outcome.failed:
         raise TicketlabError(f"{len(outcome.failed)} of {len(nodes)} stages failed (each named above), "
                              f"{len(outcome.skipped)} skipped as they needed one; {len(outcome.done)} are done and "
@@ -76,7 +76,7 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1) -
     if workers > 1 and preset.compare is not None:
         _run_in_parallel(comparison_nodes(data, preset.model, training, preset.compare.methods,
                                           preset.compare.sparsities, runtime, replicates=preset.replicates,
-                                          rewind=preset.compare.rewind), workers)
+                                          rewind=preset.compare.rewind), workers, runtime.progress)
     if structured:  # its dense run keeps the checkpoints it prunes at (and draws early birds)
         drawn = run_structured(data, preset.model, training, preset.earlybird, preset.shrink, runtime)
         result = ExperimentResult(preset, note, drawn.dense, structured=drawn)

@@ -72,8 +72,9 @@ def _started() -> None:
     time.sleep(0.2)  # held long enough that each warm-up call starts a worker of its own
 
 
-def run_study(nodes: Sequence[Node], workers: int = 1) -> Outcome:
-    """Run every node once its needs are done: in this process (workers=1) or on `workers` processes."""
+def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True) -> Outcome:
+    """Run every node once its needs are done: in this process (workers=1) or on `workers` processes.
+    With `progress`, a line on stderr as each node ends (a failure is always reported)."""
     check_study(nodes)
     pending = {node.name: node for node in nodes}
     outcome = Outcome()
@@ -89,8 +90,9 @@ def run_study(nodes: Sequence[Node], workers: int = 1) -> Outcome:
             outcome.failed[name] = error
             note(f"{name} failed: {error}")
             _skip_dependants(name, pending, outcome)
-        note(f"study: {len(outcome.done)}/{total} done, {len(outcome.failed)} failed, {len(pending)} left "
-             f"({time.perf_counter() - started:.0f} s)")
+        if progress:
+            note(f"study: {len(outcome.done)}/{total} done, {len(outcome.failed)} failed, {len(pending)} left "
+                 f"({time.perf_counter() - started:.0f} s)")
 
     if workers == 1:
         while ready():
