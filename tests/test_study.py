@@ -23,6 +23,17 @@ compare:
 """
 
 
+LOTTERY = """\
+description: two replicates of a 2-level lottery with its reinit control, for the study tests
+data: {name: digits}
+model: {name: lenet300_100}
+train: {steps: 60it, batch_size: 32}
+replicates: 2
+controls: [reinit]
+lottery: {levels: 2, rate: 0.5}
+"""
+
+
 def finished(root):
     return {p.name: json.loads((p / "summary.json").read_text()) for p in root.iterdir()
             if (p / "summary.json").exists()}
@@ -38,19 +49,23 @@ def comparable(summary):
     return summary
 
 
-def test_two_workers_make_the_same_runs_and_metrics_as_one(tmp_path, capsys):
-    preset = tmp_path / "study.yaml"
-    preset.write_text(COMPARISON)
+@pytest.mark.parametrize("section, text, runs, table", [
+    ("comparison", COMPARISON, 2 + 2 * 2 * 2 * 2 + 1, "comparison"),  # trains, masks, tickets, report
+    ("lottery", LOTTERY, 2 + 2 * 2 + 2 * 2 + 1, "lottery"),  # trains, levels, controls, report
+])
+def test_two_workers_make_the_same_runs_and_metrics_as_one(section, text, runs, table, tmp_path, capsys):
+    preset = tmp_path / f"{section}.yaml"
+    preset.write_text(text)
     results = {}
     for workers in (1, 2):
         root = tmp_path / f"runs{workers}"
         assert main(["run", str(preset), "--workers", str(workers), "--quiet", "--json",
                      "--runs-dir", str(root)]) == 0
         out = capsys.readouterr()
-        results[workers] = (finished(root), json.loads(out.out.splitlines()[-1])["comparison"]["rows"])
+        results[workers] = (finished(root), json.loads(out.out.splitlines()[-1])[table]["rows"])
         assert "study:" not in out.err  # --quiet: no progress lines
     (serial, serial_rows), (parallel, parallel_rows) = results[1], results[2]
-    assert sorted(serial) == sorted(parallel) and len(serial) == 2 + 2 * 2 * 2 * 2 + 1  # trains, masks, tickets, report
+    assert sorted(serial) == sorted(parallel) and len(serial) == runs
     assert {name: comparable(s) for name, s in serial.items()} == {name: comparable(s) for name, s in parallel.items()}
     assert serial_rows == parallel_rows
 

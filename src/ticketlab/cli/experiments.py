@@ -97,8 +97,9 @@ def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     run.add_argument("preset", nargs="?", default="quickstart", help="preset name or FILE.yaml")
     run.add_argument("--smoke", action="store_true", help="the preset's smoke variant: tiny generated data, few steps")
     run.add_argument("--workers", type=typed(int, "--workers"), default=1,
-                     help="worker processes for the stages that do not depend on each other (today: a "
-                          "comparison's trainings, masks and tickets); workers × --threads must fit the cores")
+                     help="worker processes for the stages that do not depend on each other (a comparison's "
+                          "masks and tickets, a lottery's replicates and controls); workers × --threads must "
+                          "fit the cores")
     add_runtime_flags(run)
     run.set_defaults(handler=cmd_run)
 

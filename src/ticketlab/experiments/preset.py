@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, normalise_ks, sweep
 from ticketlab.comparison import Comparison, compare_masks, comparison_nodes
-from ticketlab.config import PruneConfig, Runtime, TicketlabError
+from ticketlab.config import DataConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import DataError, load_data
+from ticketlab.experiments.builders import lottery_nodes
 from ticketlab.experiments.study import Node, check_workers, run_study
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.lottery.levels import check_settings
@@ -31,6 +32,21 @@ class ExperimentResult:
     lottery_report: LotteryReport | None = None
     comparison: Comparison | None = None
     structured: StructuredExperiment | None = None
+
+
+def _independent_stages(preset: Preset, data: DataConfig, training: TrainConfig, runtime: Runtime) -> list[Node]:
+    """The stages of the preset's comparison and lottery sections as one study (a dense run both
+    need is one node)."""
+    nodes: dict[str, Node] = {}
+    if preset.compare is not None:
+        nodes |= {node.name: node for node in comparison_nodes(
+            data, preset.model, training, preset.compare.methods, preset.compare.sparsities, runtime,
+            replicates=preset.replicates, rewind=preset.compare.rewind)}
+    if preset.lottery is not None:
+        nodes |= {node.name: node for node in lottery_nodes(
+            data, preset.model, training, preset.lottery, runtime, replicates=preset.replicates,
+            controls=preset.controls, control_levels=preset.control_levels)}
+    return list(nodes.values())
 
 
 def _run_in_parallel(nodes: list[Node], workers: int, progress: bool) -> None:
@@ -59,8 +75,8 @@ def check_preset(preset: Preset) -> None:
 
 def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1) -> ExperimentResult:
     """Run a preset's sections in order, each stage cached. With workers > 1, the stages that do
-    not depend on each other (today: a comparison's trainings, masks and tickets) run first on
-    that many processes; the sections then find them done."""
+    not depend on each other (a comparison's and a lottery's: builders.py, comparison_nodes) run
+    first on that many processes; the sections then find them done."""
     check_preset(preset)  # a bad value is reported before the data is looked for
     check_workers(workers, runtime.threads)
     structured = preset.earlybird is not None or bool(preset.shrink)
@@ -73,10 +89,8 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1) -
             raise
         data, training = preset.fallback.data, preset.fallback.train
         note = f"data: {data.name}, because {preset.data.name} is not available here ({missing})"
-    if workers > 1 and preset.compare is not None:
-        _run_in_parallel(comparison_nodes(data, preset.model, training, preset.compare.methods,
-                                          preset.compare.sparsities, runtime, replicates=preset.replicates,
-                                          rewind=preset.compare.rewind), workers, runtime.progress)
+    if workers > 1:
+        _run_in_parallel(_independent_stages(preset, data, training, runtime), workers, runtime.progress)
     if structured:  # its dense run keeps the checkpoints it prunes at (and draws early birds)
         drawn = run_structured(data, preset.model, training, preset.earlybird, preset.shrink, runtime)
         result = ExperimentResult(preset, note, drawn.dense, structured=drawn)

@@ -20,6 +20,22 @@ class LotteryExperiment:
     controls: dict[tuple[int, int, str], Retrained] = field(default_factory=dict)  # (replicate, level, name)
 
 
+def replicate_training(training: TrainConfig, cfg: LotteryConfig, replicate: int) -> TrainConfig:
+    """A replicate's dense training: seed + replicate, keeping the init (criteria may compare with
+    it) and the rewind step."""
+    return dataclasses.replace(with_checkpoints(training, ["0it", cfg.rewind]), seed=training.seed + replicate)
+
+
+def control_levels_of(cfg: LotteryConfig, control_levels: Sequence[int] | None) -> list[int]:
+    """The levels controls run on (default: every pruned level), checked to exist."""
+    levels = list(control_levels) if control_levels is not None else list(range(1, cfg.levels + 1))
+    outside = [lv for lv in levels if not 1 <= lv <= cfg.levels]
+    if outside:
+        raise TicketlabError(f"controls on level(s) {', '.join(map(str, outside))}: this lottery has levels 1 to "
+                             f"{cfg.levels}")
+    return levels
+
+
 def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg: LotteryConfig = LotteryConfig(),
                 runtime: Runtime = Runtime(), *, replicates: int = 1, controls: Sequence[str] = (),
                 control_levels: Sequence[int] | None = None) -> LotteryExperiment:
@@ -34,15 +50,10 @@ def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise TicketlabError(f"unknown control(s) {', '.join(unknown)}: expected some of {', '.join(CONTROLS)}")
-    levels = list(control_levels) if control_levels is not None else list(range(1, cfg.levels + 1))
-    outside = [lv for lv in levels if not 1 <= lv <= cfg.levels]
-    if outside:
-        raise TicketlabError(f"controls on level(s) {', '.join(map(str, outside))}: this lottery has levels 1 to "
-                             f"{cfg.levels}")
-    dense_training = with_checkpoints(training, ["0it", cfg.rewind])  # criteria may compare with the init
+    levels = control_levels_of(cfg, control_levels)
     experiment = LotteryExperiment(cfg, [])
     for replicate in range(replicates):
-        seeded = dataclasses.replace(dense_training, seed=training.seed + replicate)
+        seeded = replicate_training(training, cfg, replicate)
         experiment.lotteries.append(lottery(train(data, model, seeded, runtime), cfg, runtime))
     for replicate, result in enumerate(experiment.lotteries):
         for level in levels:
