@@ -89,6 +89,14 @@ def test_a_failing_node_is_reported_its_dependants_skipped_and_its_siblings_done
         assert "bad failed: no data here" in err and "study: 2/4 done, 1 failed, 0 left" in err
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nodes_that_need_each_other_are_skipped_not_waited_for(workers, tmp_path):
+    nodes = [Node("a", _ok, (tmp_path / "a",)), Node("x", _ok, (tmp_path / "x",), ("y",)),
+             Node("y", _ok, (tmp_path / "y",), ("x",))]
+    outcome = run_study(nodes, workers, progress=False)
+    assert outcome.done == ["a"] and sorted(outcome.skipped) == ["x", "y"] and not outcome.failed
+
+
 def test_bad_studies_and_worker_counts_are_one_line_errors():
     with pytest.raises(TicketlabError, match="names a run twice"):
         run_study([Node("a", _ok, ("x",)), Node("a", _ok, ("y",))])

@@ -99,6 +99,7 @@ def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True) ->
             node = ready()[0]
             del pending[node.name]
             settle(node.name, _make(node))
+        outcome.skipped += list(pending)  # what needs each other in a cycle can never start
         return outcome
     context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads
     modules = sorted({node.make.__module__ for node in nodes})
@@ -113,8 +114,9 @@ def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True) ->
                     break
                 del pending[node.name]
                 running[pool.submit(_make, node)] = node.name
-            if not running:
-                break  # what is left needs a failed node
+            if not running:  # what is left needs each other in a cycle: it can never start
+                outcome.skipped += list(pending)
+                break
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 try:
