@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +122,7 @@ def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True) ->
             for future in finished:
                 try:
                     error = future.result()
-                except concurrent.futures.process.BrokenProcessPool as exc:  # a worker was killed
+                except BrokenProcessPool as exc:  # a worker was killed
                     error = f"its worker process was lost ({exc}); run the same command again to resume it"
                 settle(running.pop(future), error)
     return outcome
