@@ -2,12 +2,13 @@
 run gives; a failing node is reported and skips only what needs it."""
 
 import json
+import os
 
 import pytest
 
 from ticketlab.cli import main
 from ticketlab.config import TicketlabError
-from ticketlab.experiments.study import Node, check_workers, run_study
+from ticketlab.experiments.study import RETRIES, Node, check_workers, run_study
 
 COMPARISON = """\
 description: two masks at two sparsities on two seeds, for the study tests
@@ -97,6 +98,29 @@ def test_nodes_that_need_each_other_are_skipped_not_waited_for(workers, tmp_path
     assert outcome.done == ["a"] and sorted(outcome.skipped) == ["x", "y"] and not outcome.failed
 
 
+def _die_once(marker):
+    """Kill this worker process the first time (as an out-of-memory kill would); succeed after."""
+    if not marker.exists():
+        marker.write_text("died once")
+        os._exit(9)
+    (marker.parent / "survived").write_text("yes")
+
+
+def _die_always(marker):
+    os._exit(9)
+
+
+def test_a_node_whose_worker_dies_runs_again_and_one_that_always_kills_it_fails(tmp_path, capsys):
+    nodes = [Node("dies once", _die_once, (tmp_path / "marker",)), Node("sibling", _ok, (tmp_path / "s",)),
+             Node("after", _ok, (tmp_path / "after",), ("dies once",))]
+    outcome = run_study(nodes, 2, progress=False)
+    assert sorted(outcome.done) == ["after", "dies once", "sibling"] and not outcome.failed
+    assert (tmp_path / "survived").exists() and "dies once: its worker process died; running it again" in \
+        capsys.readouterr().err
+    outcome = run_study([Node("killer", _die_always, (tmp_path / "k",))], 2, progress=False)
+    assert list(outcome.failed) == ["killer"] and f"died {RETRIES + 1} times" in outcome.failed["killer"]
+
+
 def test_bad_studies_and_worker_counts_are_one_line_errors():
     with pytest.raises(TicketlabError, match="names a run twice"):
         run_study([Node("a", _ok, ("x",)), Node("a", _ok, ("y",))])
@@ -106,3 +130,48 @@ def test_bad_studies_and_worker_counts_are_one_line_errors():
         check_workers(64, 4)
     with pytest.raises(TicketlabError, match="at least 1"):
         check_workers(0, 1)
+
+
+class DieAtEpoch:
+    """Kills the process at the end of an epoch, the first time only (the last resume point is the epoch before)."""
+
+    def __init__(self, epoch, marker):
+        self.epoch, self.marker = epoch, marker
+
+    def on_epoch_end(self, epoch, model):
+        if epoch == self.epoch and not self.marker.exists():
+            self.marker.write_text("died")
+            os._exit(9)
+        return False
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _train_dying(data, model, training, runtime, marker):
+    from ticketlab.training.stage import run_training, train_run_handle
+
+    handle = train_run_handle(data, model, training, runtime.runs_dir)
+    run_training(handle.run, data, model, training, runtime, callbacks=[DieAtEpoch(3, marker)])
+
+
+def test_a_training_whose_worker_dies_resumes_on_retry_and_ends_as_an_undisturbed_one(tmp_path):
+    import torch
+
+    from ticketlab.config import DataConfig, ModelConfig, Runtime, TrainConfig
+    from ticketlab.training.stage import train
+
+    data, model, training = DataConfig(name="digits"), ModelConfig(), TrainConfig(steps="4ep", batch_size=64)
+    runtime = Runtime(runs_dir=str(tmp_path / "retried"), progress=False)
+    outcome = run_study([Node("train", _train_dying, (data, model, training, runtime, tmp_path / "died"))], 2,
+                        progress=False)
+    assert outcome.done == ["train"] and (tmp_path / "died").exists()
+    retried = train(data, model, training, runtime)
+    assert retried.cached
+    undisturbed = train(data, model, training, Runtime(runs_dir=str(tmp_path / "undisturbed"), progress=False))
+    assert comparable(retried.summary) == comparable(undisturbed.summary)
+    for key, tensor in undisturbed.state_dict("final").items():
+        assert torch.equal(retried.state_dict("final")[key], tensor)

@@ -25,6 +25,9 @@ from ticketlab.config import TicketlabError
 from ticketlab.store import note
 
 
+RETRIES = 2  # times a node runs again after its worker process died under it
+
+
 @dataclass(frozen=True)
 class Node:
     name: str  # unique in a study: the run it makes (train-3fc3da0406aa), or what it makes
@@ -102,30 +105,53 @@ def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True) ->
             settle(node.name, _make(node))
         outcome.skipped += list(pending)  # what needs each other in a cycle can never start
         return outcome
+    lost: dict[str, int] = {}  # how often each node's worker died under it
+    while pending:
+        if not _run_pool(pending, ready, settle, workers, sorted({n.make.__module__ for n in nodes}), lost):
+            break
+    outcome.skipped += list(pending)  # what needs each other in a cycle can never start
+    return outcome
+
+
+def _run_pool(pending: dict[str, Node], ready: Callable[[], list[Node]], settle: Callable[[str, str | None], None],
+              workers: int, modules: Sequence[str], lost: dict[str, int]) -> bool:
+    """Run what is pending on one pool of workers until it is all done (False), or until a worker
+    dies, which breaks the pool (True: the nodes it was running are pending again, for a new pool;
+    a node whose worker died RETRIES times fails). A retried stage resumes from what it had saved."""
     context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads
-    modules = sorted({node.make.__module__ for node in nodes})
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup,
                                                 initargs=(modules,)) as pool:
         # Every worker starts (and imports) at once, not one by one as the first nodes come to need them.
         concurrent.futures.wait([pool.submit(_started) for _ in range(workers)])
-        running: dict[concurrent.futures.Future[str | None], str] = {}
+        running: dict[concurrent.futures.Future[str | None], Node] = {}
         while pending or running:
             for node in ready():
                 if len(running) >= workers:
                     break
                 del pending[node.name]
-                running[pool.submit(_make, node)] = node.name
-            if not running:  # what is left needs each other in a cycle: it can never start
-                outcome.skipped += list(pending)
-                break
+                running[pool.submit(_make, node)] = node
+            if not running:
+                return False
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            broken = False
             for future in finished:
+                node = running.pop(future)
                 try:
-                    error = future.result()
-                except BrokenProcessPool as exc:  # a worker was killed
-                    error = f"its worker process was lost ({exc}); run the same command again to resume it"
-                settle(running.pop(future), error)
-    return outcome
+                    settle(node.name, future.result())
+                except BrokenProcessPool:  # a worker was killed: every node the pool ran is lost
+                    broken = True
+                    lost[node.name] = lost.get(node.name, 0) + 1
+                    if lost[node.name] > RETRIES:
+                        settle(node.name, f"its worker process died {lost[node.name]} times; run the same command "
+                                          "again to resume it")
+                    else:
+                        note(f"{node.name}: its worker process died; running it again")
+                        pending[node.name] = node
+            if broken:
+                for node in running.values():  # they were lost with the pool: they run again, no fault of theirs
+                    pending[node.name] = node
+                return True
+    return False
 
 
 def _skip_dependants(name: str, pending: dict[str, Node], outcome: Outcome) -> None:
