@@ -13,9 +13,9 @@ from ticketlab.experiments.builders import lottery_nodes
 from ticketlab.experiments.study import Node, check_workers, run_study
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.lottery.levels import check_settings
-from ticketlab.search.anneal import check_config
-from ticketlab.report.lottery import LotteryReport, write_report
 from ticketlab.presets import Preset
+from ticketlab.report.lottery import LotteryReport, write_report
+from ticketlab.search.anneal import check_config
 from ticketlab.sparsity.prune import PruneRun, check_prune_config, prune
 from ticketlab.structured_experiment import StructuredExperiment, check_sections, run_structured
 from ticketlab.training.stage import TrainRun, train
@@ -68,7 +68,10 @@ def check_preset(preset: Preset) -> None:
     for method in preset.compare.methods if preset.compare is not None else ():
         for sparsity in preset.compare.sparsities:
             config = dataclasses.replace(method.config, sparsity=sparsity)
-            check_prune_config(config) if isinstance(config, PruneConfig) else check_config(config)
+            if isinstance(config, PruneConfig):
+                check_prune_config(config)
+            else:
+                check_config(config)
     if preset.sweep is not None:
         normalise_ks(preset.sweep.get("ks", DEFAULT_KS))
 
