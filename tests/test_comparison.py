@@ -1,6 +1,6 @@
 import pytest
 
-from ticketlab.comparison import compare_masks
+from ticketlab.experiments.comparison import compare_masks
 from ticketlab.config import DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TrainConfig
 from ticketlab.search.stage import objective_score
 from ticketlab.sparsity.mask import Mask

@@ -18,7 +18,7 @@ from ticketlab.lottery.levels import cumulative, level_run, lottery
 from ticketlab.report.lottery import lottery_rows
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models import build_model
-from ticketlab.presets import load_preset
+from ticketlab.experiments.preset import load_preset
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import select
 from ticketlab.training.stage import train, train_run_handle, with_checkpoints
@@ -69,14 +69,14 @@ def late(tmp_path_factory):
 def lth(tmp_path_factory):
     """Three levels of the lth-lenet pruning on mnist5k, one epoch per level."""
     return module_lottery(tmp_path_factory, DataConfig(name="mnist5k"), LTH_LENET.model, TrainConfig(steps="1ep"),
-                          dataclasses.replace(LTH_LENET.lottery, levels=3))
+                          dataclasses.replace(LTH_LENET.sections["lottery"].config, levels=3))
 
 
 def lth_ladder(levels: int) -> list[float]:
     """The fraction of LeNet-300-100's weights kept after each level of the lth-lenet pruning,
     selected by the real selection code from fresh random scores at every level (a stand-in
     for the retrained magnitudes: the counts do not depend on the scores)."""
-    cfg = LTH_LENET.lottery
+    cfg = LTH_LENET.sections["lottery"].config
     model = build_model(LTH_LENET.model, (1, 28, 28), 10, generator=torch.Generator().manual_seed(0))
     assert {n: tuple(model.get_parameter(n).shape) for n in prunable_names(model)} == {
         "fc1.weight": (300, 784), "fc2.weight": (100, 300), "fc3.weight": (10, 100)}
@@ -102,7 +102,7 @@ def is_masked(weights, reference, mask) -> bool:
 
 
 def test_lth_lenet_density_ladder_matches_the_paper():
-    ladder = lth_ladder(LTH_LENET.lottery.levels)
+    ladder = lth_ladder(LTH_LENET.sections["lottery"].config.levels)
     assert len(ladder) == max(PAPER_LADDER)
     assert {level: round(100 * ladder[level - 1], 1) for level in PAPER_LADDER} == PAPER_LADDER
 

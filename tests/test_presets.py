@@ -5,10 +5,11 @@ import pytest
 from pinned import PINNED_RUN_NAMES, finished_runs
 from ticketlab.cli import main
 from ticketlab.config import TicketlabError
-from ticketlab.presets import load_preset, parse_preset, preset_names
+from ticketlab.experiments.preset import load_preset, parse_preset
+from ticketlab.presets import preset_names
 
 # Presets with structured sections are run by tests/test_structured_presets.py.
-SMOKED = [name for name in preset_names() if load_preset(name).smoke and not load_preset(name).shrink]
+SMOKED = [name for name in preset_names() if load_preset(name).smoke and "structured" not in load_preset(name).sections]
 
 
 def test_every_preset_parses_and_describes_itself():
@@ -23,7 +24,8 @@ def test_lth_lenet_is_the_papers_setting():
     preset = load_preset("lth-lenet")
     assert (preset.train.optimizer, preset.train.lr, preset.train.batch_size, preset.train.steps) == \
         ("adam", 1.2e-3, 60, "50000it")
-    assert (preset.lottery.rate, preset.lottery.output_rate, preset.lottery.rewind, preset.lottery.levels) == \
+    lottery = preset.sections["lottery"].config
+    assert (lottery.rate, lottery.output_rate, lottery.rewind, lottery.levels) == \
         (0.2, 0.1, "0it", 20)
     assert preset.fallback.data.name == "mnist5k" and preset.fallback.train.steps == "5000it"
 
@@ -41,7 +43,7 @@ def test_smoke_variants_run_end_to_end(name, tmp_path, capsys):
     else:
         rows = result["comparison"]["rows"]
         preset = load_preset(name).smoked()
-        assert len(rows) == len(preset.compare.methods) * len(preset.compare.sparsities)
+        assert len(rows) == len(preset.sections["compare"].methods) * len(preset.sections["compare"].sparsities)
         assert all(0 <= row["rewind_acc_mean"] <= 1 and 0 <= row["trained_acc_mean"] <= 1 for row in rows)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ticketlab.cli import main
-from ticketlab.comparison import compare_masks
+from ticketlab.experiments.comparison import compare_masks
 from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
                               TrainConfig)
 from ticketlab.data import load_data

@@ -9,9 +9,9 @@ import pytest
 from pinned import PINNED_RUN_NAMES, finished_runs
 from ticketlab.cli import main
 from ticketlab.config import TicketlabError
-from ticketlab.presets import EarlyBirdSection, load_preset, parse_preset
+from ticketlab.experiments.preset import load_preset, parse_preset
 from ticketlab.structure import stage
-from ticketlab.structured_experiment import check_sections
+from ticketlab.experiments.structured import EarlyBirdSection, check_sections
 
 CIFAR = ["seed003-exp3", "earlybird-vgg16", "slimming-vgg19"]
 MNIST = [f"{name}-mnist" for name in CIFAR]
@@ -26,32 +26,32 @@ def no_latency_timing(monkeypatch):
 
 def test_the_presets_parse_with_the_papers_settings():
     exp3 = load_preset("seed003-exp3")
-    (plan,) = exp3.shrink
+    (plan,) = exp3.sections["structured"].shrink
     assert (exp3.data.name, exp3.model.name, exp3.train.steps, exp3.train.batch_size) == \
         ("cifar10", "resnet20", "160ep", 64)
     assert plan.at == ("10ep", "30ep", "50ep", "100ep") and plan.ratios == (0.3, 0.5)
     assert plan.retrain == ("finetune", "rewind", "scratch") and plan.rewind == "at"
     assert plan.prune.criterion == "bn_scale" and plan.prune.structured and plan.prune.scope == "layerwise"
     early = load_preset("earlybird-vgg16")
-    assert early.earlybird == EarlyBirdSection((0.3, 0.5, 0.7), {"criterion": "bn_scale", "threshold": 0.1})
-    assert (early.model.name, early.train.bn_l1, early.shrink[0].at) == ("vgg16", 1e-4, ("earlybird", "final"))
+    assert early.sections["structured"].earlybird == EarlyBirdSection((0.3, 0.5, 0.7), {"criterion": "bn_scale", "threshold": 0.1})
+    assert (early.model.name, early.train.bn_l1, early.sections["structured"].shrink[0].at) == ("vgg16", 1e-4, ("earlybird", "final"))
     slimming = load_preset("slimming-vgg19")
-    assert (slimming.model.name, slimming.train.bn_l1, slimming.shrink[0].ratios) == ("vgg19", 1e-4, (0.7,))
+    assert (slimming.model.name, slimming.train.bn_l1, slimming.sections["structured"].shrink[0].ratios) == ("vgg19", 1e-4, (0.7,))
     for cifar, mnist in zip(CIFAR, MNIST):
         big, small = load_preset(cifar), load_preset(mnist)
         assert small.data.name == "mnist5k" and small.model == big.model and small.description
-        assert small.train.bn_l1 == big.train.bn_l1 and small.shrink[0].prune == big.shrink[0].prune
-        assert small.smoked().data.name == "smoke-mnist" and small.smoked().shrink == big.smoked().shrink
-        if big.earlybird is not None:
-            assert small.earlybird == big.earlybird and small.smoked().earlybird == big.smoked().earlybird
-        check_sections(small.earlybird, small.shrink)
-        check_sections(big.earlybird, big.shrink)
+        assert small.train.bn_l1 == big.train.bn_l1 and small.sections["structured"].shrink[0].prune == big.sections["structured"].shrink[0].prune
+        assert small.smoked().data.name == "smoke-mnist" and small.smoked().sections["structured"].shrink == big.smoked().sections["structured"].shrink
+        if big.sections["structured"].earlybird is not None:
+            assert small.sections["structured"].earlybird == big.sections["structured"].earlybird and small.smoked().sections["structured"].earlybird == big.smoked().sections["structured"].earlybird
+        check_sections(small.sections["structured"].earlybird, small.sections["structured"].shrink)
+        check_sections(big.sections["structured"].earlybird, big.sections["structured"].shrink)
 
 
 def expected_rows(name: str) -> set[tuple[str, float, str]]:
     preset = load_preset(name).smoked()
-    return {(step, ratio, mode) for plan in preset.shrink for step in plan.at or ("earlybird",)
-            for ratio in plan.ratios or preset.earlybird.ratios for mode in plan.retrain}
+    return {(step, ratio, mode) for plan in preset.sections["structured"].shrink for step in plan.at or ("earlybird",)
+            for ratio in plan.ratios or preset.sections["structured"].earlybird.ratios for mode in plan.retrain}
 
 
 # The VGG presets' MNIST variants run the same sections on the same models as their CIFAR
@@ -119,7 +119,7 @@ def test_bad_sections_are_one_line_errors_when_parsed(text, message):
 def test_bad_section_values_stop_the_run_before_it_trains(text, message, tmp_path, capsys):
     preset = parse_preset("x", text)
     with pytest.raises(TicketlabError, match=message):
-        check_sections(preset.earlybird, preset.shrink)
+        check_sections(preset.sections["structured"].earlybird, preset.sections["structured"].shrink)
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     assert main(["run", str(bad), "--quiet", "--runs-dir", str(tmp_path / "runs")]) == 2

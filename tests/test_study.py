@@ -87,7 +87,7 @@ def test_a_failing_node_is_reported_its_dependants_skipped_and_its_siblings_done
         assert sorted(outcome.done) == ["a", "needs-a"] and outcome.failed == {"bad": "no data here"}
         assert outcome.skipped == ["needs-bad"] and not (tmp_path / "c").exists()
         err = capsys.readouterr().err
-        assert "bad failed: no data here" in err and "study: 2/4 done, 1 failed, 0 left" in err
+        assert "bad failed: no data here" in err and "study: 2 done, 0 running, 1 failed, 0 pending of 4" in err
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -7,7 +7,7 @@ or use `fit` with its own nn.Module and a Dataset.
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
-from ticketlab.presets import load_preset
+from ticketlab.experiments.preset import load_preset
 from ticketlab.structure.saving import load
 from ticketlab.training.loop import evaluate, fit
 from ticketlab.training.stage import TrainRun, train

@@ -345,6 +345,17 @@ def is_locked(path: Path) -> bool:
         return False
 
 
+def run_status(path: Path) -> str:
+    """running (its lock is held), done, diverged, interrupted (begun, neither) or absent."""
+    if is_locked(path):
+        return "running"
+    if (path / SUMMARY).exists():
+        return "done"
+    if (path / DIVERGED).exists():
+        return "diverged"
+    return "interrupted" if (path / HPARAMS).exists() else "absent"
+
+
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     """Every run under the root with its status (done, running, interrupted) and summary."""
     rows: list[dict[str, Any]] = []
@@ -360,14 +371,9 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
         summary: dict[str, Any] = {}
         try:  # one damaged run is listed as such; it does not hide the others
             hparams = read_json(path / HPARAMS)
-            if is_locked(path):
-                status = "running"
-            elif (path / SUMMARY).exists():
-                status, summary = "done", read_json(path / SUMMARY)
-            elif (path / DIVERGED).exists():
-                status, summary = "diverged", read_json(path / DIVERGED)
-            else:
-                status = "interrupted"
+            status = run_status(path)
+            if status in ("done", "diverged"):
+                summary = read_json(path / (SUMMARY if status == "done" else DIVERGED))
         except (TicketlabError, OSError):
             status = "corrupt"
         if not isinstance(hparams, dict) or not isinstance(summary, dict):

@@ -107,11 +107,6 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     return runtime
 
 
-def mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
-    """`mean ± std`, or the mean alone for one replicate (its std is no measurement)."""
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
-
-
 class Parser(argparse.ArgumentParser):
     """argparse with ticketlab's one-line errors instead of usage text and exit code 2 of its own."""
 

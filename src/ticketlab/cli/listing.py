@@ -52,7 +52,7 @@ def cmd_models(args: argparse.Namespace) -> Result:
 STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
                  "ticketlab.search.stage", "ticketlab.structure.stage", "ticketlab.structure.retrain",
                  "ticketlab.analysis.sweep", "ticketlab.analysis.valsize", "ticketlab.report.lottery",
-                 "ticketlab.comparison", "ticketlab.structured_experiment")
+                 "ticketlab.experiments.comparison", "ticketlab.experiments.structured")
 
 
 def _metric(value: Any) -> str:

@@ -12,6 +12,7 @@ from ticketlab.config import PruneConfig, Runtime, SearchConfig, coerce
 
 
 def cmd_prune(args: argparse.Namespace) -> Result:
+    from ticketlab.experiments.sections.prune import describe_prune
     from ticketlab.sparsity.prune import prune
     from ticketlab.training.stage import find_train_run
 
@@ -21,40 +22,9 @@ def cmd_prune(args: argparse.Namespace) -> Result:
     return describe_prune(result), {"run_dir": str(result.path), "cached": result.cached, "metrics": result.summary}
 
 
-def describe_prune(result: Any) -> list[str]:
-    summary, cfg = result.summary, result.config
-    masked, dense = summary["masked"], summary["dense"]
-    return [
-        f"{'finished earlier: ' if result.cached else ''}pruned {100 * summary['sparsity']:.2f}% of "
-        f"{summary['total']:,} entries of {result.train.run.name} by {cfg.criterion} ({cfg.scope}, scores at {cfg.at})",
-        *("  " + line for line in result.run.file(paths.MASK_REPORT).read_text().splitlines()),
-        *(["  units kept: " + ", ".join(f"{g} {c['kept']}/{c['total']}" for g, c in summary["units"].items()),
-           f"  unit sparsity {100 * summary['unit_sparsity']:.1f}% (target {100 * cfg.sparsity:g}%); parameter "
-           f"sparsity {100 * summary['parameter_sparsity']:.1f}% of all the network's parameters"]
-          if "unit_sparsity" in summary else []),
-        *([f"  warning: {', '.join(summary['guarded'])} kept only the 1 entry that the empty-layer guard keeps"]
-          if summary.get("guarded") else []),
-        f"  masked, no retraining: val acc {masked['val_acc']:.4f}, test acc {masked['test_acc']:.4f} "
-        f"(dense at {cfg.at}: val acc {dense['val_acc']:.4f}, test acc {dense['test_acc']:.4f})",
-        f"  run: {result.path}",
-    ]
-
-
-def describe_sweep(result: Any) -> list[str]:
-    lines = [f"{'finished earlier: ' if result.cached else ''}sweep without retraining "
-             f"(dense test acc {result.dense_test_acc:.4f}); test accuracy by k:",
-             f"  {'k':>6} {'weight':>8} {'unit':>8}"]
-    by_k: dict[float, dict[str, float]] = {}
-    for row in result.rows:
-        by_k.setdefault(float(row["k"]), {})[row["method"]] = float(row["test_acc"])
-    lines += [f"  {k:>6g} {acc.get('weight', float('nan')):>8.4f} {acc.get('unit', float('nan')):>8.4f}"
-              for k, acc in by_k.items()]
-    lines.append(f"  table, plot, histograms: {result.path}")
-    return lines
-
-
 def cmd_sweep(args: argparse.Namespace) -> Result:
     from ticketlab.analysis.sweep import sweep
+    from ticketlab.experiments.sections.sweep import describe_sweep
     from ticketlab.training.stage import find_train_run
 
     runtime = runtime_from_args(args)

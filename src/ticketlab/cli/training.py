@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from ticketlab.cli.flags import (Result, add_config_flags, add_runtime_flags, add_training_flags, config_from_args,
-                                mean_std, runtime_from_args, training_from_args, typed)
+                                runtime_from_args, training_from_args, typed)
 from ticketlab.config import LotteryConfig, TicketlabError, coerce
 
 
@@ -34,18 +34,8 @@ def cmd_train(args: argparse.Namespace) -> Result:
     return describe_training(result)
 
 
-def describe_lottery(report: Any) -> list[str]:
-    lines = ["lottery (test accuracy at the early-stop step, mean ± std over replicates):",
-             f"  {'procedure':<17} {'level':>5} {'remaining':>9} {'test acc':>17} {'early stop (it)':>19}"]
-    for row in report.rows:
-        lines.append(f"  {row['procedure']:<17} {row['level']:>5} {row['remaining_pct']:>8.1f}% "
-                     f"{mean_std(row['test_acc_mean'], row['test_acc_std'], row['n']):>17} "
-                     f"{mean_std(row['early_stop_mean'], row['early_stop_std'], row['n'], 0):>19}")
-    lines.append(f"  table and plot: {report.path}")
-    return lines
-
-
 def cmd_lottery(args: argparse.Namespace) -> Result:
+    from ticketlab.experiments.sections.lottery import describe_lottery
     from ticketlab.lottery.experiment import run_lottery
     from ticketlab.report.lottery import write_report
     from ticketlab.sparsity.schedules import round_rate
@@ -64,32 +54,13 @@ def cmd_lottery(args: argparse.Namespace) -> Result:
 
 
 def cmd_earlybird(args: argparse.Namespace) -> Result:
+    from ticketlab.experiments.sections.structured import describe_earlybird, earlybird_payload
     from ticketlab.structure.earlybird import earlybird
 
     ratios = [coerce(r, float, "--ratios") for r in args.ratios.split(",") if r.strip()]
     result = earlybird(*training_from_args(args), ratios, runtime_from_args(args), criterion=args.criterion,
                        threshold=args.threshold, stop=args.stop)
     return describe_earlybird(result), earlybird_payload(result)
-
-
-def describe_earlybird(result: Any) -> list[str]:
-    settings = result.run.identity["earlybird"]
-    lines = [f"{'finished earlier: ' if result.cached else ''}early-bird tickets by {settings['criterion']} "
-             f"(distance < {settings['threshold']} to each of the 4 previous epochs' masks), "
-             f"{result.total_epochs} epochs:"]
-    for ratio, epoch in result.found.items():
-        lines.append(f"  pruning ratio {ratio:g}: " + (f"found at epoch {epoch} ({100 * result.cost[ratio]:.0f}% of "
-                                                         "training)" if epoch is not None else "not found"))
-    stopped = result.summary.get("stopped_early_at")
-    if stopped is not None:
-        lines.append(f"  training stopped at epoch {stopped}")
-    lines.append(f"  heatmaps, tickets' checkpoints: {result.path}")
-    return lines
-
-
-def earlybird_payload(result: Any) -> dict[str, Any]:
-    return {"run_dir": str(result.path), "cached": result.cached,
-            "found": {str(r): e for r, e in result.found.items()}, "metrics": result.summary}
 
 
 def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:

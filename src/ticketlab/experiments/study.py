@@ -1,12 +1,13 @@
-"""A study: stages as nodes of a graph, run as soon as the nodes they need are done, serially or
-on local worker processes.
+"""A study: stages as nodes of a graph, run as soon as the nodes they need are done, serially,
+on local worker processes, or as Ray Core tasks (ray_executor.py).
 
 A node names the run it makes and calls a module-level function (so that it can be sent to a
 worker) that makes it: the function asks for the node's inputs again, which are cached by then,
 and then for its own stage. Everything a node makes lives in its run directory, so a worker
 returns nothing but whether it failed, and the same study gives the same runs whichever executor
 ran it. A node that fails is reported in one line; the nodes that need it are skipped; the
-others still run.
+others still run. With a record file, the study's state (each node's, and when it started) is
+written there as it changes, for `ticketlab status` to read from another terminal.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ import concurrent.futures
 import importlib
 import multiprocessing
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ticketlab.config import TicketlabError
-from ticketlab.store import note
-
+from ticketlab.store import atomic_write_json, note
 
 RETRIES = 2  # times a node runs again after its worker process died under it
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class Node:
     make: Callable[..., Any]  # a module-level function, picklable
     args: tuple[Any, ...]
     needs: tuple[str, ...] = ()  # names of the nodes that must be done first
+    kind: str = "stage"  # what it makes, for the plan: train, prune, search, lottery, ...
+    runs: tuple[str, ...] = ()  # the runs it makes whose names are known before it runs (done when all are)
+    trainings: int = 0  # trainings it runs (dense, retrainings), for the plan's estimate
+    evaluations: int = 0  # masks a search evaluates
 
 
 @dataclass
@@ -52,7 +59,7 @@ def check_study(nodes: Sequence[Node]) -> None:
         raise TicketlabError(f"a study's nodes need runs it does not make: {', '.join(unknown)}")
 
 
-def _make(node: Node) -> str | None:
+def make(node: Node) -> str | None:
     """Run one node; its one-line error, or None."""
     try:
         node.make(*node.args)
@@ -61,6 +68,111 @@ def _make(node: Node) -> str | None:
     except Exception as exc:  # a bug in one stage must not stop the other branches
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+class Tracker:
+    """The study's state as nodes start and end: what is ready, the progress line, the record."""
+
+    def __init__(self, nodes: Sequence[Node], progress: bool, record: Path | None):
+        self.pending = {node.name: node for node in nodes}
+        self.running: set[str] = set()
+        self.outcome = Outcome()
+        self.nodes = {node.name: node for node in nodes}
+        self.progress, self.record = progress, record
+        self.started = time.time()
+        self.errors: dict[str, str] = {}
+        self._write()
+
+    def ready(self) -> list[Node]:
+        done = set(self.outcome.done)
+        return [node for node in self.pending.values() if all(need in done for need in node.needs)]
+
+    def start(self, node: Node) -> None:
+        del self.pending[node.name]
+        self.running.add(node.name)
+        self._write()
+
+    def again(self, node: Node) -> None:
+        """A node whose worker died: pending once more."""
+        self.running.discard(node.name)
+        self.pending[node.name] = node
+
+    def settle(self, name: str, error: str | None) -> None:
+        self.running.discard(name)
+        if error is None:
+            self.outcome.done.append(name)
+        else:
+            self.outcome.failed[name] = error
+            note(f"{name} failed: {error}")
+            self._skip_dependants(name)
+        if self.progress:
+            note(self.line())
+        self._write()
+
+    def finish(self) -> Outcome:
+        self.outcome.skipped += list(self.pending)  # what needs each other in a cycle can never start
+        self.pending.clear()
+        self._write()
+        return self.outcome
+
+    def line(self) -> str:
+        """study: done / running / failed / pending, elapsed, and an estimate of what is left (by the
+        trainings done so far; a node that trains nothing counts as one)."""
+        elapsed = time.time() - self.started
+        weight = {name: max(node.trainings, 1) for name, node in self.nodes.items()}
+        done = sum(weight[name] for name in self.outcome.done)
+        left = sum(weight[name] for name in (*self.pending, *self.running))
+        estimate = f", about {elapsed / done * left:.0f} s left" if done and left else ""
+        return (f"study: {len(self.outcome.done)} done, {len(self.running)} running, {len(self.outcome.failed)} failed, "
+                f"{len(self.pending)} pending of {len(self.nodes)} ({elapsed:.0f} s{estimate})")
+
+    def _skip_dependants(self, name: str) -> None:
+        blocked = {name}
+        while True:
+            more = [n for n, node in self.pending.items() if blocked & set(node.needs)]
+            if not more:
+                return
+            for skipped in more:
+                del self.pending[skipped]
+                self.outcome.skipped.append(skipped)
+                blocked.add(skipped)
+
+    def _write(self) -> None:
+        if self.record is None:
+            return
+        states = {name: "pending" for name in self.pending}
+        states |= {name: "running" for name in self.running}
+        states |= {name: "done" for name in self.outcome.done}
+        states |= {name: "skipped" for name in self.outcome.skipped}
+        states |= {name: "failed" for name in self.outcome.failed}
+        atomic_write_json(self.record, {"started": self.started, "updated": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
+                                        "states": states, "errors": self.outcome.failed})
+
+
+def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True, *, backend: str = "local",
+              address: str | None = None, threads: int = 1, record: Path | None = None) -> Outcome:
+    """Run every node once its needs are done: in this process (workers=1), on `workers` local
+    processes, or (backend "ray") as Ray tasks of `threads` CPUs each, on a local Ray of the
+    machine's cores or on the cluster at `address`. With `progress`, a line on stderr as each node
+    ends (a failure is always reported); with `record`, the study's state in that JSON file."""
+    check_study(nodes)
+    if backend not in BACKENDS:
+        raise TicketlabError(f"unknown backend {backend!r}; expected {' or '.join(BACKENDS)}")
+    tracker = Tracker(nodes, progress, record)
+    if backend == "ray":
+        from ticketlab.experiments.ray_executor import run_on_ray
+
+        run_on_ray(tracker, address, threads)
+    elif workers == 1:
+        while tracker.ready():
+            node = tracker.ready()[0]
+            tracker.start(node)
+            tracker.settle(node.name, make(node))
+    else:
+        lost: dict[str, int] = {}  # how often each node's worker died under it
+        while tracker.pending and _run_pool(tracker, workers, sorted({n.make.__module__ for n in nodes}), lost):
+            pass
+    return tracker.finish()
 
 
 def _worker_setup(modules: Sequence[str]) -> None:
@@ -76,45 +188,7 @@ def _started() -> None:
     time.sleep(0.2)  # held long enough that each warm-up call starts a worker of its own
 
 
-def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True) -> Outcome:
-    """Run every node once its needs are done: in this process (workers=1) or on `workers` processes.
-    With `progress`, a line on stderr as each node ends (a failure is always reported)."""
-    check_study(nodes)
-    pending = {node.name: node for node in nodes}
-    outcome = Outcome()
-    started, total = time.perf_counter(), len(nodes)
-
-    def ready() -> list[Node]:
-        return [node for node in pending.values() if all(need in outcome.done for need in node.needs)]
-
-    def settle(name: str, error: str | None) -> None:
-        if error is None:
-            outcome.done.append(name)
-        else:
-            outcome.failed[name] = error
-            note(f"{name} failed: {error}")
-            _skip_dependants(name, pending, outcome)
-        if progress:
-            note(f"study: {len(outcome.done)}/{total} done, {len(outcome.failed)} failed, {len(pending)} left "
-                 f"({time.perf_counter() - started:.0f} s)")
-
-    if workers == 1:
-        while ready():
-            node = ready()[0]
-            del pending[node.name]
-            settle(node.name, _make(node))
-        outcome.skipped += list(pending)  # what needs each other in a cycle can never start
-        return outcome
-    lost: dict[str, int] = {}  # how often each node's worker died under it
-    while pending:
-        if not _run_pool(pending, ready, settle, workers, sorted({n.make.__module__ for n in nodes}), lost):
-            break
-    outcome.skipped += list(pending)  # what needs each other in a cycle can never start
-    return outcome
-
-
-def _run_pool(pending: dict[str, Node], ready: Callable[[], list[Node]], settle: Callable[[str, str | None], None],
-              workers: int, modules: Sequence[str], lost: dict[str, int]) -> bool:
+def _run_pool(tracker: Tracker, workers: int, modules: Sequence[str], lost: dict[str, int]) -> bool:
     """Run what is pending on one pool of workers until it is all done (False), or until a worker
     dies, which breaks the pool (True: the nodes it was running are pending again, for a new pool;
     a node whose worker died RETRIES times fails). A retried stage resumes from what it had saved."""
@@ -124,12 +198,12 @@ def _run_pool(pending: dict[str, Node], ready: Callable[[], list[Node]], settle:
         # Every worker starts (and imports) at once, not one by one as the first nodes come to need them.
         concurrent.futures.wait([pool.submit(_started) for _ in range(workers)])
         running: dict[concurrent.futures.Future[str | None], Node] = {}
-        while pending or running:
-            for node in ready():
+        while tracker.pending or running:
+            for node in tracker.ready():
                 if len(running) >= workers:
                     break
-                del pending[node.name]
-                running[pool.submit(_make, node)] = node
+                tracker.start(node)
+                running[pool.submit(make, node)] = node
             if not running:
                 return False
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -137,33 +211,21 @@ def _run_pool(pending: dict[str, Node], ready: Callable[[], list[Node]], settle:
             for future in finished:
                 node = running.pop(future)
                 try:
-                    settle(node.name, future.result())
+                    tracker.settle(node.name, future.result())
                 except BrokenProcessPool:  # a worker was killed: every node the pool ran is lost
                     broken = True
                     lost[node.name] = lost.get(node.name, 0) + 1
                     if lost[node.name] > RETRIES:
-                        settle(node.name, f"its worker process died {lost[node.name]} times; run the same command "
-                                          "again to resume it")
+                        tracker.settle(node.name, f"its worker process died {lost[node.name]} times; run the same "
+                                                  "command again to resume it")
                     else:
                         note(f"{node.name}: its worker process died; running it again")
-                        pending[node.name] = node
+                        tracker.again(node)
             if broken:
                 for node in running.values():  # they were lost with the pool: they run again, no fault of theirs
-                    pending[node.name] = node
+                    tracker.again(node)
                 return True
     return False
-
-
-def _skip_dependants(name: str, pending: dict[str, Node], outcome: Outcome) -> None:
-    blocked = {name}
-    while True:
-        more = [n for n, node in pending.items() if blocked & set(node.needs)]
-        if not more:
-            return
-        for skipped in more:
-            del pending[skipped]
-            outcome.skipped.append(skipped)
-            blocked.add(skipped)
 
 
 def check_workers(workers: int, threads: int) -> None:

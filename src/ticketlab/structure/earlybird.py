@@ -156,6 +156,14 @@ class TicketTraining(TrainRun):
         return name
 
 
+def earlybird_run(data: DataConfig, model: ModelConfig, training: TrainConfig, ratios: Sequence[float],
+                  runs_dir: str | None = None, criterion: str = "bn_scale", threshold: float = THRESHOLD,
+                  stop: bool = False) -> Run:
+    """The early-bird run these inputs name, finished or not."""
+    settings = {"ratios": [float(r) for r in ratios], "criterion": criterion, "threshold": threshold, "stop": stop}
+    return Run("earlybird", {**train_identity(data, model, training), "earlybird": settings}, runs_dir)
+
+
 def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratios: Sequence[float],
               runtime: Runtime = Runtime(), criterion: str = "bn_scale", threshold: float = THRESHOLD,
               stop: bool = False) -> EarlyBirdResult:
@@ -165,8 +173,8 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     distances.json (the epoch × epoch mask distances per ratio), a heatmap
     distances-<ratio>.png per ratio, and checkpoints/earlybird-<ratio>.pt of each ticket.
     """
-    settings = {"ratios": [float(r) for r in ratios], "criterion": criterion, "threshold": threshold, "stop": stop}
-    run = Run("earlybird", {**train_identity(data, model, training), "earlybird": settings}, runtime.runs_dir)
+    run = earlybird_run(data, model, training, ratios, runtime.runs_dir, criterion, threshold, stop)
+    settings = run.identity["earlybird"]
 
     def save(ratio: float, epoch: int, weights: dict[str, torch.Tensor]) -> None:
         atomic_torch_save({"model": weights, "epoch": epoch}, run.file(paths.checkpoint(paths.ticket(ratio))))

@@ -112,6 +112,13 @@ def check_structured(source: PruneRun | SearchRun) -> None:
                              "(prune --structured, or search --granularity filter)")
 
 
+def shrink_run_handle(source: PruneRun | SearchRun, step: str = "final", backend: str = "ticketlab",
+                      runs_dir: str | None = None) -> ShrinkRun:
+    """The shrink run these inputs name, finished or not."""
+    inputs = {"mask": source.run.name, "step": step, **({"backend": backend} if backend != "ticketlab" else {})}
+    return ShrinkRun(Run("shrink", inputs, runs_dir), source, step)
+
+
 def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step: str = "final",
                backend: str = "ticketlab") -> ShrinkRun:
     """Cut the source's pruned units out of its training run's weights at `step`, or return the
@@ -120,8 +127,8 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
     check_structured(source)
     if backend not in BACKENDS:
         raise TicketlabError(f"unknown shrink backend {backend!r}; expected {' or '.join(BACKENDS)}")
-    inputs = {"mask": source.run.name, "step": step, **({"backend": backend} if backend != "ticketlab" else {})}
-    result = ShrinkRun(Run("shrink", inputs, runtime.runs_dir), source, step)
+    result = shrink_run_handle(source, step, backend, runtime.runs_dir)
+    inputs = result.run.identity
 
     def write(made: tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]) -> dict[str, Any]:
         small, units, summary = made

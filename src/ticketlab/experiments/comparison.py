@@ -37,8 +37,7 @@ from ticketlab.sparsity.prune import masked_metrics, prune
 from ticketlab.store import describes, Run, StageRun, atomic_write_text, csv_text
 from ticketlab.structure.retrain import retrain_small
 from ticketlab.structure.stage import is_structured, shrink_run
-from ticketlab.experiments.study import Node
-from ticketlab.training.stage import TrainRun, train, train_run_handle, with_checkpoints
+from ticketlab.training.stage import TrainRun, train, with_checkpoints
 
 
 COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std",
@@ -59,40 +58,15 @@ class Comparison:
     runs: list[dict[str, Any]]  # one per (replicate, sparsity, method)
 
 
-def _mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Runtime) -> Any:
+def mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Runtime) -> Any:
     config = dataclasses.replace(method.config, sparsity=sparsity)
     return (prune if isinstance(config, PruneConfig) else search)(dense, config, runtime)
 
 
-def _dense_training(training: TrainConfig, methods: Sequence[MaskMethod], rewind: str, replicate: int) -> TrainConfig:
+def dense_training(training: TrainConfig, methods: Sequence[MaskMethod], rewind: str, replicate: int) -> TrainConfig:
     """A replicate's dense training, keeping every step the masks are scored at or rewound to."""
     steps = ["0it", rewind, *(m.config.at for m in methods), *(getattr(m.config, "compare", "0it") for m in methods)]
     return dataclasses.replace(with_checkpoints(training, steps), seed=training.seed + replicate)
-
-
-def comparison_nodes(data: DataConfig, model: ModelConfig, training: TrainConfig, methods: Sequence[MaskMethod],
-                     sparsities: Sequence[float], runtime: Runtime = Runtime(), *, replicates: int = 1,
-                     rewind: str = "0it") -> list[Node]:
-    """compare_masks' independent stages as a study: each replicate's dense training, then each
-    (replicate, sparsity, method)'s mask and its retrained ticket. compare_masks then finds them done."""
-    quiet = dataclasses.replace(runtime, progress=False)
-    nodes: dict[str, Node] = {}
-    for replicate in range(replicates):
-        seeded = _dense_training(training, methods, rewind, replicate)
-        dense = train_run_handle(data, model, seeded, runtime.runs_dir).run.name
-        nodes[dense] = Node(dense, train, (data, model, seeded, quiet))
-        for sparsity in sparsities:
-            for method in methods:
-                name = f"{dense}: {method.name} at {sparsity:g}"
-                nodes[name] = Node(name, _ticket_node, (data, model, seeded, method, sparsity, rewind, quiet), (dense,))
-    return list(nodes.values())
-
-
-def _ticket_node(data: DataConfig, model: ModelConfig, training: TrainConfig, method: MaskMethod, sparsity: float,
-                 rewind: str, runtime: Runtime) -> None:
-    dense = train(data, model, training, runtime)  # done: the node needs it
-    made = _mask_run(dense, method, sparsity, runtime)
-    _retrain(made, method, Setting.of(dense, runtime), rewind, runtime)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -111,15 +85,15 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
     objective = next((m.config for m in methods if isinstance(m.config, SearchConfig)), None)
     runs = []
     for replicate in range(replicates):
-        dense = train(data, model, _dense_training(training, methods, rewind, replicate), runtime)
+        dense = train(data, model, dense_training(training, methods, rewind, replicate), runtime)
         setting = Setting.of(dense, runtime)
         for sparsity in sparsities:
             for method in methods:
-                made = _mask_run(dense, method, sparsity, runtime)
+                made = mask_run(dense, method, sparsity, runtime)
                 mask = made.mask()
                 at_rewind = setting.model()
                 at_rewind.load_state_dict(dense.state_dict(rewind))
-                ticket = _retrain(made, method, setting, rewind, runtime)
+                ticket = retrain_ticket(made, method, setting, rewind, runtime)
                 runs.append({"replicate": replicate, "method": method.name, "sparsity": sparsity,
                              "mask_run": made.run.name, "ticket_run": ticket.run.name,
                              "rewind_acc": masked_metrics(at_rewind, setting.data, mask)["test_acc"],
@@ -154,7 +128,7 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
     return Comparison(report.path, rows, [_without_curve(r) for r in runs])
 
 
-def _retrain(made: Any, method: MaskMethod, setting: Setting, rewind: str, runtime: Runtime) -> StageRun:
+def retrain_ticket(made: Any, method: MaskMethod, setting: Setting, rewind: str, runtime: Runtime) -> StageRun:
     """The mask's network retrained from the rewind weights: shrunk first if the mask is structured."""
     if is_structured(made):
         return retrain_small(shrink_run(made, runtime, step=rewind), "rewind", runtime, rewind=rewind)

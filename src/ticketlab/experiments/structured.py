@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab import paths
-from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.plots import errorbar_panels
-from ticketlab.presets import EARLYBIRD_AT, EarlyBirdSection, ShrinkPlan
 from ticketlab.sparsity.criteria import get_criterion
 from ticketlab.sparsity.prune import check_prune_config, prune
 from ticketlab.sparsity.schedules import check_sparsity
@@ -36,11 +35,36 @@ from ticketlab.training.stage import TrainRun, train, with_checkpoints
 from ticketlab.training.steps import Step
 
 NAMED_STEPS = ("best", "final")  # checkpoints every training keeps
+EARLYBIRD_AT = "earlybird"  # a shrink entry's `at` that means each ratio's early-bird ticket
 REWIND_AT = "at"  # a shrink entry's rewind that means the step it pruned at
 COLUMNS = ("at", "pruned_at", "epoch", "ratio", "mode", "start", "params_dense", "params_small", "macs_dense",
            "macs_small", "latency_b1_dense_ms", "latency_b1_small_ms", "latency_b64_dense_ms", "latency_b64_small_ms",
            "dense_test_acc", "pruned_test_acc", "retrained_val_acc", "retrained_test_acc", "retrained_best_step",
            "prune_run", "shrink_run", "retrain_run")
+
+
+@dataclass(frozen=True)
+class EarlyBirdSection:
+    """Early-bird tickets drawn while the dense network trains (You et al.): the pruning ratios,
+    and `options` for earlybird() (criterion, threshold, stop; its defaults where absent)."""
+
+    ratios: tuple[float, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShrinkPlan:
+    """One entry of a `shrink` section: the dense run pruned by `prune` (structured; criterion
+    bn_scale unless given) at each step of `at` and each ratio, every mask physically shrunk,
+    and each small network retrained in each `retrain` mode (finetune, rewind, scratch), rewind
+    starting from `rewind`: a saved step, or `at` for the step pruned at. Without `at` or
+    `ratios`, the preset's earlybird section gives them: each ratio pruned at its ticket."""
+
+    prune: PruneConfig
+    at: tuple[str, ...] = ()
+    ratios: tuple[float, ...] = ()
+    retrain: tuple[str, ...] = ("finetune",)
+    rewind: str = "0it"
 
 
 @describes("structured")
@@ -111,31 +135,58 @@ def checkpoint_steps(plans: Sequence[ShrinkPlan]) -> list[str]:
     return steps
 
 
+def dense_training(training: TrainConfig, plans: Sequence[ShrinkPlan]) -> TrainConfig:
+    return with_checkpoints(training, checkpoint_steps(plans))
+
+
+def structured_dense(data: DataConfig, model: ModelConfig, training: TrainConfig, section: EarlyBirdSection | None,
+                     plans: Sequence[ShrinkPlan], runtime: Runtime) -> tuple[TrainRun, EarlyBirdResult | None]:
+    """The dense run the plans prune (trained first if it is not done), and its early-bird result:
+    with an earlybird section, the early-bird run read as a training."""
+    training = dense_training(training, plans)
+    if section is None:
+        return train(data, model, training, runtime), None
+    drawn = earlybird(data, model, training, section.ratios, runtime, **section.options)
+    return drawn.as_training(data, model, training), drawn
+
+
+def entries(plans: Sequence[ShrinkPlan], section: EarlyBirdSection | None) -> list[tuple[ShrinkPlan, str, float]]:
+    """Each (plan, step, ratio) to prune, shrink and retrain, in order."""
+    return [(plan, step, ratio) for plan in plans for step in _steps(plan) for ratio in _ratios(plan, section)]
+
+
+def run_entry(dense: TrainRun, drawn: EarlyBirdResult | None, plan: ShrinkPlan, step: str, ratio: float,
+              runtime: Runtime) -> list[dict[str, Any]] | str:
+    """One (plan, step, ratio): pruned, shrunk and retrained in each mode (cached stages); its
+    rows, or why there is nothing to prune."""
+    at = _pruned_at(step, ratio, drawn)
+    if at is None:
+        return f"ratio {ratio:g}: no early-bird ticket was drawn, so nothing to prune"
+    source = prune(dense, dataclasses.replace(plan.prune, sparsity=ratio, at=at), runtime)
+    shrunk = shrink_run(source, runtime, step=at)
+    rows = []
+    for mode in plan.retrain:
+        rewind = at if plan.rewind == REWIND_AT else plan.rewind
+        small = retrain_small(shrunk, mode, runtime, rewind=rewind)
+        rows.append(_row(step, at, ratio, _start(mode, at, rewind), dense, shrunk, small))
+    return rows
+
+
 def run_structured(data: DataConfig, model: ModelConfig, training: TrainConfig, section: EarlyBirdSection | None,
                    plans: Sequence[ShrinkPlan], runtime: Runtime = Runtime()) -> StructuredExperiment:
     """Train (drawing early-bird tickets when `section` is given), then prune, shrink and retrain
     as `plans` say; every stage cached. See the module docstring."""
     check_sections(section, plans)
-    training = with_checkpoints(training, checkpoint_steps(plans))
-    drawn = None if section is None else earlybird(data, model, training, section.ratios, runtime, **section.options)
-    dense = train(data, model, training, runtime) if drawn is None else drawn.as_training(data, model, training)
+    dense, drawn = structured_dense(data, model, training, section, plans, runtime)
     result = StructuredExperiment(dense, drawn)
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}  # overlapping entries give the same row once
-    for plan in plans:
-        for step in _steps(plan):
-            for ratio in _ratios(plan, section):
-                at = _pruned_at(step, ratio, drawn)
-                if at is None:
-                    note = f"ratio {ratio:g}: no early-bird ticket was drawn, so nothing to prune"
-                    result.skipped += [note] if note not in result.skipped else []
-                    continue
-                source = prune(dense, dataclasses.replace(plan.prune, sparsity=ratio, at=at), runtime)
-                shrunk = shrink_run(source, runtime, step=at)
-                for mode in plan.retrain:
-                    rewind = at if plan.rewind == REWIND_AT else plan.rewind
-                    small = retrain_small(shrunk, mode, runtime, rewind=rewind)
-                    row = _row(step, at, ratio, _start(mode, at, rewind), dense, shrunk, small)
-                    rows.setdefault((step, at, ratio, mode, row["start"]), row)
+    for plan, step, ratio in entries(plans, section):
+        made = run_entry(dense, drawn, plan, step, ratio, runtime)
+        if isinstance(made, str):
+            result.skipped += [made] if made not in result.skipped else []
+            continue
+        for row in made:
+            rows.setdefault((row["at"], row["pruned_at"], ratio, row["mode"], row["start"]), row)
     result.rows = list(rows.values())
     if result.rows:
         result.path = _write_report(result.rows, runtime)

@@ -1,0 +1,135 @@
+"""The `compare` section: masks of several methods (criteria and searches) at several sparsities,
+each scored at the rewind weights and after retraining, over the replicates (comparison.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
+                              TrainConfig, coerce, from_dict)
+from ticketlab.experiments.comparison import (Comparison, compare_masks, dense_training, mask_run, retrain_ticket)
+from ticketlab.experiments.sections.base import Context, Described, Section, mapping, mean_std
+from ticketlab.experiments.study import Node
+from ticketlab.lottery.retrain import Setting
+from ticketlab.search.anneal import check_config
+from ticketlab.search.stage import search_run_handle
+from ticketlab.sparsity.prune import check_prune_config, prune_run_handle
+from ticketlab.store import Run
+from ticketlab.structure.retrain import small_run_handle
+from ticketlab.structure.stage import shrink_run_handle
+from ticketlab.training.stage import TrainRun, train, train_run_handle
+
+
+@dataclass(frozen=True)
+class Compare:
+    """Masks from several methods at several sparsities, scored before and after retraining."""
+
+    methods: tuple[MaskMethod, ...]
+    sparsities: tuple[float, ...]
+    rewind: str = "0it"
+
+
+class CompareSection(Section):
+    name = "compare"
+
+    def parse(self, raw: Mapping[str, Any], preset: str) -> Compare:
+        section = mapping(raw["compare"], f"{preset}: compare")
+        if set(section) - {"methods", "sparsities", "rewind"} or not section.get("methods") or \
+                not isinstance(section.get("sparsities"), list) or not section["sparsities"]:
+            raise TicketlabError(f"{preset}: compare takes methods (a list), sparsities (a list) and optionally rewind")
+        methods = []
+        for entry in section["methods"]:
+            entry = mapping(entry, f"{preset}: compare.methods")
+            kinds = [k for k in ("prune", "search") if k in entry]
+            if "name" not in entry or len(kinds) != 1 or set(entry) - {"name", *kinds}:
+                raise TicketlabError(f"{preset}: each compare method has a name and one prune or search section")
+            cls = PruneConfig if kinds[0] == "prune" else SearchConfig
+            where = f"{preset}: compare.{entry['name']}"
+            methods.append(MaskMethod(str(entry["name"]), from_dict(cls, mapping(entry[kinds[0]], where), where)))
+        sparsities = tuple(coerce(s, float, f"{preset}: compare.sparsities") for s in section["sparsities"])
+        return Compare(tuple(methods), sparsities, str(section.get("rewind", "0it")))
+
+    def smoke(self, value: Compare | None, overrides: Mapping[str, Any], preset: str) -> Compare:
+        return self.parse(overrides, preset)  # a whole smaller comparison: fewer methods, budgets, sparsities
+
+    def check(self, value: Compare) -> None:
+        for method in value.methods:
+            for sparsity in value.sparsities:
+                config = dataclasses.replace(method.config, sparsity=sparsity)
+                if isinstance(config, PruneConfig):
+                    check_prune_config(config)
+                else:
+                    check_config(config)
+
+    def nodes(self, value: Compare, context: Context) -> list[Node]:
+        """Each replicate's dense training, then each (replicate, sparsity, method)'s mask and its
+        retrained ticket; compare_masks then finds them done."""
+        nodes = []
+        for replicate in range(context.replicates):
+            seeded = dense_training(context.training, value.methods, value.rewind, replicate)
+            dense = train_run_handle(context.data, context.model, seeded, context.runtime.runs_dir)
+            nodes.append(Node(dense.run.name, train, (context.data, context.model, seeded, context.node_runtime),
+                              kind="train", runs=(dense.run.name,), trainings=1))
+            for sparsity in value.sparsities:
+                for method in value.methods:
+                    config = dataclasses.replace(method.config, sparsity=sparsity)
+                    searched = isinstance(config, SearchConfig)
+                    nodes.append(Node(f"{dense.run.name}: {method.name} at {sparsity:g}", _ticket,
+                                      (context.data, context.model, seeded, method, sparsity, value.rewind,
+                                       context.node_runtime), (dense.run.name,), kind="search" if searched else "prune",
+                                      runs=_ticket_runs(dense, config, value.rewind, context.runtime.runs_dir),
+                                      trainings=1, evaluations=config.budget if searched else 0))
+        return nodes
+
+    def result(self, value: Compare, context: Context) -> Comparison:
+        return compare_masks(context.data, context.model, context.training, value.methods, value.sparsities,
+                             context.runtime, replicates=context.replicates, rewind=value.rewind)
+
+    def describe(self, result: Comparison) -> Described:
+        return describe_comparison(result), {"comparison": {"run_dir": str(result.path), "rows": result.rows}}
+
+
+def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: str, runs_dir: str | None) -> tuple[str, ...]:
+    """The runs a ticket node makes: the mask's, and the retrained ticket's (for a structured mask,
+    the shrunk network's and its retraining's)."""
+    if isinstance(config, PruneConfig):
+        made: Any = prune_run_handle(dense, config, runs_dir)
+        structured = config.structured
+    else:
+        made, structured = search_run_handle(dense, config, runs_dir), config.granularity == "filter"
+    if not structured:
+        return made.run.name, Run("ticket", {"mask": made.run.name, "rewind": rewind}, runs_dir).name
+    shrunk = shrink_run_handle(made, rewind, runs_dir=runs_dir)
+    return made.run.name, shrunk.run.name, small_run_handle(shrunk, "rewind", rewind, runs_dir=runs_dir).name
+
+
+def _ticket(data: DataConfig, model: ModelConfig, training: TrainConfig, method: MaskMethod, sparsity: float,
+            rewind: str, runtime: Runtime) -> None:
+    dense = train(data, model, training, runtime)  # done: the node needs it
+    retrain_ticket(mask_run(dense, method, sparsity, runtime), method, Setting.of(dense, runtime), rewind, runtime)
+
+
+def describe_comparison(comparison: Comparison) -> list[str]:
+    searched = any(row.get("search_score_mean") is not None for row in comparison.rows)
+    lines = ["masks compared (test accuracy, mean ± std over replicates"
+             + ("; objective: the best validation score each method found, and the evaluations it spent" if searched
+                else "") + "):",
+             f"  {'method':<18} {'sparsity':>8} {'rewind acc':>17} {'trained acc':>17}"
+             + (f" {'objective':>17} {'evals':>6}" if searched else "")]
+    for row in comparison.rows:
+        line = (f"  {row['method']:<18} {row['sparsity']:>8g} "
+                f"{mean_std(row['rewind_acc_mean'], row['rewind_acc_std'], row['n']):>17} "
+                f"{mean_std(row['trained_acc_mean'], row['trained_acc_std'], row['n']):>17}")
+        if searched:
+            score = row.get("search_score_mean")
+            score = "—" if score is None else mean_std(score, row["search_score_std"], row["n"])
+            line += f" {score:>17} {row['evaluations']:>6}"
+        lines.append(line)
+    lines.append(f"  table{', best score vs evaluations' if searched else ''}: {comparison.path}")
+    return lines
+
+
+SECTION = CompareSection()
