@@ -3,11 +3,17 @@ run gives; a failing node is reported and skips only what needs it."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from ticketlab.cli import main
 from ticketlab.config import TicketlabError
+from ticketlab.experiments.sections import Section
 from ticketlab.experiments.study import RETRIES, Node, check_workers, run_study
 
 COMPARISON = """\
@@ -175,3 +181,146 @@ def test_a_training_whose_worker_dies_resumes_on_retry_and_ends_as_an_undisturbe
     assert comparable(retried.summary) == comparable(undisturbed.summary)
     for key, tensor in undisturbed.state_dict("final").items():
         assert torch.equal(retried.state_dict("final")[key], tensor)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray of 2 CPUs for this module's Ray tests (a study joins it instead of starting its own)."""
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_makes_the_runs_and_metrics_of_a_serial_run(local_ray, tmp_path, capsys):
+    preset = tmp_path / "comparison.yaml"
+    preset.write_text(COMPARISON)
+    results = {}
+    for backend in ("local", "ray"):
+        root = tmp_path / backend
+        assert main(["run", str(preset), "--backend", backend, "--quiet", "--json", "--runs-dir", str(root)]) == 0
+        rows = json.loads(capsys.readouterr().out.splitlines()[-1])["comparison"]["rows"]
+        results[backend] = ({name: comparable(s) for name, s in finished(root).items()}, rows)
+    assert results["local"] == results["ray"] and len(results["ray"][0]) == 2 + 2 * 2 * 2 * 2 + 1
+
+
+def test_ray_runs_a_node_again_when_its_worker_dies_and_reports_failures(local_ray, tmp_path):
+    nodes = [Node("dies once", _die_once, (tmp_path / "marker",)), Node("bad", _fail, ("no data here",)),
+             Node("after", _ok, (tmp_path / "after",), ("dies once",)), Node("needs-bad", _ok, (tmp_path / "c",),
+                                                                             ("bad",))]
+    outcome = run_study(nodes, progress=False, backend="ray")
+    assert sorted(outcome.done) == ["after", "dies once"] and (tmp_path / "survived").exists()
+    assert outcome.failed == {"bad": "no data here"} and outcome.skipped == ["needs-bad"]
+    outcome = run_study([Node("killer", _die_always, (tmp_path / "k",))], progress=False, backend="ray")
+    assert list(outcome.failed) == ["killer"] and f"failed {RETRIES + 1} times" in outcome.failed["killer"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "ray", "--address", "127.0.0.1:1", "--runs-dir", "relative/runs"], "is relative"),
+    (["--backend", "ray", "--address", "127.0.0.1:1", "--runs-dir", "/dev/shm/ticketlab-runs"], "tmpfs"),
+    (["--address", "auto"], "give --backend ray"),
+    (["--backend", "dask"], "invalid choice"),
+])
+def test_a_cluster_needs_a_shared_absolute_runs_dir(flags, message, tmp_path, capsys, monkeypatch):
+    if "/dev/shm" in " ".join(flags) and not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    monkeypatch.chdir(tmp_path)
+    preset = tmp_path / "comparison.yaml"
+    preset.write_text(COMPARISON)
+    assert main(["run", str(preset), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.rglob("summary.json")) and not os.path.exists("/dev/shm/ticketlab-runs")
+
+
+def test_plan_shows_what_would_run_and_runs_nothing(tmp_path, capsys):
+    preset = tmp_path / "lottery.yaml"
+    preset.write_text(LOTTERY)
+    root = tmp_path / "runs"
+    assert main(["run", str(preset), "--plan", "--json", "--runs-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out.splitlines()[-1])
+    kinds = [node["kind"] for node in plan["nodes"]]
+    assert kinds.count("train") == 2 and kinds.count("lottery") == 2 and kinds.count("control") == 4
+    # 2 dense runs, 2 × 2 levels, 2 × 2 controls; nothing is done and nothing was written
+    assert plan["to_run"] == {"nodes": 8, "trainings": 2 + 4 + 4, "evaluations": 0}
+    assert all(node["state"] == "pending" for node in plan["nodes"]) and not root.exists()
+    assert "lottery        2     0      2" in out
+    assert main(["run", str(preset), "--quiet", "--runs-dir", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(preset), "--json", "--runs-dir", str(root)]) == 0
+    status = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert all(node["state"] == "done" for node in status["nodes"]) and status["to_run"]["trainings"] == 0
+    assert Path(status["record"]).parent == root / "studies"
+
+
+def test_a_driver_killed_mid_study_resumes_with_only_the_missing_nodes(tmp_path):
+    """SIGKILL the driver (and its workers) once some nodes are done: status says which are done and
+    which were interrupted; the same command then runs only what is missing, and the runs end as
+    those of an undisturbed study."""
+    preset = tmp_path / "lottery.yaml"
+    preset.write_text(LOTTERY.replace("60it", "150it"))
+    root = tmp_path / "runs"
+    command = [sys.executable, "-m", "ticketlab.cli", "run", str(preset), "--workers", "2", "--quiet",
+               "--runs-dir", str(root)]
+    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not root.exists() or len(finished(root)) < 3):  # the 2 dense runs and a level or more
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {name: (root / name / "summary.json").stat().st_mtime_ns for name in finished(root)}
+    assert 3 <= len(before) < 2 + 4 + 4
+    status = subprocess.run([sys.executable, "-m", "ticketlab.cli", "status", str(preset), "--json", "--runs-dir",
+                             str(root)], capture_output=True, text=True, check=True)
+    states = {node["name"]: node["state"] for node in json.loads(status.stdout.splitlines()[-1])["nodes"]}
+    assert "done" in states.values() and "interrupted" in states.values() and "running" not in states.values()
+    subprocess.run(command, check=True)
+    after = finished(root)
+    assert all((root / name / "summary.json").stat().st_mtime_ns == made for name, made in before.items())
+    assert main(["run", str(preset), "--quiet", "--runs-dir", str(tmp_path / "undisturbed")]) == 0
+    undisturbed = finished(tmp_path / "undisturbed")
+    assert {n: comparable(s) for n, s in after.items()} == {n: comparable(s) for n, s in undisturbed.items()}
+
+
+class NormSection(Section):
+    """A section as a user would add one: the dense run's weight norm, as a study node of its own."""
+
+    name = "norm"
+
+    def parse(self, raw, preset):
+        return float(raw["norm"]["p"])
+
+    def nodes(self, value, context):
+        dense = context.dense_handle().run.name
+        return [Node(f"{dense}: norm", _norm, (context, value), (dense,), kind="norm")]
+
+    def result(self, value, context):
+        return _norm(context, value)
+
+    def describe(self, result):
+        return [f"weight norm {result:.3f}"], {"norm": result}
+
+
+def _norm(context, p):
+    import torch
+
+    weights = context.dense(context.node_runtime).state_dict("final")
+    return float(torch.linalg.vector_norm(torch.cat([w.flatten() for w in weights.values()]), ord=p))
+
+
+def test_a_new_section_is_one_class_and_one_registry_line(tmp_path, capsys, monkeypatch):
+    from ticketlab.experiments.sections import SECTIONS
+
+    monkeypatch.setitem(SECTIONS, "norm", NormSection())
+    preset = tmp_path / "norm.yaml"
+    preset.write_text("data: {name: digits}\nmodel: {name: lenet300_100}\ntrain: {steps: 20it}\nnorm: {p: 2}\n")
+    assert main(["run", str(preset), "--plan", "--json", "--runs-dir", str(tmp_path)]) == 0
+    plan = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [node["kind"] for node in plan["nodes"]] == ["train", "norm"]
+    assert main(["run", str(preset), "--quiet", "--json", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "weight norm" in out and json.loads(out.splitlines()[-1])["norm"] > 0

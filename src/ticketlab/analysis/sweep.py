@@ -27,7 +27,7 @@ from torch import nn
 from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError
 from ticketlab.data import Dataset, load_data
-from ticketlab.plots import animate, histogram_grid, line_panels
+from ticketlab.report.plots import animate, histogram_grid, line_panels
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names

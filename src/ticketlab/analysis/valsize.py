@@ -16,7 +16,7 @@ from typing import Any
 
 from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
-from ticketlab.plots import line_panels
+from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import search
 from ticketlab.store import describes, Run, atomic_write_text, csv_text
 from ticketlab.training.stage import TrainRun

@@ -31,7 +31,7 @@ from ticketlab import paths
 from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
                               TrainConfig)
 from ticketlab.lottery.retrain import Setting, retrain
-from ticketlab.plots import line_panels
+from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
 from ticketlab.store import describes, Run, StageRun, atomic_write_text, csv_text

@@ -23,7 +23,7 @@ from typing import Any
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
-from ticketlab.plots import errorbar_panels
+from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.criteria import get_criterion
 from ticketlab.sparsity.prune import check_prune_config, prune
 from ticketlab.sparsity.schedules import check_sparsity

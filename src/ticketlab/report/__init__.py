@@ -1,1 +1,1 @@
-"""Reports that summarise many runs: the lottery table and plot."""
+"""Drawing what studies found: the plot helpers (plots.py) and the lottery's table and plot."""

@@ -20,7 +20,7 @@ from typing import Any
 from ticketlab import paths
 from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TrainConfig
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
-from ticketlab.plots import errorbar_panels
+from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.schedules import round_rate
 from ticketlab.store import describes, Run, atomic_write_text, csv_text
 

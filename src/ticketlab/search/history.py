@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ticketlab.plots import twin_axis_lines
+from ticketlab.report.plots import twin_axis_lines
 from ticketlab.store import atomic_write_text, csv_text, read_csv
 
 COLUMNS = ("step", "temperature", "h", "candidate", "current", "mean", "best", "accepted")

@@ -23,7 +23,7 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
-from ticketlab.plots import heatmap
+from ticketlab.report.plots import heatmap
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import prunable_names
 from ticketlab.sparsity.schedules import check_sparsity
