@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,13 @@ def test_a_new_section_is_one_class_and_one_registry_line(tmp_path, capsys, monk
     assert main(["run", str(preset), "--quiet", "--json", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "weight norm" in out and json.loads(out.splitlines()[-1])["norm"] > 0
+
+
+def test_workers_that_die_as_they_start_are_one_line_error(tmp_path, monkeypatch):
+    """A worker imports the nodes' modules as it starts; one that dies there (say, out of memory)
+    ends the study with one line instead of a retry loop."""
+    (tmp_path / "dies_on_import.py").write_text("import os\nos._exit(9)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    dying = types.FunctionType(_ok.__code__, {"__name__": "dies_on_import"})  # a node of that module
+    with pytest.raises(TicketlabError, match="died as they started"):
+        run_study([Node("a", dying, (tmp_path / "a",))], 2, progress=False)

@@ -196,16 +196,27 @@ def _run_pool(tracker: Tracker, workers: int, modules: Sequence[str], lost: dict
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup,
                                                 initargs=(modules,)) as pool:
         # Every worker starts (and imports) at once, not one by one as the first nodes come to need them.
-        concurrent.futures.wait([pool.submit(_started) for _ in range(workers)])
+        try:
+            for warmed in [pool.submit(_started) for _ in range(workers)]:
+                warmed.result()
+        except BrokenProcessPool:
+            raise TicketlabError("the study's worker processes died as they started (out of memory?); "
+                                 "try fewer --workers") from None
         running: dict[concurrent.futures.Future[str | None], Node] = {}
         while tracker.pending or running:
+            refused = False
             for node in tracker.ready():
                 if len(running) >= workers:
                     break
                 tracker.start(node)
-                running[pool.submit(make, node)] = node
+                try:
+                    running[pool.submit(make, node)] = node
+                except BrokenProcessPool:  # a worker died since the last wait: the pool takes nothing more
+                    tracker.again(node)
+                    refused = True
+                    break
             if not running:
-                return False
+                return refused
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             broken = False
             for future in finished:
