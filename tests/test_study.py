@@ -335,3 +335,27 @@ def test_workers_that_die_as_they_start_are_one_line_error(tmp_path, monkeypatch
     dying = types.FunctionType(_ok.__code__, {"__name__": "dies_on_import"})  # a node of that module
     with pytest.raises(TicketlabError, match="died as they started"):
         run_study([Node("a", dying, (tmp_path / "a",))], 2, progress=False)
+
+
+def test_two_studies_sharing_a_stage_compute_it_once(tmp_path):
+    """Two drivers at once over one runs directory, their presets sharing the dense run: the second
+    waits for the first's (or finds it done) and never writes it; both studies finish."""
+    dense = "data: {name: digits}\nmodel: {name: lenet300_100}\ntrain: {steps: 1500it, batch_size: 32}\n"
+    (tmp_path / "a.yaml").write_text(dense + "lottery: {levels: 1, rate: 0.5}\n")
+    (tmp_path / "b.yaml").write_text(dense + "prune: {criterion: magnitude, sparsity: 0.5}\n")
+    root = tmp_path / "runs"
+
+    def driver(name):
+        return subprocess.Popen([sys.executable, "-m", "ticketlab.cli", "run", str(tmp_path / name), "--quiet",
+                                 "--runs-dir", str(root)], stderr=subprocess.PIPE, text=True)
+
+    first = driver("a.yaml")
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(root.glob("train-*/.lock")):
+        time.sleep(0.02)
+    second = driver("b.yaml")
+    assert second.wait(120) == 0 and first.wait(120) == 0, second.stderr.read() + first.stderr.read()
+    (trained,) = root.glob("train-*")
+    made_by = json.loads((trained / "hparams.json").read_text())["command"]
+    assert "a.yaml" in made_by and "b.yaml" not in made_by
+    assert len(list(root.glob("level-*/summary.json"))) == 1 and len(list(root.glob("prune-*/summary.json"))) == 1
