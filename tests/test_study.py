@@ -223,6 +223,7 @@ def test_ray_runs_a_node_again_when_its_worker_dies_and_reports_failures(local_r
     (["--backend", "ray", "--address", "127.0.0.1:1", "--runs-dir", "relative/runs"], "is relative"),
     (["--backend", "ray", "--address", "127.0.0.1:1", "--runs-dir", "/dev/shm/ticketlab-runs"], "tmpfs"),
     (["--address", "auto"], "give --backend ray"),
+    (["--backend", "ray", "--workers", "2"], "--workers is for the local backend"),
     (["--backend", "dask"], "invalid choice"),
 ])
 def test_a_cluster_needs_a_shared_absolute_runs_dir(flags, message, tmp_path, capsys, monkeypatch):
@@ -359,3 +360,9 @@ def test_two_studies_sharing_a_stage_compute_it_once(tmp_path):
     made_by = json.loads((trained / "hparams.json").read_text())["command"]
     assert "a.yaml" in made_by and "b.yaml" not in made_by
     assert len(list(root.glob("level-*/summary.json"))) == 1 and len(list(root.glob("prune-*/summary.json"))) == 1
+
+
+def test_ray_missing_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    with pytest.raises(TicketlabError, match=r"pip install 'ticketlab\[ray\]'"):
+        run_study([Node("a", _ok, (tmp_path / "a",))], backend="ray")

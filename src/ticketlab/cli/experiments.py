@@ -19,6 +19,9 @@ def cmd_run(args: argparse.Namespace) -> Result:
     preset = preset.smoked() if args.smoke else preset
     if args.address is not None and args.backend != "ray":
         raise TicketlabError("--address joins a Ray cluster: give --backend ray with it")
+    if args.workers != 1 and args.backend == "ray":
+        raise TicketlabError("--workers is for the local backend; Ray runs as many stages at once as the cluster's "
+                             "CPUs allow at --threads each")
     if args.plan:
         return plan_preset(preset, runtime_from_args(args))
     result = run_preset(preset, runtime_from_args(args), workers=args.workers, backend=args.backend,
