@@ -3,9 +3,12 @@ run gives; a failing node is reported and skips only what needs it."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -224,12 +227,14 @@ def test_ray_runs_a_node_again_when_its_worker_dies_and_reports_failures(local_r
     (["--backend", "ray", "--address", "127.0.0.1:1", "--runs-dir", "/dev/shm/ticketlab-runs"], "tmpfs"),
     (["--address", "auto"], "give --backend ray"),
     (["--backend", "ray", "--workers", "2"], "--workers is for the local backend"),
+    (["--backend", "ray", "--address", "127.0.0.1:1", "--runs-dir", "/RUNS"], "no Ray cluster answers at 127.0.0.1:1"),
     (["--backend", "dask"], "invalid choice"),
 ])
 def test_a_cluster_needs_a_shared_absolute_runs_dir(flags, message, tmp_path, capsys, monkeypatch):
     if "/dev/shm" in " ".join(flags) and not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm here")
     monkeypatch.chdir(tmp_path)
+    flags = [str(tmp_path / "runs") if flag == "/RUNS" else flag for flag in flags]
     preset = tmp_path / "comparison.yaml"
     preset.write_text(COMPARISON)
     assert main(["run", str(preset), "--quiet", *flags]) == 2
@@ -366,3 +371,31 @@ def test_ray_missing_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
     with pytest.raises(TicketlabError, match=r"pip install 'ticketlab\[ray\]'"):
         run_study([Node("a", _ok, (tmp_path / "a",))], backend="ray")
+
+
+def test_a_study_joins_a_running_ray_cluster(tmp_path):
+    """`ray start --head` as a cluster's head node would be started, then a driver that joins it by
+    its address: the study's runs are the serial run's."""
+    pytest.importorskip("ray")
+    ray = str(Path(sys.executable).with_name("ray"))
+    scratch = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    # Token authentication is Ray's business (a driver on another machine needs the head's token);
+    # here head and driver are one user on one machine, so it is off.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", "0", "--include-dashboard=false",
+                              "--disable-usage-stats", "--temp-dir", scratch], capture_output=True, text=True, env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        address = re.search(r"ray start --address='([^']+)'", started.stdout + started.stderr).group(1)
+        preset = tmp_path / "comparison.yaml"
+        preset.write_text(COMPARISON)
+        joined = subprocess.run([sys.executable, "-m", "ticketlab.cli", "run", str(preset), "--backend", "ray",
+                                 "--address", address, "--quiet", "--runs-dir", str(tmp_path / "cluster")],
+                                capture_output=True, text=True, env=env)
+        assert joined.returncode == 0, joined.stderr
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert main(["run", str(preset), "--quiet", "--runs-dir", str(tmp_path / "serial")]) == 0
+    cluster, serial = finished(tmp_path / "cluster"), finished(tmp_path / "serial")
+    assert {n: comparable(s) for n, s in cluster.items()} == {n: comparable(s) for n, s in serial.items()}

@@ -10,6 +10,7 @@ saved; what it makes is in its run directory, so a task returns only its one-lin
 from __future__ import annotations
 
 import os
+import socket
 
 from ticketlab.config import TicketlabError
 from ticketlab.experiments.study import RETRIES, Tracker, make
@@ -29,9 +30,12 @@ def run_on_ray(tracker: Tracker, address: str | None, threads: int) -> None:
             if address is None:
                 ray.init(num_cpus=os.cpu_count() or 1, **options)
             else:
+                _check_reachable(address)
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise TicketlabError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+            raise TicketlabError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]} (a cluster "
+                                 "with token authentication needs its token here: $RAY_AUTH_TOKEN or "
+                                 "~/.ray/auth_token)") from None
     try:
         task = ray.remote(num_cpus=threads, max_retries=RETRIES, retry_exceptions=False)(make)
         capacity = max(int(ray.cluster_resources().get("CPU", 1)) // threads, 1)
@@ -54,3 +58,15 @@ def run_on_ray(tracker: Tracker, address: str | None, threads: int) -> None:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers at fails in seconds, not after Ray's minutes of retries."""
+    if address == "auto" or address.startswith("ray://"):
+        return  # auto: Ray finds the local cluster or says at once that there is none
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        raise TicketlabError(f"no Ray cluster answers at {address}; expected HOST:PORT of a head node started with "
+                             "`ray start --head` (or auto for this machine's)") from None
