@@ -84,6 +84,11 @@ BAD = [
     "run YAML:evil.yaml", "run YAML:unclosed.yaml", "run YAML:list.yaml", "run YAML:unknown.yaml",
     "run YAML:badvalue.yaml", "run YAML:missing.yaml", "run YAML:binary.yaml",
     "run YAML:late.yaml",  # its prune section is bad: nothing may train before that is found
+    "run YAML:late.yaml --plan", "status YAML:late.yaml", "status nope", "status YAML:badsection.yaml",
+    "run YAML:controls.yaml", "run YAML:ks.yaml", "run YAML:sparsities.yaml",
+    # studies: workers, backends, clusters
+    "run YAML:unknown.yaml --workers 64 --plan", "run --workers 0", "run --backend dask", "run --address auto",
+    "run --backend ray --workers 2", "run --backend ray --address auto", "status YAML:late.yaml --runs-dir FILE",
     # a mask from another model
     "search anneal --run T --sparsity 0.5 --start OTHER_PRUNE",
 ]
@@ -94,6 +99,10 @@ YAMLS = {
     "unknown.yaml": "train: {steps: 1ep, colour: red}\n",
     "badvalue.yaml": "train: {steps: 1ep, lr: .nan}\n",
     "late.yaml": "description: trains, then prunes at an impossible sparsity\ntrain: {steps: 1ep}\nprune: {sparsity: 2}\n",
+    "badsection.yaml": "train: {steps: 1ep}\nsweeps: {ks: [0.5]}\n",
+    "controls.yaml": "train: {steps: 1ep}\ncontrols: [reinit]\n",  # controls of no lottery
+    "ks.yaml": "train: {steps: 1ep}\nsweep: {ks: 0.5}\n",
+    "sparsities.yaml": "train: {steps: 1ep}\ncompare: {methods: [{name: m, prune: {}}], sparsities: [abc]}\n",
 }
 
 

@@ -345,6 +345,14 @@ def is_locked(path: Path) -> bool:
         return False
 
 
+def check_runs_root(root: str | Path | None = None) -> Path:
+    """The runs root, which must be a directory where it exists."""
+    base = runs_root(root)
+    if base.exists() and not base.is_dir():
+        raise TicketlabError(f"runs directory {base} is a file; expected a directory (--runs-dir or $TICKETLAB_RUNS)")
+    return base
+
+
 def run_status(path: Path) -> str:
     """running (its lock is held), done, diverged, interrupted (begun, neither) or absent."""
     if is_locked(path):
@@ -359,9 +367,7 @@ def run_status(path: Path) -> str:
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     """Every run under the root with its status (done, running, interrupted) and summary."""
     rows: list[dict[str, Any]] = []
-    base = runs_root(root)
-    if base.exists() and not base.is_dir():
-        raise TicketlabError(f"runs directory {base} is a file; expected a directory (--runs-dir or $TICKETLAB_RUNS)")
+    base = check_runs_root(root)
     if not base.is_dir():
         return rows
     for path in sorted(base.iterdir()):

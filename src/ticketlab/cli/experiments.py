@@ -8,7 +8,7 @@ from typing import Any
 from ticketlab.cli.flags import Result, add_output_flags, add_runtime_flags, runtime_from_args, typed
 from ticketlab.cli.training import describe_training
 from ticketlab.config import TicketlabError
-from ticketlab.experiments.study import BACKENDS
+from ticketlab.experiments.study import BACKENDS, check_workers
 
 
 def cmd_run(args: argparse.Namespace) -> Result:
@@ -23,7 +23,10 @@ def cmd_run(args: argparse.Namespace) -> Result:
         raise TicketlabError("--workers is for the local backend; Ray runs as many stages at once as the cluster's "
                              "CPUs allow at --threads each")
     if args.plan:
-        return plan_preset(preset, runtime_from_args(args))
+        runtime = runtime_from_args(args)
+        if args.backend == "local":
+            check_workers(args.workers, runtime.threads)  # a plan of a run that could not start is no plan
+        return plan_preset(preset, runtime)
     result = run_preset(preset, runtime_from_args(args), workers=args.workers, backend=args.backend,
                         address=args.address)
     lines, payload = describe_training(result.train)

@@ -25,7 +25,7 @@ from ticketlab.experiments.sections.base import mapping
 from ticketlab.experiments.plan import describe_study, node_states, read_record, record_path
 from ticketlab.experiments.study import Node, Outcome, check_workers, run_study
 from ticketlab.presets import preset_names, preset_text
-from ticketlab.store import StageRun, run_status, runs_root
+from ticketlab.store import StageRun, check_runs_root, run_status, runs_root
 from ticketlab.training.stage import TrainRun
 
 CORE_KEYS = ("description", "data", "model", "train", "replicates", "fallback", "smoke")
@@ -215,6 +215,7 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1, *
 def plan_preset(preset: Preset, runtime: Runtime = Runtime()) -> tuple[list[str], dict[str, Any]]:
     """The study a run of the preset would run, with each node's state; nothing runs."""
     check_preset(preset)
+    check_runs_root(runtime.runs_dir)
     context, note = context_of(preset, runtime)
     nodes = study_nodes(preset, context)
     path = record_path(preset.name, nodes, runtime.runs_dir)

@@ -23,19 +23,22 @@ def run_on_ray(tracker: Tracker, address: str | None, threads: int) -> None:
         from ray.exceptions import RayError
     except ImportError:
         raise TicketlabError("--backend ray needs Ray: pip install 'ticketlab[ray]'") from None
-    started_here = not ray.is_initialized()
+    if address is not None:
+        _check_reachable(address)
+    started_here = not ray.is_initialized()  # else the caller's own ray.init() says where to run
     if started_here:
         options = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
             if address is None:
                 ray.init(num_cpus=os.cpu_count() or 1, **options)
             else:
-                _check_reachable(address)
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise TicketlabError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]} (a cluster "
-                                 "with token authentication needs its token here: $RAY_AUTH_TOKEN or "
-                                 "~/.ray/auth_token)") from None
+            reason = str(exc).splitlines()[0]
+            if address is None:
+                raise TicketlabError(f"cannot start a local Ray: {reason}") from None
+            raise TicketlabError(f"cannot join the Ray cluster at {address}: {reason} (a cluster with token "
+                                 "authentication needs its token here: $RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
     try:
         task = ray.remote(num_cpus=threads, max_retries=RETRIES, retry_exceptions=False)(make)
         capacity = max(int(ray.cluster_resources().get("CPU", 1)) // threads, 1)

@@ -80,8 +80,7 @@ class Tracker:
         self.nodes = {node.name: node for node in nodes}
         self.progress, self.record = progress, record
         self.started = time.time()
-        self.errors: dict[str, str] = {}
-        self._write()
+        # The record is first written as a node starts: a study that cannot start leaves none.
 
     def ready(self) -> list[Node]:
         done = set(self.outcome.done)
