@@ -275,7 +275,8 @@ def test_a_driver_killed_mid_study_resumes_with_only_the_missing_nodes(tmp_path)
                "--runs-dir", str(root)]
     driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and (not root.exists() or len(finished(root)) < 3):  # the 2 dense runs and a level or more
+    # until the 2 dense runs and a level or more are done
+    while time.time() < deadline and (not root.exists() or len(finished(root)) < 3):
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()

@@ -206,7 +206,8 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1, *
     result = ExperimentResult(preset, note, context.dense(), {name: SECTIONS[name].result(value, context)
                                                                for name, value in preset.sections.items()})
     # The study made what was missing, so every stage now reads as finished: say which were before.
-    for made in (result.train, *result.sections.values(), getattr(result.sections.get("structured"), "earlybird", None)):
+    drawn = getattr(result.sections.get("structured"), "earlybird", None)
+    for made in (result.train, *result.sections.values(), drawn):
         if isinstance(made, StageRun):
             made.cached = made.run.name in done_before
     return result
@@ -247,8 +248,10 @@ def _filesystem(path: Path) -> str:
         return ""
     for line in mounts:
         fields = line.split()
-        if len(fields) > 2 and (path == Path(fields[1]) or Path(fields[1]) in path.parents) and len(fields[1]) > len(best):
-            best, kind = fields[1], fields[2]
+        if len(fields) > 2 and len(fields[1]) > len(best):
+            mount = Path(fields[1])
+            if path == mount or mount in path.parents:
+                best, kind = fields[1], fields[2]
     return kind
 
 

@@ -17,6 +17,7 @@ import importlib
 import multiprocessing
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -122,8 +123,9 @@ class Tracker:
         done = sum(weight[name] for name in self.outcome.done)
         left = sum(weight[name] for name in (*self.pending, *self.running))
         estimate = f", about {elapsed / done * left:.0f} s left" if done and left else ""
-        return (f"study: {len(self.outcome.done)} done, {len(self.running)} running, {len(self.outcome.failed)} failed, "
-                f"{len(self.pending)} pending of {len(self.nodes)} ({elapsed:.0f} s{estimate})")
+        return (f"study: {len(self.outcome.done)} done, {len(self.running)} running, "
+                f"{len(self.outcome.failed)} failed, {len(self.pending)} pending of {len(self.nodes)} "
+                f"({elapsed:.0f} s{estimate})")
 
     def _skip_dependants(self, name: str) -> None:
         blocked = {name}
@@ -144,16 +146,18 @@ class Tracker:
         states |= {name: "done" for name in self.outcome.done}
         states |= {name: "skipped" for name in self.outcome.skipped}
         states |= {name: "failed" for name in self.outcome.failed}
-        atomic_write_json(self.record, {"started": self.started, "updated": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
-                                        "states": states, "errors": self.outcome.failed})
+        atomic_write_json(self.record, {"started": self.started, "updated": time.time(), "pid": os.getpid(),
+                                        "host": socket.gethostname(), "states": states,
+                                        "errors": self.outcome.failed})
 
 
 def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True, *, backend: str = "local",
               address: str | None = None, threads: int = 1, record: Path | None = None) -> Outcome:
     """Run every node once its needs are done: in this process (workers=1), on `workers` local
-    processes, or (backend "ray") as Ray tasks of `threads` CPUs each, on a local Ray of the
-    machine's cores or on the cluster at `address`. With `progress`, a line on stderr as each node
-    ends (a failure is always reported); with `record`, the study's state in that JSON file."""
+    processes whose stages run `threads` threads each, or (backend "ray") as Ray tasks of `threads`
+    CPUs each, on a local Ray of the machine's cores or on the cluster at `address`. With
+    `progress`, a line on stderr as each node ends (a failure is always reported); with `record`,
+    the study's state in that JSON file."""
     check_study(nodes)
     if backend not in BACKENDS:
         raise TicketlabError(f"unknown backend {backend!r}; expected {' or '.join(BACKENDS)}")
@@ -169,13 +173,15 @@ def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True, *,
             tracker.settle(node.name, make(node))
     else:
         lost: dict[str, int] = {}  # how often each node's worker died under it
-        while tracker.pending and _run_pool(tracker, workers, sorted({n.make.__module__ for n in nodes}), lost):
+        modules = sorted({node.make.__module__ for node in nodes})
+        while tracker.pending and _run_pool(tracker, workers, threads, modules, lost):
             pass
     return tracker.finish()
 
 
 def _worker_setup(modules: Sequence[str]) -> None:
-    """Import what the nodes run (torch and the stages' modules take seconds) as the worker starts."""
+    """Import what the nodes run (torch and the stages' modules take seconds) as the worker starts
+    (a forked worker has them already)."""
     import torch
 
     torch.set_num_threads(1)  # each stage sets its runtime's threads; until then, no oversubscription
@@ -187,11 +193,19 @@ def _started() -> None:
     time.sleep(0.2)  # held long enough that each warm-up call starts a worker of its own
 
 
-def _run_pool(tracker: Tracker, workers: int, modules: Sequence[str], lost: dict[str, int]) -> bool:
+def start_method(threads: int) -> str:
+    """fork where it is safe, else spawn. A forked worker starts at once with everything the driver
+    has imported and loaded (a spawned one imports torch and the stages, ~3 s, and ran each stage
+    ~7% slower: BENCHMARKS.md). Safe on Linux when the stages run one thread each: an OpenMP thread
+    pool the driver started does not survive a fork, and a single thread never uses it."""
+    return "fork" if sys.platform == "linux" and threads == 1 else "spawn"
+
+
+def _run_pool(tracker: Tracker, workers: int, threads: int, modules: Sequence[str], lost: dict[str, int]) -> bool:
     """Run what is pending on one pool of workers until it is all done (False), or until a worker
     dies, which breaks the pool (True: the nodes it was running are pending again, for a new pool;
     a node whose worker died RETRIES times fails). A retried stage resumes from what it had saved."""
-    context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads
+    context = multiprocessing.get_context(start_method(threads))
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup,
                                                 initargs=(modules,)) as pool:
         # Every worker starts (and imports) at once, not one by one as the first nodes come to need them.

@@ -92,7 +92,8 @@ class CompareSection(Section):
         return describe_comparison(result), {"comparison": {"run_dir": str(result.path), "rows": result.rows}}
 
 
-def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: str, runs_dir: str | None) -> tuple[str, ...]:
+def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: str,
+                 runs_dir: str | None) -> tuple[str, ...]:
     """The runs a ticket node makes: the mask's, and the retrained ticket's (for a structured mask,
     the shrunk network's and its retraining's)."""
     if isinstance(config, PruneConfig):

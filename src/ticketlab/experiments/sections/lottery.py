@@ -78,8 +78,8 @@ class LotterySection(Section):
             dense = train_run_handle(context.data, context.model, seeded, runs_dir)
             levels = [level_run(dense, cfg, number, context.runtime) for number in range(1, cfg.levels + 1)]
             chain = f"{dense.run.name}: lottery of {cfg.levels} levels"
-            nodes += [Node(dense.run.name, train, (context.data, context.model, seeded, context.node_runtime), kind="train",
-                           runs=(dense.run.name,), trainings=1),
+            nodes += [Node(dense.run.name, train, (context.data, context.model, seeded, context.node_runtime),
+                           kind="train", runs=(dense.run.name,), trainings=1),
                       Node(chain, _levels, (context, seeded, cfg), (dense.run.name,), kind="lottery",
                            runs=tuple(level.name for level in levels), trainings=cfg.levels)]
             for level in control_levels_of(cfg, value.control_levels):
