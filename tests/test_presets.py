@@ -18,6 +18,9 @@ def test_every_preset_parses_and_describes_itself():
             "sa-thesis-cnn-mnist"} <= set(preset_names())
     for name in preset_names():
         assert load_preset(name).description
+    import ticketlab  # the public API's load_preset, imported when asked for
+
+    assert ticketlab.load_preset("quickstart") == load_preset("quickstart")
 
 
 def test_lth_lenet_is_the_papers_setting():
