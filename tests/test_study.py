@@ -400,3 +400,20 @@ def test_a_study_joins_a_running_ray_cluster(tmp_path):
     assert main(["run", str(preset), "--quiet", "--runs-dir", str(tmp_path / "serial")]) == 0
     cluster, serial = finished(tmp_path / "cluster"), finished(tmp_path / "serial")
     assert {n: comparable(s) for n, s in cluster.items()} == {n: comparable(s) for n, s in serial.items()}
+
+
+def test_force_redoes_each_stage_of_a_study_once(tmp_path, capsys, monkeypatch):
+    """--force redoes every stage of the preset, each once: not again as an input of each node that
+    needs it, nor when the sections gather their results."""
+    from ticketlab.store import Run
+
+    preset = tmp_path / "lottery.yaml"
+    preset.write_text(LOTTERY + "prune: {sparsity: 0.5}\nsweep: {ks: [0, 0.5]}\n")
+    root = tmp_path / "runs"
+    assert main(["run", str(preset), "--quiet", "--runs-dir", str(root)]) == 0
+    started = []
+    original = Run.start
+    monkeypatch.setattr(Run, "start", lambda run, hparams: started.append(run.name) or original(run, hparams))
+    assert main(["run", str(preset), "--quiet", "--force", "--runs-dir", str(root)]) == 0
+    made = sorted(path.name for path in root.iterdir() if (path / "summary.json").exists())
+    assert sorted(started) == made  # every run redone, each once (the lottery report too)

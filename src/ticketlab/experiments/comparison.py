@@ -75,8 +75,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, methods: Sequence[MaskMethod],
                   sparsities: Sequence[float], runtime: Runtime = Runtime(), *, replicates: int = 1,
-                  rewind: str = "0it") -> Comparison:
-    """Every method at every sparsity on `replicates` dense seeds; table of mean ± std (sample std)."""
+                  rewind: str = "0it", redo_report: bool | None = None) -> Comparison:
+    """Every method at every sparsity on `replicates` dense seeds; table of mean ± std (sample std).
+    The table is redone when `redo_report` (default: runtime.force) though its runs are not: a
+    study redoes them first, each once."""
     if not methods or not sparsities:
         raise TicketlabError("a comparison needs at least one method and one sparsity")
     if replicates < 1:
@@ -124,7 +126,7 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
         return {"rows": rows}
 
     hparams = {"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind}
-    report.produce(runtime.force, lambda: (hparams, None), write)
+    report.produce(runtime.force if redo_report is None else redo_report, lambda: (hparams, None), write)
     return Comparison(report.path, rows, [_without_curve(r) for r in runs])
 
 

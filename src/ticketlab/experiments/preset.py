@@ -203,6 +203,9 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1, *
     outcome = run_study(nodes, workers, runtime.progress, backend=backend, address=address, threads=runtime.threads,
                         record=record_path(preset.name, nodes, runtime.runs_dir))
     failed_if_any(outcome, len(nodes))
+    # Gathered from the runs the study made: --force redid each of them once, in its node.
+    context = dataclasses.replace(context, runtime=dataclasses.replace(runtime, force=False),
+                                  redo_reports=runtime.force)
     result = ExperimentResult(preset, note, context.dense(), {name: SECTIONS[name].result(value, context)
                                                                for name, value in preset.sections.items()})
     # The study made what was missing, so every stage now reads as finished: say which were before.

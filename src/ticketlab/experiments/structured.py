@@ -173,9 +173,11 @@ def run_entry(dense: TrainRun, drawn: EarlyBirdResult | None, plan: ShrinkPlan, 
 
 
 def run_structured(data: DataConfig, model: ModelConfig, training: TrainConfig, section: EarlyBirdSection | None,
-                   plans: Sequence[ShrinkPlan], runtime: Runtime = Runtime()) -> StructuredExperiment:
+                   plans: Sequence[ShrinkPlan], runtime: Runtime = Runtime(),
+                   redo_report: bool | None = None) -> StructuredExperiment:
     """Train (drawing early-bird tickets when `section` is given), then prune, shrink and retrain
-    as `plans` say; every stage cached. See the module docstring."""
+    as `plans` say; every stage cached. See the module docstring. The table is redone when
+    `redo_report` (default: runtime.force) though its runs are not: a study redoes them first."""
     check_sections(section, plans)
     dense, drawn = structured_dense(data, model, training, section, plans, runtime)
     result = StructuredExperiment(dense, drawn)
@@ -189,7 +191,7 @@ def run_structured(data: DataConfig, model: ModelConfig, training: TrainConfig, 
             rows.setdefault((row["at"], row["pruned_at"], ratio, row["mode"], row["start"]), row)
     result.rows = list(rows.values())
     if result.rows:
-        result.path = _write_report(result.rows, runtime)
+        result.path = _write_report(result.rows, runtime, runtime.force if redo_report is None else redo_report)
     return result
 
 
@@ -240,7 +242,7 @@ def _row(step: str, at: str, ratio: float, start: str, dense: TrainRun, shrunk: 
     }
 
 
-def _write_report(rows: list[dict[str, Any]], runtime: Runtime) -> Path:
+def _write_report(rows: list[dict[str, Any]], runtime: Runtime, redo: bool) -> Path:
     """table.csv and accuracy.png: test accuracy before and after retraining, and MACs kept, against
     the epoch pruned at, one line per (mode, start, ratio), with the dense accuracy for reference."""
     report = Run("structured", {"runs": sorted(row["retrain_run"] for row in rows)}, runtime.runs_dir)
@@ -267,5 +269,5 @@ def _write_report(rows: list[dict[str, Any]], runtime: Runtime) -> Path:
                         title="structured pruning: shrunk, then retrained")
         return {"rows": rows}
 
-    report.produce(runtime.force, lambda: ({"rows": len(rows)}, None), write)
+    report.produce(redo, lambda: ({"rows": len(rows)}, None), write)
     return report.path

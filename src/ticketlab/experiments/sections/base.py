@@ -30,12 +30,19 @@ class Context:
     replicates: int = 1
     dense_by: tuple[Section, Any] | None = None  # the section (and its value) that makes the dense run
     stage_progress: bool = False  # whether a node's stages show their own progress (one at a time, in a terminal)
+    redo_reports: bool = False  # whether result() redoes the tables it writes over the study's runs (--force)
 
     @property
     def node_runtime(self) -> Runtime:
         """The runtime for a node's stages: beside the study's progress line, a stage's own shows
         only when nodes run one at a time in a terminal."""
         return replace(self.runtime, progress=self.runtime.progress and self.stage_progress)
+
+    @property
+    def input_runtime(self) -> Runtime:
+        """The runtime a node asks for its inputs with: done by then, and never redone by --force,
+        which redoes each stage once, in its own node."""
+        return as_input(self.node_runtime)
 
     def dense(self, runtime: Runtime | None = None) -> TrainRun:
         """The dense run (trained first if it is not done)."""
@@ -55,6 +62,10 @@ class Context:
     def dense_node(self) -> Node:
         handle = self.dense_handle()
         return Node(handle.run.name, make_dense, (self,), kind=handle.run.kind, runs=(handle.run.name,), trainings=1)
+
+
+def as_input(runtime: Runtime) -> Runtime:
+    return replace(runtime, force=False)
 
 
 def make_dense(context: Context) -> None:

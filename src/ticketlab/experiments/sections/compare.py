@@ -11,7 +11,7 @@ from typing import Any
 from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
                               TrainConfig, coerce, from_dict)
 from ticketlab.experiments.comparison import (Comparison, compare_masks, dense_training, mask_run, retrain_ticket)
-from ticketlab.experiments.sections.base import Context, Described, Section, mapping, mean_std
+from ticketlab.experiments.sections.base import Context, Described, Section, as_input, mapping, mean_std
 from ticketlab.experiments.study import Node
 from ticketlab.lottery.retrain import Setting
 from ticketlab.search.anneal import check_config
@@ -86,7 +86,8 @@ class CompareSection(Section):
 
     def result(self, value: Compare, context: Context) -> Comparison:
         return compare_masks(context.data, context.model, context.training, value.methods, value.sparsities,
-                             context.runtime, replicates=context.replicates, rewind=value.rewind)
+                             context.runtime, replicates=context.replicates, rewind=value.rewind,
+                             redo_report=context.redo_reports)
 
     def describe(self, result: Comparison) -> Described:
         return describe_comparison(result), {"comparison": {"run_dir": str(result.path), "rows": result.rows}}
@@ -109,7 +110,7 @@ def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: st
 
 def _ticket(data: DataConfig, model: ModelConfig, training: TrainConfig, method: MaskMethod, sparsity: float,
             rewind: str, runtime: Runtime) -> None:
-    dense = train(data, model, training, runtime)  # done: the node needs it
+    dense = train(data, model, training, as_input(runtime))  # done: the node needs it
     retrain_ticket(mask_run(dense, method, sparsity, runtime), method, Setting.of(dense, runtime), rewind, runtime)
 
 

@@ -94,19 +94,20 @@ class LotterySection(Section):
         experiment = run_lottery(context.data, context.model, context.training, value.config, context.runtime,
                                  replicates=context.replicates, controls=value.controls,
                                  control_levels=value.control_levels)
-        return write_report(experiment, context.runtime)
+        return write_report(experiment, dataclasses.replace(context.runtime, force=context.redo_reports))
 
     def describe(self, result: LotteryReport) -> Described:
         return describe_lottery(result), {"lottery": {"run_dir": str(result.path), "rows": result.rows}}
 
 
 def _levels(context: Context, training: TrainConfig, cfg: LotteryConfig) -> None:
-    lottery(train(context.data, context.model, training, context.node_runtime), cfg, context.node_runtime)
+    lottery(train(context.data, context.model, training, context.input_runtime), cfg, context.node_runtime)
 
 
 def _control(context: Context, training: TrainConfig, cfg: LotteryConfig, level: int, name: str) -> None:
-    runtime = context.node_runtime
-    control(lottery(train(context.data, context.model, training, runtime), cfg, runtime), level, name, runtime)
+    inputs = context.input_runtime
+    control(lottery(train(context.data, context.model, training, inputs), cfg, inputs), level, name,
+            context.node_runtime)
 
 
 def describe_lottery(report: LotteryReport) -> list[str]:

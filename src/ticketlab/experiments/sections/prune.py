@@ -41,7 +41,7 @@ class PruneSection(Section):
 
 
 def _prune(context: Context, value: PruneConfig) -> None:
-    prune(context.dense(context.node_runtime), value, context.node_runtime)
+    prune(context.dense(context.input_runtime), value, context.node_runtime)
 
 
 def describe_prune(result: PruneRun) -> list[str]:

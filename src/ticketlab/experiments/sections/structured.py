@@ -82,7 +82,7 @@ class StructuredSection(Section):
 
     def result(self, value: Structured, context: Context) -> StructuredExperiment:
         return run_structured(context.data, context.model, context.training, value.earlybird, value.shrink,
-                              context.runtime)
+                              context.runtime, redo_report=context.redo_reports)
 
     def describe(self, result: StructuredExperiment) -> Described:
         payload: dict[str, Any] = {"structured": {"run_dir": str(result.path) if result.path else None,
@@ -101,11 +101,10 @@ def _entry_runs(dense: TrainRun, plan: ShrinkPlan, step: str, ratio: float, runs
 
 
 def _entry(context: Context, value: Structured, number: int) -> None:
-    runtime = context.node_runtime
     dense, drawn = structured_dense(context.data, context.model, context.training, value.earlybird, value.shrink,
-                                    runtime)
+                                    context.input_runtime)
     plan, step, ratio = entries(value.shrink, value.earlybird)[number]
-    run_entry(dense, drawn, plan, step, ratio, runtime)
+    run_entry(dense, drawn, plan, step, ratio, context.node_runtime)
 
 
 def _earlybird(section: Any, preset: str) -> EarlyBirdSection:

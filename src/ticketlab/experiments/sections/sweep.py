@@ -52,7 +52,7 @@ class SweepSection(Section):
 
 
 def _sweep(context: Context, value: Sweep) -> None:
-    sweep(context.dense(context.node_runtime), value.ks, step=value.step, runtime=context.node_runtime)
+    sweep(context.dense(context.input_runtime), value.ks, step=value.step, runtime=context.node_runtime)
 
 
 def describe_sweep(result: SweepResult) -> list[str]:
