@@ -417,3 +417,17 @@ def test_force_redoes_each_stage_of_a_study_once(tmp_path, capsys, monkeypatch):
     assert main(["run", str(preset), "--quiet", "--force", "--runs-dir", str(root)]) == 0
     made = sorted(path.name for path in root.iterdir() if (path / "summary.json").exists())
     assert sorted(started) == made  # every run redone, each once (the lottery report too)
+
+
+def test_status_of_a_running_study_estimates_what_is_left():
+    from ticketlab.experiments.plan import describe_study
+
+    nodes = [Node("dense", _ok, ("x",), trainings=1), Node("a", _ok, ("x",), ("dense",), trainings=2),
+             Node("b", _ok, ("x",), ("dense",), trainings=2)]
+    states = {"dense": "done", "a": "running", "b": "pending"}
+    record = {"started": time.time() - 10, "updated": time.time(), "pid": os.getpid(), "states": states}
+    lines, payload = describe_study("study", nodes, states, record)
+    # 10 s for 1 training: the 4 left take about 40 s
+    assert "; 10 s in, about 40 s left" in lines[1] and payload["to_run"]["trainings"] == 2  # b; a is running
+    lines, _ = describe_study("study", nodes, {**states, "a": "done", "b": "done"}, record)
+    assert "left" not in lines[1]

@@ -71,6 +71,17 @@ def _driver_alive(record: dict[str, Any]) -> bool:
     return True
 
 
+def _estimate(nodes: Sequence[Node], states: dict[str, str], record: dict[str, Any]) -> str:
+    """While the driver runs: the time left at the pace of the trainings done since it started (a
+    node that trains nothing counts as one), as its progress line says."""
+    if "running" not in states.values():
+        return ""
+    done = sum(max(n.trainings, 1) for n in nodes if record["states"].get(n.name) == "done")
+    left = sum(max(n.trainings, 1) for n in nodes if states[n.name] not in ("done", "failed", "skipped"))
+    elapsed = time.time() - record["started"]
+    return f"; {elapsed:.0f} s in, about {elapsed / done * left:.0f} s left" if done else f"; {elapsed:.0f} s in"
+
+
 def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str],
                    record: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     count = Counter(states.values())
@@ -82,7 +93,8 @@ def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str],
                                                            "pending") if count[s])]
     if record is not None:
         lines.append(f"  started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['started']))}, "
-                     f"last change {time.time() - record['updated']:.0f} s ago (driver pid {record['pid']})")
+                     f"last change {time.time() - record['updated']:.0f} s ago (driver pid {record['pid']})"
+                     + _estimate(nodes, states, record))
     kinds = list(dict.fromkeys(node.kind for node in nodes))
     lines.append(f"  {'kind':<10} {'nodes':>5} {'done':>5} {'to run':>6}")
     for kind in kinds:
