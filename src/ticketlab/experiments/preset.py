@@ -174,7 +174,8 @@ def context_of(preset: Preset, runtime: Runtime = Runtime()) -> tuple[Context, s
 def study_nodes(preset: Preset, context: Context) -> list[Node]:
     """The preset as a study: the dense run, then every section's nodes (a stage two sections
     share, such as a replicate's dense run, is one node)."""
-    nodes = {context.dense_node().name: context.dense_node()}
+    dense = context.dense_node()
+    nodes = {dense.name: dense}
     for name, value in preset.sections.items():
         for node in SECTIONS[name].nodes(value, context):
             nodes.setdefault(node.name, node)

@@ -36,6 +36,15 @@ def control_levels_of(cfg: LotteryConfig, control_levels: Sequence[int] | None) 
     return levels
 
 
+def check_experiment(cfg: LotteryConfig, controls: Sequence[str], control_levels: Sequence[int] | None) -> list[int]:
+    """The settings, the controls' names and their levels, checked before anything trains; the levels."""
+    check_settings(cfg)
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise TicketlabError(f"unknown control(s) {', '.join(unknown)}: expected some of {', '.join(CONTROLS)}")
+    return control_levels_of(cfg, control_levels)
+
+
 def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg: LotteryConfig = LotteryConfig(),
                 runtime: Runtime = Runtime(), *, replicates: int = 1, controls: Sequence[str] = (),
                 control_levels: Sequence[int] | None = None) -> LotteryExperiment:
@@ -46,11 +55,7 @@ def run_lottery(data: DataConfig, model: ModelConfig, training: TrainConfig, cfg
     """
     if replicates < 1:
         raise TicketlabError(f"replicates must be at least 1, got {replicates}")
-    check_settings(cfg)  # before the dense run trains
-    unknown = [c for c in controls if c not in CONTROLS]
-    if unknown:
-        raise TicketlabError(f"unknown control(s) {', '.join(unknown)}: expected some of {', '.join(CONTROLS)}")
-    levels = control_levels_of(cfg, control_levels)
+    levels = check_experiment(cfg, controls, control_levels)  # before the dense run trains
     experiment = LotteryExperiment(cfg, [])
     for replicate in range(replicates):
         seeded = replicate_training(training, cfg, replicate)

@@ -11,9 +11,9 @@ from typing import Any
 from ticketlab.config import LotteryConfig, TicketlabError, TrainConfig, coerce, from_dict
 from ticketlab.experiments.sections.base import Context, Described, Section, mapping, mean_std
 from ticketlab.experiments.study import Node
-from ticketlab.lottery.controls import CONTROLS, control
-from ticketlab.lottery.experiment import control_levels_of, replicate_training, run_lottery
-from ticketlab.lottery.levels import check_settings, level_run, lottery
+from ticketlab.lottery.controls import control
+from ticketlab.lottery.experiment import check_experiment, control_levels_of, replicate_training, run_lottery
+from ticketlab.lottery.levels import level_run, lottery
 from ticketlab.report.lottery import LotteryReport, write_report
 from ticketlab.store import Run
 from ticketlab.training.stage import train, train_run_handle
@@ -62,11 +62,7 @@ class LotterySection(Section):
         return value
 
     def check(self, value: LotteryPlan) -> None:
-        check_settings(value.config)
-        unknown = [c for c in value.controls if c not in CONTROLS]
-        if unknown:
-            raise TicketlabError(f"unknown control(s) {', '.join(unknown)}: expected some of {', '.join(CONTROLS)}")
-        control_levels_of(value.config, value.control_levels)
+        check_experiment(value.config, value.controls, value.control_levels)
 
     def nodes(self, value: LotteryPlan, context: Context) -> list[Node]:
         """Each replicate's dense training, then its chain of levels (each level needs the one

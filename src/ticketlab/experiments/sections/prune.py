@@ -29,9 +29,9 @@ class PruneSection(Section):
         check_prune_config(value)
 
     def nodes(self, value: PruneConfig, context: Context) -> list[Node]:
-        dense = context.dense_handle().run.name
-        made = prune_run_handle(context.dense_handle(), value, context.runtime.runs_dir).run.name
-        return [Node(made, _prune, (context, value), (dense,), kind="prune", runs=(made,))]
+        dense = context.dense_handle()
+        made = prune_run_handle(dense, value, context.runtime.runs_dir).run.name
+        return [Node(made, _prune, (context, value), (dense.run.name,), kind="prune", runs=(made,))]
 
     def result(self, value: PruneConfig, context: Context) -> PruneRun:
         return prune(context.dense(), value, context.runtime)
