@@ -1,4 +1,4 @@
-"""DESIGN.md's one-way rule, as written there: foundations (config, paths, manifest, store, data,
+"""DESIGN.md's one-way rule, as written there: foundations (config, paths, manifest, store, stage, data,
 models, training, presets) <- sparsity <- procedures (lottery, search, structure) <- analysis <-
 experiments <- report <- cli."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "src" / "ticketlab"
 LAYERS = {
-    "config": 0, "paths": 0, "manifest": 0, "store": 0, "data": 0, "models": 0, "training": 0, "presets": 0,
+    "config": 0, "paths": 0, "manifest": 0, "store": 0, "stage": 0, "data": 0, "models": 0, "training": 0, "presets": 0,
     "sparsity": 1,
     "lottery": 2, "search": 2, "structure": 2,
     "analysis": 3,

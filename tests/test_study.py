@@ -165,7 +165,7 @@ def _train_dying(data, model, training, runtime, marker):
     from ticketlab.training.stage import run_training, train_run_handle
 
     handle = train_run_handle(data, model, training, runtime.runs_dir)
-    run_training(handle.run, data, model, training, runtime, callbacks=[DieAtEpoch(3, marker)])
+    run_training(handle, data, model, training, runtime, callbacks=[DieAtEpoch(3, marker)])
 
 
 def test_a_training_whose_worker_dies_resumes_on_retry_and_ends_as_an_undisturbed_one(tmp_path):
@@ -431,3 +431,63 @@ def test_status_of_a_running_study_estimates_what_is_left():
     assert "; 10 s in, about 40 s left" in lines[1] and payload["to_run"]["trainings"] == 2  # b; a is running
     lines, _ = describe_study("study", nodes, {**states, "a": "done", "b": "done"}, record)
     assert "left" not in lines[1]
+
+
+def _training_run(root, name, steps, epochs, finished=False):
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "hparams.json").write_text(json.dumps({"kind": "train", "train": {"steps": steps}}))
+    rows = ["epoch,iteration,val_acc"] + [f"{e},{10 * e},{0.5 + e / 100}" for e in range(epochs + 1)]
+    (path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    if finished:
+        (path / "summary.json").write_text("{}")
+
+
+def test_a_running_stage_shows_how_far_its_training_has_got(tmp_path):
+    from ticketlab.experiments.board import stage_progress
+
+    _training_run(tmp_path, "train-a", "4ep", 2)
+    assert stage_progress(tmp_path, ["train-a"]) == "[######......] epoch 2 of 4, val acc 0.5200"
+    _training_run(tmp_path, "train-b", "40it", 1)  # steps in iterations: 10 per epoch, so 4 epochs
+    assert "epoch 1 of 4," in stage_progress(tmp_path, ["train-b"])
+    _training_run(tmp_path, "level-1", "4ep", 4, finished=True)
+    _training_run(tmp_path, "level-2", "4ep", 1)
+    assert stage_progress(tmp_path, ["level-1", "level-2"]).startswith("[###.........] epoch 1 of 4")  # under way
+    assert stage_progress(tmp_path, ["level-1"]) == ""  # finished
+    assert stage_progress(tmp_path, ["search-x"]) == ""  # not begun, or records no progress as it goes
+
+
+def test_the_board_redraws_beneath_the_notes_and_clears_itself(monkeypatch, capsys):
+    import io
+
+    from ticketlab.experiments import board as board_module
+
+    monkeypatch.setattr(board_module, "REDRAW_SECONDS", 0.01)
+    stream, lines = io.StringIO(), [["study: 0 done", "  train  a  1 s"]]
+    with board_module.Board(lambda: lines[0], stream) as board:
+        time.sleep(0.1)
+        board.say("a failed: boom")
+        lines[0] = ["study: 1 done"]
+        time.sleep(0.1)
+    out = stream.getvalue()
+    assert "study: 0 done\n  train  a  1 s\n" in out and "\x1b[2F\x1b[J" in out  # drawn, then redrawn in place
+    assert "ticketlab: note: a failed: boom" in capsys.readouterr().err
+    assert out.endswith("study: 1 done\n\x1b[1F\x1b[J")  # gone at the end, for the study's last line
+
+
+def test_two_workers_in_a_terminal_show_the_board_of_running_nodes(tmp_path, monkeypatch, capsys):
+    from ticketlab.experiments import board as board_module
+
+    monkeypatch.setattr(board_module, "REDRAW_SECONDS", 0.05)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    nodes = [Node(name, _sleep, (0.5,), kind="wait") for name in ("one", "two")]
+    outcome = run_study(nodes, workers=2, runs_root=tmp_path)
+    err = capsys.readouterr().err
+    assert sorted(outcome.done) == ["one", "two"]
+    assert re.search(r"  wait +\d+ s  one", err) and re.search(r"  wait +\d+ s  two", err)
+    board_gone, last = err.splitlines()[-1].rsplit("\x1b[J", 1)  # the board erased, then the study's last line
+    assert board_gone.endswith("\x1b[1F") and last.startswith("ticketlab: note: study: 2 done, 0 running, 0 failed")
+
+
+def _sleep(seconds):
+    time.sleep(seconds)

@@ -44,6 +44,9 @@ EARLYBIRD = "earlybird.json"  # per ratio: the epoch found, and its share of tra
 DISTANCES = "distances.json"
 
 
+DISTANCES_PLOTS = "distances-*.png"  # what every distances_plot(ratio) is named like
+
+
 def distances_plot(ratio: float) -> str:
     return f"distances-{ratio:g}.png"
 
@@ -57,10 +60,11 @@ def ticket(ratio: float) -> str:
 SWEEP_TABLE = "sweep.csv"
 SWEEP_PLOT = "sweep.png"
 HISTOGRAMS_GIF = "hist.gif"
+HISTOGRAMS = "hist"  # one picture per (method, k)
 
 
 def histogram(method: str, k: float) -> str:
-    return f"hist/{method}s_k{k:g}.png"
+    return f"{HISTOGRAMS}/{method}s_k{k:g}.png"
 
 
 # --- reports over other runs (lottery, comparison, structured, valsize) -------------------

@@ -10,6 +10,9 @@ run's manifest (manifest.py), and every read of a run's file checks it. A finish
 with a missing or damaged file is redone by the stage that made it the next time it is
 asked for (`Run.claim`); an unfinished one with a damaged file starts over instead of
 resuming from it.
+
+What each kind of run is (its name's kind, its files, how it is described) is declared by
+its class in stage.py; `Run.produce` is the protocol they all make their runs by.
 """
 
 from __future__ import annotations
@@ -25,16 +28,15 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from ticketlab.config import TicketlabError, stable_hash
 from ticketlab.manifest import (UMASK, is_writing, problem as manifest_problem, repair_hint, replace_recorded, run_root,
                                 verified_bytes, writing, writing_run)
-from ticketlab.paths import CHECKPOINTS, DIVERGED, HPARAMS, LOCK, MANIFEST, SUMMARY, TEMPORARY, checkpoint
+from ticketlab.paths import DIVERGED, HPARAMS, LOCK, MANIFEST, SUMMARY, TEMPORARY
 
 P = TypeVar("P")  # what a stage prepares before it writes
 # The command line that is running, recorded in each run's hparams.json as the way to redo it.
@@ -267,68 +269,6 @@ def find_run(ref: str, kinds: Sequence[str], runs_dir: str | Path | None = None)
     if hparams.get("kind") not in kinds:
         raise TicketlabError(f"{ref} is a {hparams.get('kind')} run; expected a {' or '.join(kinds)} run")
     return path, hparams
-
-
-def check_found(found: StageRun, path: Path) -> None:
-    """A run found by name must be the one its hparams name, and finished; then its summary is read."""
-    if found.run.path.resolve() != path.resolve():
-        raise TicketlabError(f"{path} does not match its hparams.json (renamed or edited?); rerun it")
-    if not found.run.done:
-        raise TicketlabError(f"run {found.run.name} has not finished; run its command again to resume it")
-    problem = found.run.problem()
-    if problem is not None:
-        raise TicketlabError(f"run {found.run.name}: {problem}{repair_hint(path)}")
-    found.summary = found.run.summary()
-
-
-@dataclass
-class StageRun:
-    """What a stage returns: its run directory, the run's summary, and whether the run had
-    finished before this call (`cached`). Stages add their inputs as fields."""
-
-    run: Run
-    summary: dict[str, Any] = field(default_factory=dict, kw_only=True)
-    cached: bool = field(default=False, kw_only=True)
-    checkpoint_hint: ClassVar[str] = ""  # how to keep more checkpoints, for the missing-checkpoint error
-
-    @property
-    def path(self) -> Path:
-        return self.run.path
-
-    def state_dict(self, step: str = "final") -> dict[str, torch.Tensor]:
-        """The weights saved as checkpoints/<step>.pt."""
-        path = self.run.file(checkpoint(step))
-        if not path.exists():
-            saved = sorted(p.stem for p in self.run.file(CHECKPOINTS).glob("*.pt"))
-            raise TicketlabError(f"run {self.run.name} has no checkpoint {step!r}; saved: {', '.join(saved)}"
-                                 f"{self.checkpoint_hint}")
-        return load_checkpoint(path)["model"]
-
-
-# What `ticketlab runs` says of a finished run of each kind, from its hparams.json and summary.json:
-# a few words, and the metrics that summarise it (val_acc, test_acc). Each stage registers its own.
-Describer = Callable[[dict[str, Any], dict[str, Any]], tuple[str, dict[str, float]]]
-DESCRIBERS: dict[str, Describer] = {}
-
-
-def describes(*kinds: str) -> Callable[[Describer], Describer]:
-    """Register a function as what `ticketlab runs` shows of runs of `kinds`."""
-    def register(describer: Describer) -> Describer:
-        DESCRIBERS.update(dict.fromkeys(kinds, describer))
-        return describer
-    return register
-
-
-def describe(row: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """A listed run's few words and key metrics (none for an unfinished or damaged run)."""
-    describer = DESCRIBERS.get(row["kind"])
-    if describer is None or row["status"] == "corrupt":
-        return row["kind"] or "?", {}
-    try:
-        what, metrics = describer(row["hparams"], row["summary"])
-    except (KeyError, TypeError, ValueError, AttributeError):  # a run of an older version, or edited by hand
-        return f"{row['kind']} (unreadable hparams)", {}
-    return what, metrics if row["status"] == "done" else {}
 
 
 def is_locked(path: Path) -> bool:

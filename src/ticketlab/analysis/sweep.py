@@ -15,6 +15,7 @@ too, so it exceeds k: those weights read a unit that is gone.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import Run, atomic_write_text, csv_text, describes, read_csv
+from ticketlab.stage import Stage
+from ticketlab.store import Run, atomic_write_text, csv_text, read_csv
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -42,20 +44,27 @@ COLUMNS = ("k", "method", "sparsity", "test_loss", "test_acc", "val_loss", "val_
 
 
 @dataclass
-class SweepResult:
-    """A finished sweep: its directory, one row per (k, method) in COLUMNS, and the dense accuracy."""
+class SweepResult(Stage):
+    """A sweep: its run, one row per (k, method) in COLUMNS, and the dense accuracy."""
 
-    path: Path
-    rows: list[dict[str, Any]]
-    dense_test_acc: float
-    cached: bool = False  # True when the sweep had finished before this call
+    KIND = "sweep"
+    ARTIFACTS = (paths.SWEEP_TABLE, paths.SWEEP_PLOT, paths.HISTOGRAMS_GIF, f"{paths.HISTOGRAMS}/*.png")
 
+    @functools.cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        return [{key: value if key == "method" else float(value) for key, value in row.items()}
+                for row in read_csv(self.run.file(paths.SWEEP_TABLE))]
 
-@describes("sweep")
-def describe_sweep(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    return (f"sweep of {summary.get('train', hparams.get('train'))} at {len(summary.get('ks', hparams.get('ks', [])))} "
-            "sparsities", {"val_acc": summary.get("dense_val_acc"), "test_acc": summary.get("dense_test_acc")}
-            if "dense_test_acc" in summary else {})
+    @property
+    def dense_test_acc(self) -> float:
+        return self.summary["dense_test_acc"]
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        return (f"sweep of {summary.get('train', hparams.get('train'))} at "
+                f"{len(summary.get('ks', hparams.get('ks', [])))} sparsities",
+                {"val_acc": summary.get("dense_val_acc"), "test_acc": summary.get("dense_test_acc")}
+                if "dense_test_acc" in summary else {})
 
 
 def hidden_weights(model: nn.Module) -> list[str]:
@@ -126,7 +135,7 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
     ks = normalise_ks(ks)
     if not run.run.done:
         raise TicketlabError(f"training run {run.run.name} has not finished; train it before sweeping")
-    out = Run("sweep", sweep_identity(run, ks, step), runtime.runs_dir)
+    result = SweepResult(SweepResult.run_for(sweep_identity(run, ks, step), runtime.runs_dir))
 
     def prepare() -> tuple[dict[str, Any], tuple[dict[str, torch.Tensor], Dataset, nn.Module, torch.device]]:
         trained = run.state_dict(step)
@@ -136,9 +145,7 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
         return {"train": run.run.name, "train_path": str(run.path), "step": step, "ks": ks}, \
             (trained, dataset, model, device)
 
-    _, cached = out.produce(runtime.force, prepare, lambda prepared: _sweep(out, run, ks, step, *prepared))
-    result = _read(out)
-    result.cached = cached
+    result.produce(runtime.force, prepare, lambda prepared: _sweep(result.run, run, ks, step, *prepared))
     return result
 
 
@@ -169,13 +176,6 @@ def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[st
             "dense_test_acc": test_acc, "dense_val_loss": val_loss, "dense_val_acc": val_acc,
             "hidden_weights": sum(dict(model.named_parameters())[n].numel() for n in names),
             "seconds": round(time.perf_counter() - started, 3), "device": str(device)}
-
-
-def _read(out: Run) -> SweepResult:
-    """A finished sweep, as its table and summary hold it."""
-    rows = [{key: value if key == "method" else float(value) for key, value in row.items()}
-            for row in read_csv(out.file(paths.SWEEP_TABLE))]
-    return SweepResult(out.path, rows, out.summary()["dense_test_acc"])
 
 
 def _plot_curves(path: Path, ks: list[float], rows: list[dict[str, Any]], title: str) -> None:

@@ -11,29 +11,31 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
 from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import search
-from ticketlab.store import describes, Run, atomic_write_text, csv_text
+from ticketlab.stage import Stage
+from ticketlab.store import atomic_write_text, csv_text
 from ticketlab.training.stage import TrainRun
 
 COLUMNS = ("val_size", "search_score", "val_rest_acc", "test_acc", "gap_to_test", "search_run")
 
 
-@describes("valsize")
-def describe_valsize(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """A report over other runs: its table's size (the metrics are in its rows)."""
-    return f"validation-size effect: {len(summary.get('rows', []))} searches", {}
-
-
 @dataclass
-class ValidationSizeEffect:
-    path: Path
+class ValidationSizeEffect(Stage):
+    """How the search objective's size moves the gap to test: a table and a plot over searches."""
+
     rows: list[dict[str, Any]]
+    KIND = "valsize"
+    ARTIFACTS = (paths.TABLE, paths.VALSIZE_PLOT)
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        """A report over other runs: its table's size (the metrics are in its rows)."""
+        return f"validation-size effect: {len(summary.get('rows', []))} searches", {}
 
 
 def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[int | None],
@@ -52,7 +54,9 @@ def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[i
         rows.append({"val_size": done.summary["objective_images"], "search_score": best["score"],
                      "val_rest_acc": rest["accuracy"] if rest else None, "test_acc": test,
                      "gap_to_test": best["score"] - test, "search_run": done.run.name})
-    out = Run("valsize", {"searches": [row["search_run"] for row in rows]}, runtime.runs_dir)
+    effect = ValidationSizeEffect(ValidationSizeEffect.run_for({"searches": [row["search_run"] for row in rows]},
+                                                               runtime.runs_dir), rows)
+    out = effect.run
 
     def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
@@ -66,5 +70,5 @@ def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[i
         return {"rows": rows}
 
     hparams = {"train": train.run.name, "search": dataclasses.asdict(cfg), "sizes": list(sizes)}
-    out.produce(runtime.force, lambda: (hparams, None), write)
-    return ValidationSizeEffect(out.path, rows)
+    effect.produce(runtime.force, lambda: (hparams, None), write)
+    return effect

@@ -48,9 +48,10 @@ def cmd_models(args: argparse.Namespace) -> Result:
     return lines, {"models": rows}
 
 
-# The modules whose stages say how their runs are described (each registers with store.describes).
+# The modules that declare the stage kinds (each Stage subclass registers its kind as it is imported).
 STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
                  "ticketlab.search.stage", "ticketlab.structure.stage", "ticketlab.structure.retrain",
+                 "ticketlab.structure.earlybird",
                  "ticketlab.analysis.sweep", "ticketlab.analysis.valsize", "ticketlab.report.lottery",
                  "ticketlab.experiments.comparison", "ticketlab.experiments.structured")
 
@@ -60,7 +61,8 @@ def _metric(value: Any) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> Result:
-    from ticketlab.store import describe, list_runs, runs_root
+    from ticketlab.stage import describe
+    from ticketlab.store import list_runs, runs_root
 
     for module in STAGE_MODULES:
         importlib.import_module(module)

@@ -30,11 +30,12 @@ from typing import Any
 from ticketlab import paths
 from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
                               TrainConfig)
-from ticketlab.lottery.retrain import Setting, retrain
+from ticketlab.lottery.retrain import Setting, TicketRun, retrain
 from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
-from ticketlab.store import describes, Run, StageRun, atomic_write_text, csv_text
+from ticketlab.stage import Stage
+from ticketlab.store import Run, atomic_write_text, csv_text
 from ticketlab.structure.retrain import retrain_small
 from ticketlab.structure.stage import is_structured, shrink_run
 from ticketlab.training.stage import TrainRun, train, with_checkpoints
@@ -45,17 +46,20 @@ COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trai
 CURVE_POINTS = 100  # points per line of best_so_far.png
 
 
-@describes("comparison")
-def describe_comparison(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """A report over other runs: its table's size (the metrics are in its rows)."""
-    return f"mask comparison: {len(summary.get('rows', []))} rows", {}
-
-
 @dataclass
-class Comparison:
-    path: Any
+class Comparison(Stage):
+    """A comparison's report run: its table over replicates, and one row per retrained mask."""
+
     rows: list[dict[str, Any]]  # aggregated over replicates, in COLUMNS
     runs: list[dict[str, Any]]  # one per (replicate, sparsity, method)
+    KIND = "comparison"
+    ARTIFACTS = (paths.TABLE, paths.RUNS_TABLE)
+    MAY_WRITE = (paths.BEST_SO_FAR_PLOT,)  # with a search among the methods
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        """A report over other runs: its table's size (the metrics are in its rows)."""
+        return f"mask comparison: {len(summary.get('rows', []))} rows", {}
 
 
 def mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Runtime) -> Any:
@@ -115,27 +119,33 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
             if scores:
                 found = _mean_std(scores)
                 rows[-1].update(search_score_mean=found[0], search_score_std=found[1])
-    report = Run("comparison", {"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir)
+    report = Comparison(Comparison.run_for({"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir),
+                        rows, [_without_curve(r) for r in runs])
+    out = report.run
 
     def write(_: None) -> dict[str, Any]:
-        atomic_write_text(report.file(paths.TABLE), csv_text(rows, COLUMNS))
-        atomic_write_text(report.file(paths.RUNS_TABLE), csv_text([_without_curve(r) for r in runs],
-                                                            tuple(_without_curve(runs[0]))))
+        atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
+        atomic_write_text(out.file(paths.RUNS_TABLE), csv_text(report.runs, tuple(report.runs[0])))
         if objective is not None:
-            _plot_best_so_far(report.file(paths.BEST_SO_FAR_PLOT), runs, methods, sparsities, objective)
+            _plot_best_so_far(out.file(paths.BEST_SO_FAR_PLOT), runs, methods, sparsities, objective)
         return {"rows": rows}
 
     hparams = {"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind}
     report.produce(runtime.force if redo_report is None else redo_report, lambda: (hparams, None), write)
-    return Comparison(report.path, rows, [_without_curve(r) for r in runs])
+    return report
 
 
-def retrain_ticket(made: Any, method: MaskMethod, setting: Setting, rewind: str, runtime: Runtime) -> StageRun:
+def ticket_run(mask_run: str, rewind: str, runs_dir: str | None) -> Run:
+    """The run of the mask run named `mask_run` retrained from `rewind`, finished or not."""
+    return TicketRun.run_for({"mask": mask_run, "rewind": rewind}, runs_dir)
+
+
+def retrain_ticket(made: Any, method: MaskMethod, setting: Setting, rewind: str, runtime: Runtime) -> Stage:
     """The mask's network retrained from the rewind weights: shrunk first if the mask is structured."""
     if is_structured(made):
         return retrain_small(shrink_run(made, runtime, step=rewind), "rewind", runtime, rewind=rewind)
     dense = setting.dense
-    return retrain(Run("ticket", {"mask": made.run.name, "rewind": rewind}, runtime.runs_dir), setting,
+    return retrain(TicketRun(ticket_run(made.run.name, rewind, runtime.runs_dir)), setting,
                    dense.state_dict(rewind), made.mask(), start_iteration=setting.iteration(rewind),
                    hparams={"mask": made.run.name, "rewind": rewind, "method": method.name})
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.config import TicketlabError, stable_hash
+from ticketlab.experiments.board import stage_progress
 from ticketlab.experiments.study import Node
 from ticketlab.store import read_json, run_status, runs_root
 
@@ -82,8 +83,10 @@ def _estimate(nodes: Sequence[Node], states: dict[str, str], record: dict[str, A
     return f"; {elapsed:.0f} s in, about {elapsed / done * left:.0f} s left" if done else f"; {elapsed:.0f} s in"
 
 
-def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str],
-                   record: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str], record: dict[str, Any] | None = None,
+                   runs_root: Path | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The plan or status of a study: its nodes by kind and state, what is left to run, and each
+    node not done (a running one with how far its stage has got, from the runs in `runs_root`)."""
     count = Counter(states.values())
     to_run = [node for node in nodes if states[node.name] in TO_RUN]
     trainings = sum(node.trainings for node in to_run)
@@ -107,6 +110,8 @@ def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str],
         state = states[node.name]
         if state != "done":
             error = f": {errors[node.name]}" if state == "failed" and node.name in errors else ""
+            if state == "running" and runs_root is not None:
+                error = f"  {stage_progress(runs_root, node.runs)}".rstrip()
             lines.append(f"  {state:<11} {node.kind:<8} {node.name}{error}")
     payload = {"nodes": [{"name": node.name, "kind": node.kind, "state": states[node.name], "needs": list(node.needs),
                           "runs": list(node.runs), "trainings": node.trainings, "evaluations": node.evaluations}

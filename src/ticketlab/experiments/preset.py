@@ -25,7 +25,8 @@ from ticketlab.experiments.sections.base import mapping
 from ticketlab.experiments.plan import describe_study, node_states, read_record, record_path
 from ticketlab.experiments.study import Node, Outcome, check_workers, run_study
 from ticketlab.presets import preset_names, preset_text
-from ticketlab.store import StageRun, check_runs_root, run_status, runs_root
+from ticketlab.stage import Stage
+from ticketlab.store import check_runs_root, run_status, runs_root
 from ticketlab.training.stage import TrainRun
 
 CORE_KEYS = ("description", "data", "model", "train", "replicates", "fallback", "smoke")
@@ -182,6 +183,13 @@ def study_nodes(preset: Preset, context: Context) -> list[Node]:
     return list(nodes.values())
 
 
+def study_runs(preset: Preset, runtime: Runtime = Runtime()) -> tuple[list[str], str]:
+    """The runs a preset's study makes (finished or not), and the note on its data; nothing runs."""
+    check_preset(preset)
+    context, note = context_of(preset, runtime)
+    return [name for node in study_nodes(preset, context) for name in node.runs], note
+
+
 def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1, *, backend: str = "local",
                address: str | None = None) -> ExperimentResult:
     """Run a preset's study, then gather each section's result; every stage is cached, so a second
@@ -202,7 +210,7 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1, *
     root = runs_root(runtime.runs_dir)
     done_before = {name for node in nodes for name in node.runs if run_status(root / name) == "done"}
     outcome = run_study(nodes, workers, runtime.progress, backend=backend, address=address, threads=runtime.threads,
-                        record=record_path(preset.name, nodes, runtime.runs_dir))
+                        record=record_path(preset.name, nodes, runtime.runs_dir), runs_root=root)
     failed_if_any(outcome, len(nodes))
     # Gathered from the runs the study made: --force redid each of them once, in its node.
     context = dataclasses.replace(context, runtime=dataclasses.replace(runtime, force=False),
@@ -212,7 +220,7 @@ def run_preset(preset: Preset, runtime: Runtime = Runtime(), workers: int = 1, *
     # The study made what was missing, so every stage now reads as finished: say which were before.
     drawn = getattr(result.sections.get("structured"), "earlybird", None)
     for made in (result.train, *result.sections.values(), drawn):
-        if isinstance(made, StageRun):
+        if isinstance(made, Stage):
             made.cached = made.run.name in done_before
     return result
 
@@ -226,7 +234,8 @@ def plan_preset(preset: Preset, runtime: Runtime = Runtime()) -> tuple[list[str]
     path = record_path(preset.name, nodes, runtime.runs_dir)
     record = read_record(path)
     lines, payload = describe_study(f"study of preset {preset.name} ({note}; runs in {runs_root(runtime.runs_dir)})",
-                                    nodes, node_states(nodes, runtime.runs_dir, record), record)
+                                    nodes, node_states(nodes, runtime.runs_dir, record), record,
+                                    runs_root(runtime.runs_dir))
     return lines, {"preset": preset.name, "data_note": note, "record": str(path), **payload}
 
 

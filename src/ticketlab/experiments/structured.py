@@ -27,7 +27,8 @@ from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.criteria import get_criterion
 from ticketlab.sparsity.prune import check_prune_config, prune
 from ticketlab.sparsity.schedules import check_sparsity
-from ticketlab.store import describes, Run, atomic_write_text, csv_text
+from ticketlab.stage import Stage
+from ticketlab.store import atomic_write_text, csv_text
 from ticketlab.structure.earlybird import EarlyBird, EarlyBirdResult, earlybird
 from ticketlab.structure.retrain import MODES, SmallRun, retrain_small
 from ticketlab.structure.stage import ShrinkRun, shrink_run
@@ -67,10 +68,17 @@ class ShrinkPlan:
     rewind: str = "0it"
 
 
-@describes("structured")
-def describe_structured(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """A report over other runs: its table's size (the metrics are in its rows)."""
-    return f"structured pruning: {len(summary.get('rows', []))} rows", {}
+@dataclass
+class StructuredReport(Stage):
+    """The structured experiment's table and plot, a run named by the retrainings it reports."""
+
+    KIND = "structured"
+    ARTIFACTS = (paths.TABLE, paths.STRUCTURED_PLOT)
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        """A report over other runs: its table's size (the metrics are in its rows)."""
+        return f"structured pruning: {len(summary.get('rows', []))} rows", {}
 
 
 @dataclass
@@ -245,7 +253,9 @@ def _row(step: str, at: str, ratio: float, start: str, dense: TrainRun, shrunk: 
 def _write_report(rows: list[dict[str, Any]], runtime: Runtime, redo: bool) -> Path:
     """table.csv and accuracy.png: test accuracy before and after retraining, and MACs kept, against
     the epoch pruned at, one line per (mode, start, ratio), with the dense accuracy for reference."""
-    report = Run("structured", {"runs": sorted(row["retrain_run"] for row in rows)}, runtime.runs_dir)
+    report = StructuredReport(StructuredReport.run_for({"runs": sorted(row["retrain_run"] for row in rows)},
+                                                       runtime.runs_dir))
+    out = report.run
     series: dict[str, dict[str, list[Any]]] = {}
     for row in rows:
         start = "the step pruned at" if row["start"] == row["pruned_at"] else row["start"]
@@ -264,8 +274,8 @@ def _write_report(rows: list[dict[str, Any]], runtime: Runtime, redo: bool) -> P
                                                     [0.0] * len(epochs))
 
     def write(_: None) -> dict[str, Any]:
-        atomic_write_text(report.file(paths.TABLE), csv_text(rows, COLUMNS))
-        errorbar_panels(report.file(paths.STRUCTURED_PLOT), panels, xlabel="epoch pruned at",
+        atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
+        errorbar_panels(out.file(paths.STRUCTURED_PLOT), panels, xlabel="epoch pruned at",
                         title="structured pruning: shrunk, then retrained")
         return {"rows": rows}
 

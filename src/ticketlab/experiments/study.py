@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.config import TicketlabError
+from ticketlab.experiments.board import Board, stage_progress
 from ticketlab.store import atomic_write_json, note
 
 RETRIES = 2  # times a node runs again after its worker process died under it
@@ -76,10 +77,14 @@ class Tracker:
 
     def __init__(self, nodes: Sequence[Node], progress: bool, record: Path | None):
         self.pending = {node.name: node for node in nodes}
-        self.running: set[str] = set()
+        self.running: dict[str, float] = {}  # name -> when it started
         self.outcome = Outcome()
         self.nodes = {node.name: node for node in nodes}
         self.progress, self.record = progress, record
+        # Notes, and the study's line as each node ends; a board (board.py) shows the line itself
+        # and prints notes above it.
+        self.say: Callable[[str], None] = note
+        self.line_each_end = progress
         self.started = time.time()
         # The record is first written as a node starts: a study that cannot start leaves none.
 
@@ -89,23 +94,24 @@ class Tracker:
 
     def start(self, node: Node) -> None:
         del self.pending[node.name]
-        self.running.add(node.name)
+        self.running[node.name] = time.time()
         self._write()
 
     def again(self, node: Node) -> None:
         """A node whose worker died: pending once more."""
-        self.running.discard(node.name)
+        self.running.pop(node.name, None)
         self.pending[node.name] = node
 
     def settle(self, name: str, error: str | None) -> None:
-        self.running.discard(name)
+        """A node ended, with its one-line error or None."""
+        self.running.pop(name, None)
         if error is None:
             self.outcome.done.append(name)
         else:
             self.outcome.failed[name] = error
-            note(f"{name} failed: {error}")
+            self.say(f"{name} failed: {error}")
             self._skip_dependants(name)
-        if self.progress:
+        if self.line_each_end:
             note(self.line())
         self._write()
 
@@ -126,6 +132,14 @@ class Tracker:
         return (f"study: {len(self.outcome.done)} done, {len(self.running)} running, "
                 f"{len(self.outcome.failed)} failed, {len(self.pending)} pending of {len(self.nodes)} "
                 f"({elapsed:.0f} s{estimate})")
+
+    def board_lines(self, runs_root: Path) -> list[str]:
+        """The study's line, and a line per running node: its kind, time running, name, and how far
+        its stage has got."""
+        now, running = time.time(), self.running.copy()  # copied at once: the study changes it meanwhile
+        return [self.line(), *(f"  {self.nodes[name].kind:<8} {now - since:>5.0f} s  {name}  "
+                               f"{stage_progress(runs_root, self.nodes[name].runs)}".rstrip()
+                               for name, since in sorted(running.items(), key=lambda item: item[1]))]
 
     def _skip_dependants(self, name: str) -> None:
         blocked = {name}
@@ -152,16 +166,31 @@ class Tracker:
 
 
 def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True, *, backend: str = "local",
-              address: str | None = None, threads: int = 1, record: Path | None = None) -> Outcome:
+              address: str | None = None, threads: int = 1, record: Path | None = None,
+              runs_root: Path | None = None) -> Outcome:
     """Run every node once its needs are done: in this process (workers=1), on `workers` local
     processes whose stages run `threads` threads each, or (backend "ray") as Ray tasks of `threads`
     CPUs each, on a local Ray of the machine's cores or on the cluster at `address`. With
-    `progress`, a line on stderr as each node ends (a failure is always reported); with `record`,
-    the study's state in that JSON file."""
+    `progress`, a line on stderr as each node ends (a failure is always reported), or, with nodes
+    running side by side in a terminal, a board (board.py) of the running nodes' stages in
+    `runs_root`; with `record`, the study's state in that JSON file."""
     check_study(nodes)
     if backend not in BACKENDS:
         raise TicketlabError(f"unknown backend {backend!r}; expected {' or '.join(BACKENDS)}")
     tracker = Tracker(nodes, progress, record)
+    side_by_side = backend == "ray" or workers > 1
+    if not (progress and side_by_side and runs_root is not None and sys.stderr.isatty()):
+        _run(tracker, workers, backend, address, threads)
+        return tracker.finish()
+    board = Board(lambda: tracker.board_lines(runs_root))
+    tracker.say, tracker.line_each_end = board.say, False
+    with board:
+        _run(tracker, workers, backend, address, threads)
+    note(tracker.line())
+    return tracker.finish()
+
+
+def _run(tracker: Tracker, workers: int, backend: str, address: str | None, threads: int) -> None:
     if backend == "ray":
         from ticketlab.experiments.ray_executor import run_on_ray
 
@@ -173,10 +202,9 @@ def run_study(nodes: Sequence[Node], workers: int = 1, progress: bool = True, *,
             tracker.settle(node.name, make(node))
     else:
         lost: dict[str, int] = {}  # how often each node's worker died under it
-        modules = sorted({node.make.__module__ for node in nodes})
+        modules = sorted({node.make.__module__ for node in tracker.nodes.values()})
         while tracker.pending and _run_pool(tracker, workers, threads, modules, lost):
             pass
-    return tracker.finish()
 
 
 def _worker_setup(modules: Sequence[str]) -> None:
@@ -243,7 +271,7 @@ def _run_pool(tracker: Tracker, workers: int, threads: int, modules: Sequence[st
                         tracker.settle(node.name, f"its worker process died {lost[node.name]} times; run the same "
                                                   "command again to resume it")
                     else:
-                        note(f"{node.name}: its worker process died; running it again")
+                        tracker.say(f"{node.name}: its worker process died; running it again")
                         tracker.again(node)
             if broken:
                 for node in running.values():  # they were lost with the pool: they run again, no fault of theirs

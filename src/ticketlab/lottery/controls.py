@@ -20,7 +20,7 @@ import torch
 
 from ticketlab.config import Runtime, TicketlabError
 from ticketlab.lottery.levels import Lottery
-from ticketlab.lottery.retrain import Retrained, Setting, retrain
+from ticketlab.lottery.retrain import ControlRun, Retrained, Setting, retrain
 from ticketlab.sparsity.mask import Mask
 from ticketlab.store import Run
 
@@ -40,15 +40,9 @@ def _scratch(lottery: Lottery, level: int, setting: Setting, generator: torch.Ge
 
 
 def _random_mask(lottery: Lottery, level: int, setting: Setting, generator: torch.Generator) -> Start:
-    ticket = lottery.levels[level].retrained.mask()
-    shuffled = {}
-    for name, keep in ticket.items():
-        order = torch.randperm(keep.numel(), generator=generator)
-        flat = torch.zeros(keep.numel(), dtype=torch.bool)
-        flat[order[: int(keep.sum())]] = True
-        shuffled[name] = flat.view_as(keep)
     rewind = lottery.config.rewind
-    return lottery.dense.state_dict(rewind), Mask(shuffled), setting.iteration(rewind)
+    shuffled = lottery.levels[level].retrained.mask().shuffled(generator)
+    return lottery.dense.state_dict(rewind), shuffled, setting.iteration(rewind)
 
 
 def _reinit_survivors(lottery: Lottery, level: int, setting: Setting, generator: torch.Generator) -> Start:
@@ -75,6 +69,11 @@ CONTROLS: dict[str, Callable[[Lottery, int, Setting, torch.Generator], Start]] =
 }
 
 
+def control_run(level_run: str, name: str, runs_dir: str | None) -> Run:
+    """The run of control `name` of the level run named `level_run`, finished or not."""
+    return ControlRun.run_for({"level": level_run, "control": name}, runs_dir)
+
+
 def control(lottery: Lottery, level: int, name: str, runtime: Runtime = Runtime()) -> Retrained:
     """Run (or reuse) control `name` on level `level` of a lottery."""
     if name not in CONTROLS:
@@ -82,11 +81,11 @@ def control(lottery: Lottery, level: int, name: str, runtime: Runtime = Runtime(
     ticket = lottery.level(level).retrained
     if ticket is None:
         raise TicketlabError("controls branch off a pruned level (1 or more), not the dense level 0")
-    run = Run("control", {"level": ticket.run.name, "control": name}, runtime.runs_dir)
+    run = control_run(ticket.run.name, name, runtime.runs_dir)
     if run.reusable(runtime.force):
-        return Retrained(run, summary=run.summary(), cached=True)
+        return ControlRun(run, summary=run.summary(), cached=True)
     setting = Setting.of(lottery.dense, runtime)
     generator = torch.Generator().manual_seed(lottery.dense.training.seed * 1_000 + level)
     weights, mask, start = CONTROLS[name](lottery, level, setting, generator)
-    return retrain(run, setting, weights, mask, start_iteration=start,
+    return retrain(ControlRun(run), setting, weights, mask, start_iteration=start,
                    hparams={"level": ticket.run.name, "control": name}, extra={"level": level, "control": name})

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ticketlab.config import LotteryConfig, Runtime, TicketlabError, non_default
-from ticketlab.lottery.retrain import Retrained, Setting, retrain
+from ticketlab.lottery.retrain import LevelRun, Retrained, Setting, retrain
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, output_layer_names
 from ticketlab.sparsity.selection import score_and_select
@@ -73,7 +73,7 @@ def check_lottery(cfg: LotteryConfig, dense: TrainRun) -> None:
 
 def level_run(dense: TrainRun, cfg: LotteryConfig, number: int, runtime: Runtime) -> Run:
     settings = {k: v for k, v in non_default(cfg).items() if k != "levels"}  # more levels: same names
-    return Run("level", {"dense": dense.run.name, "lottery": settings, "level": number}, runtime.runs_dir)
+    return LevelRun.run_for({"dense": dense.run.name, "lottery": settings, "level": number}, runtime.runs_dir)
 
 
 def cumulative(rate: float, level: int) -> float:
@@ -114,7 +114,7 @@ def lottery(dense: TrainRun, cfg: LotteryConfig = LotteryConfig(), runtime: Runt
     for number in range(1, cfg.levels + 1):
         run = level_run(dense, cfg, number, runtime)
         if run.reusable(runtime.force):
-            done = Retrained(run, summary=run.summary(), cached=True)
+            done = LevelRun(run, summary=run.summary(), cached=True)
             levels.append(Level(number, done.summary, done))
             mask = None  # loaded from the level's run only if a later level needs it
             continue
@@ -124,7 +124,7 @@ def lottery(dense: TrainRun, cfg: LotteryConfig = LotteryConfig(), runtime: Runt
         previous = levels[-1].retrained.state_dict("final") if levels[-1].retrained else dense.state_dict("final")
         mask = next_mask(setting, cfg, previous, mask, number)
         hparams = {"dense": dense.run.name, "lottery": dataclasses.asdict(cfg), "level": number}
-        done = retrain(run, setting, dense.state_dict(cfg.rewind), mask, start_iteration=setting.iteration(cfg.rewind),
+        done = retrain(LevelRun(run), setting, dense.state_dict(cfg.rewind), mask, start_iteration=setting.iteration(cfg.rewind),
                        hparams=hparams, extra={"level": number})
         levels.append(Level(number, done.summary, done))
     return Lottery(dense, cfg, levels)

@@ -6,6 +6,7 @@ iteration of the dense run's schedule, with the mask held by masked training.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,10 @@ from ticketlab.config import Runtime
 from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.mask import Mask
 from ticketlab.sparsity.masked import MaskedTraining
-from ticketlab.store import StageRun, Run, describes
+from ticketlab.stage import Stage
 from ticketlab.training.loop import Trainer
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 from ticketlab.training.steps import Step
-
 
 
 @dataclass
@@ -48,33 +48,69 @@ class Setting:
 
 
 @dataclass
-class Retrained(StageRun):
-    """A finished retraining: its run, mask, summary and checkpoints."""
+class Retrained(Stage):
+    """A retraining under a mask: its run, mask, summary and checkpoints. Its kinds are below."""
+
+    ARTIFACTS = TrainRun.ARTIFACTS + (paths.MASK,)
+    MAY_WRITE = TrainRun.MAY_WRITE
 
     def mask(self) -> Mask:
         return Mask.load(self.run.file(paths.MASK))
 
+    @staticmethod
+    def what(identity: dict[str, Any]) -> str:
+        """What was retrained, in a few words, from the run's identity."""
+        raise NotImplementedError
 
-@describes("level", "control", "ticket")
-def describe_retrained(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    identity = hparams["identity"]
-    remaining = f", {100 * summary['remaining']:.1f}% left" if "remaining" in summary else ""
-    what = {"level": lambda: f"level {identity['level']} of {identity['dense']}",
-            "control": lambda: f"{identity['control']} of {identity['level']}",
-            "ticket": lambda: f"retrained {identity['mask']}"}[hparams["kind"]]()
-    return what + remaining, summary.get("best", {})
+    @classmethod
+    def describe(cls, hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        remaining = f", {100 * summary['remaining']:.1f}% left" if "remaining" in summary else ""
+        return cls.what(hparams["identity"]) + remaining, summary.get("best", {})
 
 
-def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: Mask, *,
+class LevelRun(Retrained):
+    """A level of iterative magnitude pruning, retrained from the rewind step."""
+
+    KIND = "level"
+
+    @staticmethod
+    def what(identity: dict[str, Any]) -> str:
+        return f"level {identity['level']} of {identity['dense']}"
+
+
+class ControlRun(Retrained):
+    """A control of a lottery level (its mask or its start changed), retrained."""
+
+    KIND = "control"
+
+    @staticmethod
+    def what(identity: dict[str, Any]) -> str:
+        return f"{identity['control']} of {identity['level']}"
+
+
+class TicketRun(Retrained):
+    """A prune or search run's mask, retrained from the rewind step (a comparison's ticket)."""
+
+    KIND = "ticket"
+
+    @staticmethod
+    def what(identity: dict[str, Any]) -> str:
+        return f"retrained {identity['mask']}"
+
+
+def retrain(made: Retrained, setting: Setting, weights: dict[str, torch.Tensor], mask: Mask, *,
             start_iteration: int, hparams: dict[str, Any], extra: dict[str, Any] | None = None) -> Retrained:
-    """Train `weights` under `mask` from `start_iteration` to the dense run's end, cached as `run`."""
+    """Train `weights` under `mask` from `start_iteration` to the dense run's end, cached as `made`'s run."""
+    run = made.run
+
     def prepare() -> tuple[dict[str, Any], Trainer]:
         model = setting.model()
         model.load_state_dict(weights)
         mask.apply(model)
-        return hparams, Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
-                                label=run.name, constraint=MaskedTraining(model, mask),
-                                start_iteration=start_iteration)
+        trainer = Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
+                          label=run.name, constraint=MaskedTraining(model, mask), start_iteration=start_iteration)
+        # The dense run's schedule it follows is recorded too (a study's board reads its steps).
+        return {**hparams, "train": dataclasses.asdict(setting.dense.training)}, trainer
 
     def write(trainer: Trainer) -> dict[str, Any]:
         mask.save(run.file(paths.MASK))
@@ -83,6 +119,6 @@ def retrain(run: Run, setting: Setting, weights: dict[str, torch.Tensor], mask: 
                        start_iteration=start_iteration, **(extra or {}))
         return summary
 
-    summary, cached = run.produce(setting.runtime.force, prepare, write)
-    return Retrained(run, summary=summary, cached=cached)
+    made.produce(setting.runtime.force, prepare, write)
+    return made
 

@@ -22,25 +22,27 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Tr
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.schedules import round_rate
-from ticketlab.store import describes, Run, atomic_write_text, csv_text
+from ticketlab.stage import Stage
+from ticketlab.store import atomic_write_text, csv_text
 
 TICKET = "ticket"
 COLUMNS = ("procedure", "level", "remaining_pct", "n", "test_acc_mean", "test_acc_std", "early_stop_mean",
            "early_stop_std", "final_test_acc_mean", "final_test_acc_std")
 
 
-@describes("lottery")
-def describe_lottery(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """A report over other runs: its table's size (the metrics are in its rows)."""
-    return f"lottery report: {len(summary.get('rows', []))} rows, {summary.get('replicates', '?')} replicate(s)", {}
-
-
 @dataclass
-class LotteryReport:
-    """A written report: its directory and the rows of its table (COLUMNS)."""
+class LotteryReport(Stage):
+    """A written report: its run and the rows of its table (COLUMNS)."""
 
-    path: Path
     rows: list[dict[str, Any]]
+    KIND = "lottery"
+    ARTIFACTS = (paths.TABLE, paths.LOTTERY_PLOT)
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        """A report over other runs: its table's size (the metrics are in its rows)."""
+        return (f"lottery report: {len(summary.get('rows', []))} rows, {summary.get('replicates', '?')} "
+                "replicate(s)", {})
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -93,7 +95,8 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
     replicates or controls is another report.
     """
     rows = lottery_rows(experiment)
-    out = Run("lottery", {"runs": _run_names(experiment)}, runtime.runs_dir)
+    report = LotteryReport(LotteryReport.run_for({"runs": _run_names(experiment)}, runtime.runs_dir), rows)
+    out = report.run
     cfg, dense = experiment.config, experiment.lotteries[0].dense
 
     def write(_: None) -> dict[str, Any]:
@@ -103,8 +106,8 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
             f"{len(experiment.lotteries)} replicate(s)"))
         return {"replicates": len(experiment.lotteries), "controls": _control_names(experiment), "rows": rows}
 
-    out.produce(runtime.force, lambda: ({"lottery": dataclasses.asdict(cfg)}, None), write)
-    return LotteryReport(out.path, rows)
+    report.produce(runtime.force, lambda: ({"lottery": dataclasses.asdict(cfg)}, None), write)
+    return report
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:

@@ -45,8 +45,8 @@ from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import (StageRun, Run, atomic_torch_save, atomic_write_text, describes, find_run,
-                             load_checkpoint)
+from ticketlab.stage import Stage
+from ticketlab.store import Run, atomic_torch_save, atomic_write_text, find_run, load_checkpoint
 from ticketlab.manifest import remove_artifact
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -54,19 +54,23 @@ CRITERION_BATCH = 64  # validation images a data-driven start criterion scores o
 START_RUN_KINDS = ("prune", "search")  # runs whose mask a search can start from
 
 
-
-@describes("search")
-def describe_search(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    cfg, held = hparams["search"], summary.get("best", {}).get("held_out", {})
-    metrics = {"val_acc": (held.get("val_rest") or {}).get("accuracy"),
-               "test_acc": (held.get("test") or {}).get("accuracy")}
-    return (f"{cfg['method']} {cfg['sparsity']:.3g} {cfg['granularity']}s of {hparams['train']}",
-            {k: v for k, v in metrics.items() if v is not None})
-
 @dataclass
-class SearchRun(StageRun):
+class SearchRun(Stage):
+    """The best mask a search found from a training run's weights, and the search's history."""
+
     train: TrainRun
     config: SearchConfig
+    KIND = "search"
+    ARTIFACTS = (paths.MASK, paths.MASK_REPORT, paths.HISTORY)
+    MAY_WRITE = (paths.MEAN_MASK, paths.SEARCH_PLOT)
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        cfg, held = hparams["search"], summary.get("best", {}).get("held_out", {})
+        metrics = {"val_acc": (held.get("val_rest") or {}).get("accuracy"),
+                   "test_acc": (held.get("test") or {}).get("accuracy")}
+        return (f"{cfg['method']} {cfg['sparsity']:.3g} {cfg['granularity']}s of {hparams['train']}",
+                {k: v for k, v in metrics.items() if v is not None})
 
     def mask(self) -> Mask:
         """The best mask the search evaluated, over the model's parameters."""
@@ -163,7 +167,7 @@ def objective_score(train: TrainRun, cfg: SearchConfig, mask: Mask, runtime: Run
 
 def search_run_handle(train: TrainRun, cfg: SearchConfig, runs_dir: str | None) -> SearchRun:
     """The search run these inputs name, finished or not."""
-    return SearchRun(Run("search", {"train": train.run.name, "search": non_default(cfg)}, runs_dir), train, cfg)
+    return SearchRun(SearchRun.run_for({"train": train.run.name, "search": non_default(cfg)}, runs_dir), train, cfg)
 
 
 def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime = Runtime()) -> SearchRun:
@@ -172,7 +176,7 @@ def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime
     report.txt and summary.json."""
     check_config(cfg)
     result = search_run_handle(train, cfg, runtime.runs_dir)
-    result.summary, result.cached = result.run.produce(
+    result.produce(
         runtime.force, lambda: ({"train": train.run.name, "search": dataclasses.asdict(cfg)},
                                 _set_up(train, cfg, runtime)),
         lambda setup: _search(result.run, setup, train, cfg, runtime))

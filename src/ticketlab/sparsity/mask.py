@@ -121,6 +121,17 @@ class Mask(Mapping[str, torch.Tensor]):
         rows.append(f"{'total':<32} {self.kept():>10} {self.total():>10} {100 * self.sparsity():>8.2f}%")
         return "\n".join(rows)
 
+    def shuffled(self, generator: torch.Generator) -> Mask:
+        """A random mask keeping as many entries of each layer as this one (the random-mask control,
+        and the floor of mask similarity)."""
+        shuffled = {}
+        for name, keep in self._tensors.items():
+            order = torch.randperm(keep.numel(), generator=generator)
+            flat = torch.zeros(keep.numel(), dtype=torch.bool)
+            flat[order[: int(keep.sum())]] = True
+            shuffled[name] = flat.view_as(keep)
+        return Mask(shuffled)
+
     # --- comparing ------------------------------------------------------------------------
     def hamming(self, other: Mask) -> int:
         """The number of entries on which two masks over the same parameters differ."""

@@ -20,26 +20,29 @@ from ticketlab.data import Dataset, load_data
 from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.store import StageRun, Run, atomic_write_text, describes, note
+from ticketlab.stage import Stage
+from ticketlab.store import atomic_write_text, note
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 
-
 @dataclass
-class PruneRun(StageRun):
+class PruneRun(Stage):
+    """A mask selected by a criterion from a training run's weights."""
+
     train: TrainRun
     config: PruneConfig
+    KIND = "prune"
+    ARTIFACTS = (paths.MASK, paths.MASK_REPORT)
 
     def mask(self) -> Mask:
         return Mask.load(self.run.file(paths.MASK))
 
-
-@describes("prune")
-def describe_prune(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    cfg = hparams["prune"]
-    return (f"{cfg['criterion']} {cfg['sparsity']:.3g}{' units' if cfg.get('structured') else ''} of "
-            f"{hparams['train']}", summary.get("masked", {}))
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        cfg = hparams["prune"]
+        return (f"{cfg['criterion']} {cfg['sparsity']:.3g}{' units' if cfg.get('structured') else ''} of "
+                f"{hparams['train']}", summary.get("masked", {}))
 
 
 def check_prune_config(cfg: PruneConfig) -> Criterion:
@@ -121,7 +124,7 @@ def guarded_layers(counts: dict[str, dict[str, int]], sparsity: float) -> list[s
 def prune_run_handle(train: TrainRun, cfg: PruneConfig, runs_dir: str | None) -> PruneRun:
     """The prune run these inputs name, finished or not (its config's scope filled in)."""
     cfg = with_scope(cfg)
-    return PruneRun(Run("prune", {"train": train.run.name, "prune": prune_identity(cfg)}, runs_dir), train, cfg)
+    return PruneRun(PruneRun.run_for({"train": train.run.name, "prune": prune_identity(cfg)}, runs_dir), train, cfg)
 
 
 def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = Runtime()) -> PruneRun:
@@ -139,7 +142,7 @@ def prune(train: TrainRun, cfg: PruneConfig = PruneConfig(), runtime: Runtime = 
         atomic_write_text(result.run.file(paths.MASK_REPORT), mask.report() + "\n")
         return summary
 
-    result.summary, result.cached = result.run.produce(
+    result.produce(
         runtime.force, lambda: ({"train": train.run.name, "prune": dataclasses.asdict(cfg)},
                                 select_mask(train, cfg, criterion, runtime)), write)
     return result

@@ -13,6 +13,7 @@ others in under `threshold` of its flags.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import prunable_names
 from ticketlab.sparsity.schedules import check_sparsity
 from ticketlab.sparsity.selection import select
-from ticketlab.store import StageRun, Run, atomic_torch_save, atomic_write_json, read_json
+from ticketlab.stage import Stage
+from ticketlab.store import Run, atomic_torch_save, atomic_write_json, read_json
 from ticketlab.training.stage import TrainRun, run_training, train_identity
 
 WINDOW = 5
@@ -122,13 +124,30 @@ class EarlyBird:
 
 
 @dataclass
-class EarlyBirdResult(StageRun):
-    """A finished early-bird run: per ratio the epoch its ticket was drawn (None: never) and the
-    fraction of the full training that cost."""
+class EarlyBirdResult(Stage):
+    """An early-bird run: a dense training with a detector, and per ratio the epoch its ticket was
+    drawn (None: never) and the fraction of the full training that cost."""
 
-    found: dict[float, int | None]
-    cost: dict[float, float | None]
-    total_epochs: int
+    KIND = "earlybird"
+    ARTIFACTS = TrainRun.ARTIFACTS + (paths.EARLYBIRD, paths.DISTANCES, paths.DISTANCES_PLOTS)
+    MAY_WRITE = TrainRun.MAY_WRITE  # the tickets' weights among them
+    describe = staticmethod(TrainRun.describe)
+
+    @functools.cached_property
+    def _found(self) -> dict[str, Any]:
+        return read_json(self.run.file(paths.EARLYBIRD))
+
+    @property
+    def found(self) -> dict[float, int | None]:
+        return {float(r): entry["epoch"] for r, entry in self._found["found"].items()}
+
+    @property
+    def cost(self) -> dict[float, float | None]:
+        return {float(r): entry["cost"] for r, entry in self._found["found"].items()}
+
+    @property
+    def total_epochs(self) -> int:
+        return self._found["total_epochs"]
 
     def ticket_checkpoint(self, ratio: float) -> Path:
         """The weights of the epoch where the ratio's ticket was drawn ({"model": state_dict, "epoch": n})."""
@@ -161,7 +180,7 @@ def earlybird_run(data: DataConfig, model: ModelConfig, training: TrainConfig, r
                   stop: bool = False) -> Run:
     """The early-bird run these inputs name, finished or not."""
     settings = {"ratios": [float(r) for r in ratios], "criterion": criterion, "threshold": threshold, "stop": stop}
-    return Run("earlybird", {**train_identity(data, model, training), "earlybird": settings}, runs_dir)
+    return EarlyBirdResult.run_for({**train_identity(data, model, training), "earlybird": settings}, runs_dir)
 
 
 def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratios: Sequence[float],
@@ -173,7 +192,8 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     distances.json (the epoch × epoch mask distances per ratio), a heatmap
     distances-<ratio>.png per ratio, and checkpoints/earlybird-<ratio>.pt of each ticket.
     """
-    run = earlybird_run(data, model, training, ratios, runtime.runs_dir, criterion, threshold, stop)
+    result = EarlyBirdResult(earlybird_run(data, model, training, ratios, runtime.runs_dir, criterion, threshold, stop))
+    run = result.run
     settings = run.identity["earlybird"]
 
     def save(ratio: float, epoch: int, weights: dict[str, torch.Tensor]) -> None:
@@ -195,8 +215,5 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
                     title=f"early-bird mask distances, pruning ratio {ratio:g} (found: {detector.found[ratio]})")
         summary["earlybird"] = found
 
-    summary, cached = run_training(run, data, model, training, runtime, callbacks=[detector], before_finish=write)
-    saved = read_json(run.file(paths.EARLYBIRD))
-    found = {float(r): entry["epoch"] for r, entry in saved["found"].items()}
-    cost = {float(r): entry["cost"] for r, entry in saved["found"].items()}
-    return EarlyBirdResult(run, found, cost, saved["total_epochs"], summary=summary, cached=cached)
+    run_training(result, data, model, training, runtime, callbacks=[detector], before_finish=write)
+    return result

@@ -30,11 +30,13 @@ from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError, TrainConfig, non_default
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models.initializers import DEFAULT_INIT, initialize
-from ticketlab.store import StageRun, Run, describes
+from ticketlab.stage import Stage
+from ticketlab.store import Run
 from ticketlab.structure.saving import load, save_model, saved_units
 from ticketlab.structure.stage import ShrinkRun
 from ticketlab.structure.surgery import count_parameters, shrink
 from ticketlab.training.loop import Trainer
+from ticketlab.training.stage import TrainRun
 
 MODES = ("finetune", "rewind", "scratch")
 # Added to the training seed so a scratch init is not the dense init's draws cut to size.
@@ -42,21 +44,23 @@ SCRATCH_SEED_OFFSET = 1_000
 
 
 @dataclass
-class SmallRun(StageRun):
+class SmallRun(Stage):
     """A retraining of a shrunk network: its run, summary and checkpoints."""
 
     shrunk: ShrinkRun
     mode: str
+    KIND = "small"
+    ARTIFACTS = TrainRun.ARTIFACTS + (paths.MODEL,)
+    MAY_WRITE = TrainRun.MAY_WRITE
 
     @property
     def model_file(self) -> Path:
         return self.run.file(paths.MODEL)
 
-
-@describes("small")
-def describe_small(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    identity = hparams["identity"]
-    return f"{identity['shrink']} retrained ({identity['mode']})", summary.get("best", {})
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        identity = hparams["identity"]
+        return f"{identity['shrink']} retrained ({identity['mode']})", summary.get("best", {})
 
 
 def small_run_handle(shrunk: ShrinkRun, mode: str, rewind: str = "0it",
@@ -67,7 +71,7 @@ def small_run_handle(shrunk: ShrinkRun, mode: str, rewind: str = "0it",
         identity["rewind"] = rewind
     if training is not None:
         identity["train"] = non_default(training)
-    return Run("small", identity, runs_dir)
+    return SmallRun.run_for(identity, runs_dir)
 
 
 def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *, rewind: str = "0it",
@@ -94,7 +98,7 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
         save_model(small, run.file(paths.MODEL), dense.model_config, units)
         return summary
 
-    result.summary, result.cached = run.produce(runtime.force, prepare, write)
+    result.produce(runtime.force, prepare, write)
     return result
 
 

@@ -28,7 +28,8 @@ from ticketlab.data import load_data
 from ticketlab.search.stage import SearchRun, search_run_handle
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
 from ticketlab.sparsity.prune import PruneRun, masked_metrics, prune_run_handle
-from ticketlab.store import check_found, describes, find_run, StageRun, Run
+from ticketlab.stage import Stage, check_found
+from ticketlab.store import find_run
 from ticketlab.structure.saving import save_model
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
 from ticketlab.structure.tp_backend import shrink_zoo_with_torch_pruning
@@ -42,20 +43,25 @@ BACKENDS = ("ticketlab", "torch-pruning")
 
 
 @dataclass
-class ShrinkRun(StageRun):
+class ShrinkRun(Stage):
+    """A structured mask's network made physically smaller: the pruned units cut out."""
+
     source: PruneRun | SearchRun
     step: str
+    KIND = "shrink"
+    ARTIFACTS = (paths.MODEL,)
+    MAY_WRITE = (paths.ONNX,)  # added to the finished run by `ticketlab shrink --onnx`
 
     @property
     def model_file(self) -> Path:
         return self.run.file(paths.MODEL)
 
-
-@describes("shrink")
-def describe_shrink(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    params = summary.get("parameters", {})
-    kept = f", {100 * params['small'] / params['dense']:.1f}% of parameters" if params else ""
-    return f"{hparams['identity']['mask']} shrunk at {hparams['identity']['step']}{kept}", summary.get("metrics", {})
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        params = summary.get("parameters", {})
+        kept = f", {100 * params['small'] / params['dense']:.1f}% of parameters" if params else ""
+        return (f"{hparams['identity']['mask']} shrunk at {hparams['identity']['step']}{kept}",
+                summary.get("metrics", {}))
 
 
 def units_from_mask(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
@@ -116,7 +122,7 @@ def shrink_run_handle(source: PruneRun | SearchRun, step: str = "final", backend
                       runs_dir: str | None = None) -> ShrinkRun:
     """The shrink run these inputs name, finished or not."""
     inputs = {"mask": source.run.name, "step": step, **({"backend": backend} if backend != "ticketlab" else {})}
-    return ShrinkRun(Run("shrink", inputs, runs_dir), source, step)
+    return ShrinkRun(ShrinkRun.run_for(inputs, runs_dir), source, step)
 
 
 def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step: str = "final",
@@ -135,8 +141,7 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
         save_model(small, result.run.file(paths.MODEL), source.train.model_config, units)
         return summary
 
-    result.summary, result.cached = result.run.produce(
-        runtime.force, lambda: (inputs, _shrink(source, step, backend, runtime)), write)
+    result.produce(runtime.force, lambda: (inputs, _shrink(source, step, backend, runtime)), write)
     return result
 
 

@@ -20,7 +20,8 @@ from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, T
 from ticketlab.data import DATASETS, Dataset, load_data
 from ticketlab.models import build_model, state_shapes
 from ticketlab.manifest import recorded_command
-from ticketlab.store import check_found, describes, find_run, Run, StageRun
+from ticketlab.stage import Stage, check_found
+from ticketlab.store import find_run
 from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
 
@@ -60,13 +61,23 @@ def init_model(model: ModelConfig, dataset: Dataset, seed: int) -> nn.Module:
 
 
 @dataclass
-class TrainRun(StageRun):
+class TrainRun(Stage):
     """A dense-training run: its directory, configs, summary and checkpoints."""
 
     data: DataConfig
     model_config: ModelConfig
     training: TrainConfig
+    KIND = "train"
+    ARTIFACTS = (paths.METRICS, paths.checkpoint("best"), paths.checkpoint("final"))
+    MAY_WRITE = (paths.checkpoint("*"),)  # the steps of --save-at
     checkpoint_hint: ClassVar[str] = " (train with --save-at to keep more)"
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        what = f"{hparams['model']['name']} on {hparams['data']['name']}, {hparams['train']['steps']}"
+        if hparams["kind"] == "earlybird":
+            what = f"early birds: {what}"
+        return what, summary.get("best", {})
 
     @functools.cached_property
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -113,27 +124,30 @@ def with_checkpoints(training: TrainConfig, steps: Sequence[str]) -> TrainConfig
 def train_run_handle(data: DataConfig, model: ModelConfig, training: TrainConfig,
                      runs_dir: str | None) -> TrainRun:
     """The run these hyperparameters name, finished or not."""
-    return TrainRun(Run("train", train_identity(data, model, training), runs_dir), data, model, training)
+    return TrainRun(TrainRun.run_for(train_identity(data, model, training), runs_dir), data, model, training)
 
 
 def train(data: DataConfig = DataConfig(), model: ModelConfig = ModelConfig(),
           training: TrainConfig = TrainConfig(), runtime: Runtime = Runtime()) -> TrainRun:
     """Train a zoo model densely, or return the finished run with the same hyperparameters."""
     result = train_run_handle(data, model, training, runtime.runs_dir)
-    result.summary, result.cached = run_training(result.run, data, model, training, runtime)
+    run_training(result, data, model, training, runtime)
     return result
 
 
-def run_training(run: Run, data: DataConfig, model: ModelConfig, training: TrainConfig, runtime: Runtime, *,
+def run_training(made: Stage, data: DataConfig, model: ModelConfig, training: TrainConfig, runtime: Runtime, *,
                  callbacks: Sequence[EpochCallback] = (),
-                 before_finish: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], bool]:
-    """Train in `run`'s directory (resuming it if interrupted); the summary, and whether the run had finished.
+                 before_finish: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Train in `made`'s run directory (resuming it if interrupted), filling in its summary and whether
+    the run had finished (`cached`).
 
     Callbacks that can stop training or that record something must get a run of their own
     (a kind or identity of their own), since a finished run returns without training.
     `before_finish` gets the summary before the run is marked finished, to write what the
     run adds to its directory (a run killed before finishing redoes it on resume).
     """
+    run = made.run
+
     def prepare() -> tuple[dict[str, Any], tuple[Trainer, Dataset, torch.device]]:
         device = apply_runtime(runtime)
         dataset = load_data(data, data_dir=runtime.data_dir, device=device)
@@ -152,15 +166,7 @@ def run_training(run: Run, data: DataConfig, model: ModelConfig, training: Train
             before_finish(summary)
         return summary
 
-    return run.produce(runtime.force, prepare, write)
-
-
-@describes("train", "earlybird")
-def describe_training(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    what = f"{hparams['model']['name']} on {hparams['data']['name']}, {hparams['train']['steps']}"
-    if hparams["kind"] == "earlybird":
-        what = f"early birds: {what}"
-    return what, summary.get("best", {})
+    made.produce(runtime.force, prepare, write)
 
 
 def find_train_run(ref: str, runs_dir: str | None = None) -> TrainRun:

@@ -10,14 +10,14 @@ from typing import Any
 
 from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
                               TrainConfig, coerce, from_dict)
-from ticketlab.experiments.comparison import (Comparison, compare_masks, dense_training, mask_run, retrain_ticket)
+from ticketlab.experiments.comparison import (Comparison, compare_masks, dense_training, mask_run, retrain_ticket,
+                                              ticket_run)
 from ticketlab.experiments.sections.base import Context, Described, Section, as_input, mapping, mean_std
 from ticketlab.experiments.study import Node
 from ticketlab.lottery.retrain import Setting
 from ticketlab.search.anneal import check_config
 from ticketlab.search.stage import search_run_handle
 from ticketlab.sparsity.prune import check_prune_config, prune_run_handle
-from ticketlab.store import Run
 from ticketlab.structure.retrain import small_run_handle
 from ticketlab.structure.stage import shrink_run_handle
 from ticketlab.training.stage import TrainRun, train, train_run_handle
@@ -103,7 +103,7 @@ def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: st
     else:
         made, structured = search_run_handle(dense, config, runs_dir), config.granularity == "filter"
     if not structured:
-        return made.run.name, Run("ticket", {"mask": made.run.name, "rewind": rewind}, runs_dir).name
+        return made.run.name, ticket_run(made.run.name, rewind, runs_dir).name
     shrunk = shrink_run_handle(made, rewind, runs_dir=runs_dir)
     return made.run.name, shrunk.run.name, small_run_handle(shrunk, "rewind", rewind, runs_dir=runs_dir).name
 

@@ -11,11 +11,10 @@ from typing import Any
 from ticketlab.config import LotteryConfig, TicketlabError, TrainConfig, coerce, from_dict
 from ticketlab.experiments.sections.base import Context, Described, Section, mapping, mean_std
 from ticketlab.experiments.study import Node
-from ticketlab.lottery.controls import control
+from ticketlab.lottery.controls import control, control_run
 from ticketlab.lottery.experiment import check_experiment, control_levels_of, replicate_training, run_lottery
 from ticketlab.lottery.levels import level_run, lottery
 from ticketlab.report.lottery import LotteryReport, write_report
-from ticketlab.store import Run
 from ticketlab.training.stage import train, train_run_handle
 
 
@@ -80,7 +79,7 @@ class LotterySection(Section):
                            runs=tuple(level.name for level in levels), trainings=cfg.levels)]
             for level in control_levels_of(cfg, value.control_levels):
                 for name in value.controls:
-                    made = Run("control", {"level": levels[level - 1].name, "control": name}, runs_dir)
+                    made = control_run(levels[level - 1].name, name, runs_dir)
                     nodes.append(Node(f"{dense.run.name}: {name} of level {level}", _control,
                                       (context, seeded, cfg, level, name), (chain,), kind="control",
                                       runs=(made.name,), trainings=1))

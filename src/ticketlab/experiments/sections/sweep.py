@@ -11,7 +11,6 @@ from ticketlab.analysis.sweep import DEFAULT_KS, SweepResult, normalise_ks, swee
 from ticketlab.config import TicketlabError
 from ticketlab.experiments.sections.base import Context, Described, Section, mapping
 from ticketlab.experiments.study import Node
-from ticketlab.store import Run
 
 KEYS = ("ks", "step")
 
@@ -41,7 +40,7 @@ class SweepSection(Section):
 
     def nodes(self, value: Sweep, context: Context) -> list[Node]:
         dense = context.dense_handle()
-        made = Run("sweep", sweep_identity(dense, normalise_ks(value.ks), value.step), context.runtime.runs_dir)
+        made = SweepResult.run_for(sweep_identity(dense, normalise_ks(value.ks), value.step), context.runtime.runs_dir)
         return [Node(made.name, _sweep, (context, value), (dense.run.name,), kind="sweep", runs=(made.name,))]
 
     def result(self, value: Sweep, context: Context) -> SweepResult:
