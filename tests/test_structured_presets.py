@@ -79,6 +79,9 @@ def test_smoke_variants_prune_shrink_retrain_and_write_the_table(name, tmp_path,
         assert {row["pruned_at"] for row in rows} == {"5ep"}
         assert "found at epoch 5" in out
     assert "structured pruning, shrunk and retrained" in out
+    page = Path(result["report"]).read_text()  # the study's report shows the surgery, and the early birds
+    assert "<h2" in page and "Physically smaller networks" in page
+    assert ("Early-bird tickets" in page) == ("earlybird" in result)
 
 
 @pytest.mark.parametrize("name", CIFAR)

@@ -17,12 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ticketlab.cli import experiments, listing, pruning, training
+from ticketlab.cli import analysis, experiments, listing, pruning, report, training
 from ticketlab.cli.flags import Command, HelpFormatter, Parser
 from ticketlab.config import TicketlabError
 from ticketlab.store import set_invocation
 
-GROUPS = (training, pruning, experiments, listing)
+GROUPS = (training, pruning, experiments, analysis, report, listing)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ticketlab.cli.flags import Result, add_output_flags, add_runtime_flags, runtime_from_args, typed
+from ticketlab.cli.report import report_path, write_report
 from ticketlab.cli.training import describe_training
 from ticketlab.config import TicketlabError
 from ticketlab.experiments.study import BACKENDS, check_workers
@@ -27,8 +28,8 @@ def cmd_run(args: argparse.Namespace) -> Result:
         if args.backend == "local":
             check_workers(args.workers, runtime.threads)  # a plan of a run that could not start is no plan
         return plan_preset(preset, runtime)
-    result = run_preset(preset, runtime_from_args(args), workers=args.workers, backend=args.backend,
-                        address=args.address)
+    runtime = runtime_from_args(args)
+    result = run_preset(preset, runtime, workers=args.workers, backend=args.backend, address=args.address)
     lines, payload = describe_training(result.train)
     title = f"preset {result.preset.name}" + (f": {result.preset.description}" if result.preset.description else
                                                f" ({args.preset})")
@@ -38,7 +39,9 @@ def cmd_run(args: argparse.Namespace) -> Result:
         more, entries = SECTIONS[name].describe(section)
         lines += more
         payload |= entries
-    return lines, payload
+    report, _ = write_report([args.preset], report_path(result.preset.name, runtime.runs_dir), runtime, args.smoke)
+    lines.append(f"report: {report.absolute()}")
+    return lines, {**payload, "report": str(report.absolute())}
 
 
 def cmd_status(args: argparse.Namespace) -> Result:

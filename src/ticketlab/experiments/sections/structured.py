@@ -72,10 +72,12 @@ class StructuredSection(Section):
         """One node per (entry, step, ratio): its prune, shrink and retrainings. An entry pruned at
         the early-bird tickets learns its step only once the dense run has drawn them."""
         dense = context.dense_handle()
+        drawn = _drawn_steps(dense) if value.earlybird is not None else {}
         nodes: dict[str, Node] = {}
         for number, (plan, step, ratio) in enumerate(entries(value.shrink, value.earlybird)):
             name = f"{dense.run.name}: shrink[{value.shrink.index(plan)}] at {step}, ratio {ratio:g}"
-            runs = () if step == EARLYBIRD_AT else _entry_runs(dense, plan, step, ratio, context.runtime.runs_dir)
+            at = drawn.get(ratio) if step == EARLYBIRD_AT else step
+            runs = () if at is None else _entry_runs(dense, plan, at, ratio, context.runtime.runs_dir)
             nodes.setdefault(name, Node(name, _entry, (context, value, number), (dense.run.name,), kind="shrink",
                                         runs=runs, trainings=len(plan.retrain)))
         return list(nodes.values())
@@ -90,6 +92,14 @@ class StructuredSection(Section):
         if result.earlybird is not None:
             payload["earlybird"] = earlybird_payload(result.earlybird)
         return describe_structured(result), payload
+
+
+def _drawn_steps(dense: TrainRun) -> dict[float, str]:
+    """Once the early-bird run is done, the step each ratio's ticket was drawn at (none: no ticket)."""
+    if not dense.run.done or dense.run.problem() is not None:
+        return {}
+    found = EarlyBirdResult(dense.run).found
+    return {ratio: f"{epoch}ep" for ratio, epoch in found.items() if epoch is not None}
 
 
 def _entry_runs(dense: TrainRun, plan: ShrinkPlan, step: str, ratio: float, runs_dir: str | None) -> tuple[str, ...]:

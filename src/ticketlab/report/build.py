@@ -1,0 +1,369 @@
+"""What a study found, as one HTML page (html.py): the runs a preset's study made, or given runs
+and the runs they were made from, each kind shown by its section writer below.
+
+A section writer takes the finished runs and returns the page's section for them (or None when
+there is nothing of its kind): adding one is a function and a line in WRITERS.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ticketlab import paths
+from ticketlab.analysis.orthogonality import orthogonality_scores
+from ticketlab.analysis.similarity import MEASURES, RANDOM_PREFIX, similarity_matrix, with_random_floor
+from ticketlab.config import TicketlabError
+from ticketlab.manifest import verified_bytes
+from ticketlab.report import figures
+from ticketlab.report.html import Figure, Section, Table, render
+from ticketlab.sparsity.mask import Mask
+from ticketlab.stage import describe
+from ticketlab.store import list_runs, load_checkpoint, read_json, runs_root
+
+RUN_NAME = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
+REPORT_KINDS = ("lottery", "comparison", "structured", "valsize")  # runs over other runs, made as a study ends
+
+
+@dataclass
+class RunView:
+    """A finished run as the report reads it."""
+
+    name: str
+    kind: str
+    path: Path
+    hparams: dict[str, Any]
+    summary: dict[str, Any]
+
+    @property
+    def command(self) -> str | None:
+        return self.hparams.get("command")
+
+    def rows(self, name: str) -> list[dict[str, str]]:
+        return list(csv.DictReader(verified_bytes(self.path / name, "table").decode().splitlines()))
+
+    def json(self, name: str) -> Any:
+        return read_json(self.path / name)
+
+    def inputs(self) -> list[str]:
+        """The runs named in this run's identity: what it was made from."""
+        found: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str) and RUN_NAME.match(value):
+                found.append(value)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk(self.hparams.get("identity", {}))
+        return found
+
+
+def finished_runs(runs_dir: str | Path | None) -> dict[str, RunView]:
+    rows = list_runs(runs_dir)
+    return {row["name"]: RunView(row["name"], row["kind"], Path(row["path"]), row["hparams"], row["summary"])
+            for row in rows if row["status"] == "done"}
+
+
+def with_inputs(names: Iterable[str], runs: dict[str, RunView]) -> list[str]:
+    """The runs, and every run they were made from (transitively), finished ones only."""
+    chosen: dict[str, None] = {}
+    stack = [name for name in names if name in runs]
+    while stack:
+        name = stack.pop()
+        if name not in chosen:
+            chosen[name] = None
+            stack += [found for found in runs[name].inputs() if found in runs]
+    return list(chosen)
+
+
+def with_reports(names: Sequence[str], runs: dict[str, RunView]) -> list[str]:
+    """The runs, and the report runs made over them alone (a comparison's table, a lottery's)."""
+    have = set(names)
+    reports = [view.name for view in runs.values()
+               if view.kind in REPORT_KINDS and view.name not in have and view.inputs() and set(view.inputs()) <= have]
+    return [*names, *reports]
+
+
+# --- the sections ---------------------------------------------------------------------------
+
+Writer = Callable[[list[RunView], dict[str, RunView]], Section | None]
+
+
+def _of(runs: list[RunView], *kinds: str) -> list[RunView]:
+    return [run for run in runs if run.kind in kinds]
+
+
+def _float(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def overview(runs: list[RunView], _: dict[str, RunView]) -> Section:
+    rows = []
+    for run in runs:
+        what, metrics = describe({"kind": run.kind, "status": "done", "hparams": run.hparams, "summary": run.summary})
+        rows.append({"run": run.name, "kind": run.kind, "what": what, "val_acc": metrics.get("val_acc"),
+                     "test_acc": metrics.get("test_acc")})
+    return Section("Runs", "Every run this report reads, with its key metrics (trainings: at the best step by "
+                           "validation; masks: the masked network before retraining).",
+                   [Table(rows, ("run", "kind", "what", "val_acc", "test_acc"), "The runs.", "runs.csv",
+                          "ticketlab runs")])
+
+
+def _curve(run: RunView, column: str) -> tuple[list[float], list[float]]:
+    rows = [row for row in run.rows(paths.METRICS) if not math.isnan(_float(row[column]))]
+    return [_float(row["epoch"]) for row in rows], [_float(row[column]) for row in rows]
+
+
+def _train_label(run: RunView) -> str:
+    train = run.hparams.get("train", {})
+    return f"{run.hparams.get('model', {}).get('name', '?')} seed {train.get('seed', '?')} ({run.name})"
+
+
+def trainings(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    dense = _of(runs, "train", "earlybird")
+    if not dense:
+        return None
+    series = {column: {_train_label(run): (*_curve(run, column), None) for run in dense}
+              for column in ("train_loss", "val_acc")}
+    png = figures.panels({"training loss (per epoch)": series["train_loss"],
+                          "validation accuracy (fraction)": series["val_acc"]}, xlabel="epoch")
+    rows = [{"run": run.name, "model": run.hparams["model"]["name"], "data": run.hparams["data"]["name"],
+             "steps": run.hparams["train"]["steps"], "seed": run.hparams["train"]["seed"],
+             "best_step": run.summary["best"]["step"], "val_acc": run.summary["best"]["val_acc"],
+             "test_acc": run.summary["best"]["test_acc"]} for run in dense]
+    return Section("Dense trainings", "The dense networks every mask was drawn from.", [
+        Figure(png, "Training loss and validation accuracy of each dense run, per epoch.",
+               dense[0].command),
+        Table(rows, tuple(rows[0]), "Each dense run at its best step by validation loss.", "dense.csv")])
+
+
+def _remaining_pct(sparsity: float) -> float:
+    return 100 * (1 - sparsity)
+
+
+def sweeps(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "sweep"):
+        rows = run.rows(paths.SWEEP_TABLE)
+        by_method = {method: [r for r in rows if r["method"] == method]
+                     for method in dict.fromkeys(r["method"] for r in rows)}
+        series = {f"{method} pruning": ([_remaining_pct(_float(r["sparsity"])) for r in mine],
+                                        [_float(r["test_acc"]) for r in mine], None)
+                  for method, mine in by_method.items()}
+        png = figures.panels({"test accuracy (fraction)": series}, xlabel="weights remaining (%, log scale)",
+                             references={"test accuracy (fraction)": ("dense", run.summary["dense_test_acc"])},
+                             log_x=True, reverse_x=True, width=7)
+        blocks.append(Figure(png, f"Sweep of {run.summary['train']}: test accuracy under magnitude pruning of "
+                                  f"single weights and of whole units, without retraining.", run.command))
+        blocks.append(Table(rows, list(rows[0]), f"The sweep's table ({run.name}).", f"{run.name}.csv", run.command))
+    return Section("Weight and unit pruning without retraining", "", blocks) if blocks else None
+
+
+def lotteries(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "lottery"):
+        rows = run.rows(paths.TABLE)
+        dense = next((r for r in rows if r["procedure"] == "ticket" and r["level"] == "0"), None)
+        series = {}
+        for procedure in dict.fromkeys(r["procedure"] for r in rows):
+            mine = [r for r in rows if r["procedure"] == procedure and r["level"] != "0"]
+            series[procedure] = ([_float(r["remaining_pct"]) for r in mine], [_float(r["test_acc_mean"]) for r in mine],
+                                 [_float(r["test_acc_std"]) for r in mine])
+        references = {"test accuracy at the best step": ("dense", _float(dense["test_acc_mean"]))} if dense else None
+        png = figures.panels({"test accuracy at the best step": series}, xlabel="weights remaining (%, log scale)",
+                             references=references, log_x=True, reverse_x=True, width=7)
+        replicates = run.summary.get("replicates", 1)
+        blocks.append(Figure(png, f"Lottery tickets and their controls by level: mean ± std over {replicates} "
+                                  "replicate(s), test accuracy at the step of best validation loss.", run.command))
+        blocks.append(Table(rows, list(rows[0]), "The lottery's table: each procedure and level.", f"{run.name}.csv",
+                            run.command))
+    return Section("Iterative magnitude pruning (lottery tickets)", "", blocks) if blocks else None
+
+
+def _mask(run: RunView) -> Mask:
+    return Mask.load(run.path / paths.MASK)
+
+
+def comparisons(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "comparison"):
+        rows, per_run = run.rows(paths.TABLE), run.rows(paths.RUNS_TABLE)
+        blocks.append(Table(rows, list(rows[0]), "Masks compared: test accuracy at the rewind step (before "
+                            "retraining) and after retraining from it, mean and std over replicates.",
+                            f"{run.name}.csv", run.command))
+        for sparsity in dict.fromkeys(r["sparsity"] for r in per_run):
+            mine = [r for r in per_run if r["sparsity"] == sparsity and r["replicate"] == "0"]
+            made = [(r["method"], all_runs[r["mask_run"]]) for r in mine if r["mask_run"] in all_runs]
+            blocks += _trainability(mine, all_runs, sparsity) + _mask_blocks(made, all_runs, f"at sparsity {sparsity}")
+    return Section("Masks compared", "Each method's masks at each sparsity, retrained from the rewind step; "
+                                     "the figures show the first replicate.", blocks) if blocks else None
+
+
+def _trainability(mine: list[dict[str, str]], all_runs: dict[str, RunView], sparsity: str) -> list[Figure]:
+    tickets = [(r["method"], all_runs[r["ticket_run"]]) for r in mine if r["ticket_run"] in all_runs]
+    if not tickets:
+        return []
+    series = {column: {method: (*_curve(ticket, column), None) for method, ticket in tickets}
+              for column in ("train_loss", "val_acc")}
+    png = figures.panels({"training loss (per epoch)": series["train_loss"],
+                          "validation accuracy (fraction)": series["val_acc"]}, xlabel="epoch")
+    return [Figure(png, f"Trainability at sparsity {sparsity}: training loss and validation accuracy of each "
+                        "method's ticket as it retrains.", tickets[0][1].command)]
+
+
+def _mask_blocks(made: list[tuple[str, RunView]], all_runs: dict[str, RunView], where: str) -> list[Figure | Table]:
+    """How alike the masks are (with the random floor), their per-layer sparsity, and the
+    orthogonality of the initial weights they leave; `where` says which masks these are."""
+    if not made:
+        return []
+    masks = with_random_floor({label: _mask(run) for label, run in made})
+    labels = list(masks)
+    tag = where.replace(" ", "-")
+    blocks: list[Figure | Table] = [Figure(
+        figures.matrix(similarity_matrix(masks, "cosine"), labels, colorbar="cosine similarity", vmin=0, vmax=1),
+        f"Mask similarity {where}: cosine similarity of the flattened masks; random-1 and random-2 keep as many "
+        "weights of each layer as the first and mark the floor of chance overlap.")]
+    pairs = [{"a": labels[i], "b": labels[j], **{m: similarity_matrix({labels[i]: masks[labels[i]],
+                                                                      labels[j]: masks[labels[j]]}, m)[0][1]
+                                                for m in MEASURES}}
+             for i in range(len(labels)) for j in range(i + 1, len(labels))]
+    blocks.append(Table(pairs, ("a", "b", *MEASURES), f"Every pair of masks {where}: cosine, Jaccard of the kept "
+                        "sets, normalised Hamming distance.", f"similarity-{tag}.csv"))
+    layers = list(dict.fromkeys(name for mask in masks.values() for name in mask))  # a unit mask covers biases too
+    pruned = {label: {layer.name: 100 * layer.sparsity for layer in mask.layers()} for label, mask in masks.items()
+              if not label.startswith(f"{RANDOM_PREFIX}-")}
+    blocks.append(Figure(figures.bars(layers, {label: [of.get(name, math.nan) for name in layers]
+                                               for label, of in pruned.items()}, ylabel="pruned (%)"),
+                         f"Per-layer sparsity of each mask {where} (no bar: a parameter the mask does not cover)."))
+    dense = all_runs.get(made[0][1].hparams.get("train", ""))
+    if dense is not None and (dense.path / paths.checkpoint("0it")).exists():
+        init = load_checkpoint(dense.path / paths.checkpoint("0it"))["model"]
+        rows = [{"mask": label, **orthogonality_scores(init, mask)} for label, mask in masks.items()]
+        unmasked = Mask({name: torch.ones_like(keep) for name, keep in masks[labels[0]].items()})
+        rows.append({"mask": "dense (no mask)", **orthogonality_scores(init, unmasked)})
+        scored = list(dict.fromkeys(name for row in rows for name in row if name != "mask"))  # weights, not biases
+        for row in rows:
+            row["mean"] = statistics.fmean(v for k, v in row.items() if k != "mask")
+        blocks.append(Table(rows, ("mask", *scored, "mean"), f"Orthogonality of the initial weights of "
+                            f"{dense.name} under each mask {where}, per layer: mean((WᵀW − I)²), W out × in "
+                            "(Lee et al. 2020); higher means worse signal propagation.",
+                            f"orthogonality-{tag}.csv"))
+    return blocks
+
+
+def masks(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | None:
+    """Masks that no comparison in the report covers, of one model each (as their training says)."""
+    compared = {row["mask_run"] for run in _of(runs, "comparison") for row in run.rows(paths.RUNS_TABLE)}
+    loose = [run for run in _of(runs, "prune", "search") if run.name not in compared]
+    by_training: dict[str, list[RunView]] = {}
+    for run in loose:
+        by_training.setdefault(run.hparams.get("train", ""), []).append(run)
+    blocks: list[Figure | Table] = []
+    for train, mine in by_training.items():
+        blocks += _mask_blocks([(run.name, run) for run in mine], all_runs, f"of {train}")
+    return Section("Masks", "Masks of the same dense run side by side.", blocks) if blocks else None
+
+
+def searches(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "search"):
+        history = run.rows(paths.HISTORY)
+        if not history or "step" not in history[0]:
+            continue
+        steps = [_float(r["step"]) for r in history]
+        series = {"best so far": (steps, [_float(r["best"]) for r in history], None),
+                  "current": (steps, [_float(r["current"]) for r in history], None)}
+        cfg = run.hparams["search"]
+        png = figures.panels({f"objective ({cfg['metric']}, search images)": series}, xlabel="evaluation",
+                             width=8)
+        held = run.summary["best"].get("held_out", {})
+        test = (held.get("test") or {}).get("accuracy")
+        blocks.append(Figure(png, f"{cfg['method']} ({cfg['mode']}) at sparsity {cfg['sparsity']:g}, "
+                                  f"{cfg['granularity']}s, at {cfg['at']}: the objective as the search went; best "
+                                  f"{run.summary['best']['score']:.4f}"
+                                  + (f", test accuracy of the best mask {test:.4f}" if test is not None else "")
+                                  + f" ({run.name}).", run.command))
+    return Section("Mask searches", "Searches score masks on validation images only; the test set is read "
+                                    "once, for the best mask.", blocks) if blocks else None
+
+
+def early_birds(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "earlybird"):
+        saved, found = run.json(paths.DISTANCES), run.json(paths.EARLYBIRD)
+        for ratio, distances in saved["distances"].items():
+            epoch = found["found"][ratio]["epoch"]
+            png = figures.grid(distances, saved["epochs"], label="epoch", colorbar="normalised mask distance",
+                               contour=found.get("threshold"))
+            blocks.append(Figure(png, f"Early-bird mask distances between epochs at pruning ratio {ratio}: the "
+                                      f"ticket is drawn once the last masks stay within {found.get('threshold')} "
+                                      f"(the red line); found at epoch {epoch}.", run.command))
+    return Section("Early-bird tickets", "", blocks) if blocks else None
+
+
+def surgery(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    rows = []
+    for run in _of(runs, "shrink"):
+        s = run.summary
+        rows.append({"run": run.name, "mask": run.hparams["identity"]["mask"],
+                     "parameters_dense": s["parameters"]["dense"], "parameters_small": s["parameters"]["small"],
+                     "macs_dense": s["macs"]["dense"], "macs_small": s["macs"]["small"],
+                     "latency_b64_dense_ms": s["latency_ms"]["dense"]["batch_64"],
+                     "latency_b64_small_ms": s["latency_ms"]["small"]["batch_64"],
+                     "test_acc": s["metrics"]["test_acc"]})
+    if not rows:
+        return None
+    return Section("Physically smaller networks", "Structured masks cut out of their networks: sizes, CPU "
+                   "latency (batch 64, 1 thread) and accuracy of the small network, equal to the masked one.",
+                   [Table(rows, tuple(rows[0]), "Each shrunk network.", "surgery.csv")])
+
+
+def validation_sizes(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "valsize"):
+        rows = run.rows(paths.TABLE)
+        sizes = [_float(r["val_size"]) for r in rows]
+        series = {label: (sizes, [_float(r[column]) for r in rows], None) for label, column in
+                  (("search objective (its own images)", "search_score"), ("rest of validation", "val_rest_acc"),
+                   ("test", "test_acc"))}
+        blocks.append(Figure(figures.panels({"accuracy (fraction)": series}, xlabel="validation images in the "
+                                            "search objective (log scale)", log_x=True, width=7),
+                             "How the size of the search objective moves the gap between the score a search "
+                             "optimises and the test accuracy of its mask.", run.command))
+        blocks.append(Table(rows, list(rows[0]), "The validation-size table.", f"{run.name}.csv", run.command))
+    return Section("Validation-set size", "", blocks) if blocks else None
+
+
+WRITERS: list[Writer] = [overview, trainings, sweeps, lotteries, comparisons, masks, searches, early_birds, surgery,
+                         validation_sizes]
+
+
+def build_report(title: str, lead: str, names: Sequence[str], runs_dir: str | Path | None = None) -> str:
+    """The page over the named finished runs (with the runs they were made from and the reports
+    made over them)."""
+    every = finished_runs(runs_dir)
+    missing = [name for name in names if name not in every]
+    if missing:
+        raise TicketlabError(f"run {missing[0]} is not a finished run under {runs_root(runs_dir)}; "
+                             "expected runs listed as done by `ticketlab runs`")
+    chosen = [every[name] for name in with_reports(with_inputs(names, every), every)]
+    chosen.sort(key=lambda run: run.name)
+    sections = [section for writer in WRITERS if (section := writer(chosen, every)) is not None]
+    return render(title, lead, sections, {"runs": f"{len(chosen)} in {runs_root(runs_dir).absolute()}"})
+
