@@ -32,3 +32,31 @@ def test_structured_masks_retrain_shrunk_and_every_mask_is_scored_on_one_objecti
         mask = Mask.load(made / "mask.safetensors")
         assert objective_score(dense, first, mask, runtime) == pytest.approx(run["search_score"], abs=0)
     assert (result.path / "best_so_far.png").exists()
+
+
+def test_imp_is_compared_at_each_sparsity_by_a_lottery_whose_levels_reach_it(tmp_path):
+    from ticketlab.config import LotteryConfig
+
+    runtime = Runtime(runs_dir=str(tmp_path), progress=False)
+    methods = [MaskMethod("magnitude", PruneConfig(criterion="magnitude", at="final")),
+               MaskMethod("IMP", LotteryConfig(levels=2))]
+    result = compare_masks(DataConfig(name="digits"), ModelConfig(name="lenet300_100"), TrainConfig(steps="1ep"),
+                           methods, [0.5, 0.8], runtime)
+    for run in (r for r in result.runs if r["method"] == "IMP"):
+        # the mask and the ticket are the last level's: retrained from the rewind step under its mask
+        assert run["mask_run"] == run["ticket_run"]
+        level, hparams = find_run(run["ticket_run"], ("level",), runtime.runs_dir)
+        assert hparams["identity"]["level"] == 2 and hparams["lottery"]["rewind"] == "0it"
+        assert read_json(level / "summary.json")["remaining"] == pytest.approx(1 - run["sparsity"], abs=2e-3)
+        assert run["evaluations"] == 0 and 0 <= run["trained_acc"] <= 1
+
+
+def test_imp_settings_that_the_comparison_fixes_are_refused(tmp_path, capsys):
+    from ticketlab.cli import main
+
+    preset = tmp_path / "imp.yaml"
+    preset.write_text("data: {name: digits}\ncompare:\n  sparsities: [0.5]\n  methods:\n"
+                      "    - {name: IMP, lottery: {levels: 2, rate: 0.3}}\n")
+    assert main(["run", str(preset), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "IMP's rate follows from each compared sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

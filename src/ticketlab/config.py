@@ -132,10 +132,10 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class MaskMethod:
-    """A named way to make a mask, for comparisons: a pruning criterion or a search."""
+    """A named way to make a mask, for comparisons: a pruning criterion, a search, or IMP (a lottery)."""
 
     name: str  # as a table shows it, e.g. "SA k=init"
-    config: PruneConfig | SearchConfig  # its sparsity is set by each compared sparsity
+    config: PruneConfig | SearchConfig | LotteryConfig  # its sparsity (IMP: its rate) is set by each compared sparsity
 
 
 C = TypeVar("C")

@@ -9,6 +9,11 @@ it stands for: shrunk at the rewind weights (checked equal to the masked network
 trained from there, which is what the thesis's "actual pruning" did. Test accuracy is
 reported at the best validation step; nothing is selected on test.
 
+IMP is a method too: at sparsity s, a lottery of its levels, each pruning the same fraction of
+what remains (1 − (1 − s)^(1/levels)), rewound to the comparison's rewind step; its mask is the
+last level's, and its ticket that level's own retraining (the same retraining, from the same
+rewind weights, that every other mask gets).
+
 Searches are also compared by what they optimise: the best objective score found (the
 masked network's score on the search's validation images at its checkpoint) and the
 evaluations spent on it, on one objective: the comparison's first search's. A criterion's
@@ -28,12 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ticketlab import paths
-from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
-                              TrainConfig)
+from ticketlab.config import (DataConfig, LotteryConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig,
+                              TicketlabError, TrainConfig)
+from ticketlab.lottery.levels import lottery
 from ticketlab.lottery.retrain import Setting, TicketRun, retrain
 from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
+from ticketlab.sparsity.schedules import round_rate
 from ticketlab.stage import Stage
 from ticketlab.store import Run, atomic_write_text, csv_text
 from ticketlab.structure.retrain import retrain_small
@@ -62,14 +69,25 @@ class Comparison(Stage):
         return f"mask comparison: {len(summary.get('rows', []))} rows", {}
 
 
-def mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Runtime) -> Any:
-    config = dataclasses.replace(method.config, sparsity=sparsity)
+def at_sparsity(method: MaskMethod, sparsity: float, rewind: str) -> PruneConfig | SearchConfig | LotteryConfig:
+    """The method's config for one compared sparsity (IMP's: the rate its levels reach it at)."""
+    if isinstance(method.config, LotteryConfig):
+        return dataclasses.replace(method.config, rate=round_rate(sparsity, method.config.levels), rewind=rewind)
+    return dataclasses.replace(method.config, sparsity=sparsity)
+
+
+def mask_run(dense: TrainRun, method: MaskMethod, sparsity: float, runtime: Runtime, rewind: str = "0it") -> Any:
+    """The method's mask at the sparsity: a prune or search run, or IMP's last level."""
+    config = at_sparsity(method, sparsity, rewind)
+    if isinstance(config, LotteryConfig):
+        return lottery(dense, config, runtime).level(config.levels).retrained
     return (prune if isinstance(config, PruneConfig) else search)(dense, config, runtime)
 
 
 def dense_training(training: TrainConfig, methods: Sequence[MaskMethod], rewind: str, replicate: int) -> TrainConfig:
     """A replicate's dense training, keeping every step the masks are scored at or rewound to."""
-    steps = ["0it", rewind, *(m.config.at for m in methods), *(getattr(m.config, "compare", "0it") for m in methods)]
+    steps = ["0it", rewind, *(getattr(m.config, "at", "0it") for m in methods),
+             *(getattr(m.config, "compare", "0it") for m in methods)]
     return dataclasses.replace(with_checkpoints(training, steps), seed=training.seed + replicate)
 
 
@@ -95,7 +113,7 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
         setting = Setting.of(dense, runtime)
         for sparsity in sparsities:
             for method in methods:
-                made = mask_run(dense, method, sparsity, runtime)
+                made = mask_run(dense, method, sparsity, runtime, rewind)
                 mask = made.mask()
                 at_rewind = setting.model()
                 at_rewind.load_state_dict(dense.state_dict(rewind))
@@ -104,7 +122,7 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
                              "mask_run": made.run.name, "ticket_run": ticket.run.name,
                              "rewind_acc": masked_metrics(at_rewind, setting.data, mask)["test_acc"],
                              "trained_acc": ticket.summary["best"]["test_acc"],
-                             **_search_score(made, objective, runtime)})
+                             **_search_score(made, method, dense, objective, runtime)})
     rows = []
     for sparsity in sparsities:
         for method in methods:
@@ -141,7 +159,10 @@ def ticket_run(mask_run: str, rewind: str, runs_dir: str | None) -> Run:
 
 
 def retrain_ticket(made: Any, method: MaskMethod, setting: Setting, rewind: str, runtime: Runtime) -> Stage:
-    """The mask's network retrained from the rewind weights: shrunk first if the mask is structured."""
+    """The mask's network retrained from the rewind weights: shrunk first if the mask is structured;
+    IMP's last level is retrained so already."""
+    if isinstance(method.config, LotteryConfig):
+        return made
     if is_structured(made):
         return retrain_small(shrink_run(made, runtime, step=rewind), "rewind", runtime, rewind=rewind)
     dense = setting.dense
@@ -154,18 +175,19 @@ def retrain_ticket(made: Any, method: MaskMethod, setting: Setting, rewind: str,
 OBJECTIVE_FIELDS = ("at", "metric", "val_size", "train_steps")
 
 
-def _search_score(made: Any, objective: SearchConfig | None, runtime: Runtime) -> dict[str, Any]:
+def _search_score(made: Any, method: MaskMethod, dense: TrainRun, objective: SearchConfig | None,
+                  runtime: Runtime) -> dict[str, Any]:
     """Evaluations a mask cost, its objective score, and for a search of that objective its best
     score after each evaluation."""
-    config = made.config
+    config = method.config
     searched = isinstance(config, SearchConfig)
     evaluations = made.summary["evaluations"] if searched else 0
     if searched and all(getattr(config, f) == getattr(objective, f) for f in OBJECTIVE_FIELDS):
         return {"evaluations": evaluations, "search_score": made.summary["best"]["score"],
                 "curve": [row["best"] for row in made.history()]}
     # A mask is scored as it is: an objective that trains each candidate first has no such score.
-    score = None if objective is None or objective.train_steps else objective_score(made.train, objective,
-                                                                                  made.mask(), runtime)
+    score = None if objective is None or objective.train_steps else objective_score(dense, objective, made.mask(),
+                                                                                  runtime)
     return {"evaluations": evaluations, "search_score": score, "curve": None}
 
 

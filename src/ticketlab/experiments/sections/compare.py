@@ -3,21 +3,22 @@ each scored at the rewind weights and after retraining, over the replicates (com
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError,
-                              TrainConfig, coerce, from_dict)
-from ticketlab.experiments.comparison import (Comparison, compare_masks, dense_training, mask_run, retrain_ticket,
-                                              ticket_run)
+from ticketlab.config import (DataConfig, LotteryConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig,
+                              TicketlabError, TrainConfig, coerce, from_dict)
+from ticketlab.experiments.comparison import (Comparison, at_sparsity, compare_masks, dense_training, mask_run,
+                                              retrain_ticket, ticket_run)
 from ticketlab.experiments.sections.base import Context, Described, Section, as_input, mapping, mean_std
 from ticketlab.experiments.study import Node
+from ticketlab.lottery.levels import check_settings, level_run
 from ticketlab.lottery.retrain import Setting
 from ticketlab.search.anneal import check_config
 from ticketlab.search.stage import search_run_handle
 from ticketlab.sparsity.prune import check_prune_config, prune_run_handle
+from ticketlab.sparsity.schedules import check_sparsity
 from ticketlab.structure.retrain import small_run_handle
 from ticketlab.structure.stage import shrink_run_handle
 from ticketlab.training.stage import TrainRun, train, train_run_handle
@@ -32,6 +33,9 @@ class Compare:
     rewind: str = "0it"
 
 
+METHOD_KINDS = {"prune": PruneConfig, "search": SearchConfig, "lottery": LotteryConfig}
+
+
 class CompareSection(Section):
     name = "compare"
 
@@ -43,12 +47,16 @@ class CompareSection(Section):
         methods = []
         for entry in section["methods"]:
             entry = mapping(entry, f"{preset}: compare.methods")
-            kinds = [k for k in ("prune", "search") if k in entry]
+            kinds = [k for k in METHOD_KINDS if k in entry]
             if "name" not in entry or len(kinds) != 1 or set(entry) - {"name", *kinds}:
-                raise TicketlabError(f"{preset}: each compare method has a name and one prune or search section")
-            cls = PruneConfig if kinds[0] == "prune" else SearchConfig
+                raise TicketlabError(f"{preset}: each compare method has a name and one prune, search or lottery "
+                                     "(IMP) section")
             where = f"{preset}: compare.{entry['name']}"
-            methods.append(MaskMethod(str(entry["name"]), from_dict(cls, mapping(entry[kinds[0]], where), where)))
+            settings = mapping(entry[kinds[0]], where)
+            if kinds[0] == "lottery" and set(settings) & {"rate", "rewind"}:
+                raise TicketlabError(f"{where}: IMP's rate follows from each compared sparsity and its rewind is the "
+                                     "comparison's; give levels (and scope, criterion, output_rate)")
+            methods.append(MaskMethod(str(entry["name"]), from_dict(METHOD_KINDS[kinds[0]], settings, where)))
         sparsities = tuple(coerce(s, float, f"{preset}: compare.sparsities") for s in section["sparsities"])
         return Compare(tuple(methods), sparsities, str(section.get("rewind", "0it")))
 
@@ -58,9 +66,16 @@ class CompareSection(Section):
     def check(self, value: Compare) -> None:
         for method in value.methods:
             for sparsity in value.sparsities:
-                config = dataclasses.replace(method.config, sparsity=sparsity)
+                if isinstance(method.config, LotteryConfig):
+                    check_sparsity(sparsity)
+                    if sparsity == 0:
+                        raise TicketlabError(f"{method.name}: IMP at sparsity 0 prunes nothing; compare it at "
+                                             "sparsities above 0")
+                config = at_sparsity(method, sparsity, value.rewind)
                 if isinstance(config, PruneConfig):
                     check_prune_config(config)
+                elif isinstance(config, LotteryConfig):
+                    check_settings(config)
                 else:
                     check_config(config)
 
@@ -75,13 +90,15 @@ class CompareSection(Section):
                               kind="train", runs=(dense.run.name,), trainings=1))
             for sparsity in value.sparsities:
                 for method in value.methods:
-                    config = dataclasses.replace(method.config, sparsity=sparsity)
+                    config = at_sparsity(method, sparsity, value.rewind)
                     searched = isinstance(config, SearchConfig)
+                    kind = "search" if searched else "lottery" if isinstance(config, LotteryConfig) else "prune"
+                    runs = _ticket_runs(dense, config, value.rewind, context.runtime)
                     nodes.append(Node(f"{dense.run.name}: {method.name} at {sparsity:g}", _ticket,
                                       (context.data, context.model, seeded, method, sparsity, value.rewind,
-                                       context.node_runtime), (dense.run.name,), kind="search" if searched else "prune",
-                                      runs=_ticket_runs(dense, config, value.rewind, context.runtime.runs_dir),
-                                      trainings=1, evaluations=config.budget if searched else 0))
+                                       context.node_runtime), (dense.run.name,), kind=kind, runs=runs,
+                                      trainings=config.levels if kind == "lottery" else 1,
+                                      evaluations=config.budget if searched else 0))
         return nodes
 
     def result(self, value: Compare, context: Context) -> Comparison:
@@ -93,10 +110,13 @@ class CompareSection(Section):
         return describe_comparison(result), {"comparison": {"run_dir": str(result.path), "rows": result.rows}}
 
 
-def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: str,
-                 runs_dir: str | None) -> tuple[str, ...]:
+def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig | LotteryConfig, rewind: str,
+                 runtime: Runtime) -> tuple[str, ...]:
     """The runs a ticket node makes: the mask's, and the retrained ticket's (for a structured mask,
-    the shrunk network's and its retraining's)."""
+    the shrunk network's and its retraining's; for IMP, its levels, the last being the ticket)."""
+    runs_dir = runtime.runs_dir
+    if isinstance(config, LotteryConfig):
+        return tuple(level_run(dense, config, number, runtime).name for number in range(1, config.levels + 1))
     if isinstance(config, PruneConfig):
         made: Any = prune_run_handle(dense, config, runs_dir)
         structured = config.structured
@@ -111,20 +131,27 @@ def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig, rewind: st
 def _ticket(data: DataConfig, model: ModelConfig, training: TrainConfig, method: MaskMethod, sparsity: float,
             rewind: str, runtime: Runtime) -> None:
     dense = train(data, model, training, as_input(runtime))  # done: the node needs it
-    retrain_ticket(mask_run(dense, method, sparsity, runtime), method, Setting.of(dense, runtime), rewind, runtime)
+    made = mask_run(dense, method, sparsity, runtime, rewind)
+    retrain_ticket(made, method, Setting.of(dense, runtime), rewind, runtime)
 
 
 def describe_comparison(comparison: Comparison) -> list[str]:
     searched = any(row.get("search_score_mean") is not None for row in comparison.rows)
-    lines = ["masks compared (test accuracy, mean ± std over replicates"
+    lines = ["masks compared (test accuracy, mean ± std over replicates; * the best at each sparsity"
              + ("; objective: the best validation score each method found, and the evaluations it spent" if searched
                 else "") + "):",
-             f"  {'method':<18} {'sparsity':>8} {'rewind acc':>17} {'trained acc':>17}"
+             f"  {'method':<18} {'sparsity':>8} {'rewind acc':>18} {'trained acc':>18}"
              + (f" {'objective':>17} {'evals':>6}" if searched else "")]
+    best = {(row["sparsity"], column): max(r[column] for r in comparison.rows if r["sparsity"] == row["sparsity"])
+            for row in comparison.rows for column in ("rewind_acc_mean", "trained_acc_mean")}
+
+    def shown(row: dict[str, Any], column: str) -> str:
+        mark = "*" if row[f"{column}_mean"] == best[(row["sparsity"], f"{column}_mean")] else " "
+        return f"{mean_std(row[f'{column}_mean'], row[f'{column}_std'], row['n'])}{mark}"
+
     for row in comparison.rows:
-        line = (f"  {row['method']:<18} {row['sparsity']:>8g} "
-                f"{mean_std(row['rewind_acc_mean'], row['rewind_acc_std'], row['n']):>17} "
-                f"{mean_std(row['trained_acc_mean'], row['trained_acc_std'], row['n']):>17}")
+        line = (f"  {row['method']:<18} {row['sparsity']:>8g} {shown(row, 'rewind_acc'):>18} "
+                f"{shown(row, 'trained_acc'):>18}")
         if searched:
             score = row.get("search_score_mean")
             score = "—" if score is None else mean_std(score, row["search_score_std"], row["n"])
