@@ -24,6 +24,7 @@ replicates: 2
 controls: [reinit]
 lottery: {levels: 2, rate: 0.5}
 sweep: {ks: [0, 0.5, 0.9]}
+sensitivity: {ladder: [0.5, 0.9]}
 compare:
   sparsities: [0.5, 0.8]
   methods:
@@ -84,7 +85,8 @@ def test_the_run_writes_a_report_of_every_kind_of_run_in_the_study(study, capsys
     _, runs, report = study
     page = Page(report.read_text())
     assert page.headings == ["Runs", "Dense trainings", "Weight and unit pruning without retraining",
-                             "Iterative magnitude pruning (lottery tickets)", "Masks compared", "Mask searches"]
+                             "Layer sensitivity", "Iterative magnitude pruning (lottery tickets)", "Masks compared",
+                             "Mask searches"]
     # every image is an embedded PNG; nothing is fetched from anywhere
     assert page.images and all(src.startswith("data:image/png;base64,iVBORw0KGgo") for src in page.images)
     text = report.read_text()

@@ -80,7 +80,7 @@ def _declared_kinds() -> dict[str, str]:
 def test_every_stage_kind_is_declared_in_a_module_that_the_run_listing_imports():
     declared = _declared_kinds()
     assert set(declared) == {"train", "earlybird", "prune", "search", "shrink", "small", "level", "control", "ticket",
-                             "lottery", "comparison", "structured", "valsize", "sweep"}
+                             "lottery", "comparison", "structured", "valsize", "sweep", "sensitivity"}
     assert set(declared.values()) <= set(STAGE_MODULES)
     for module in STAGE_MODULES:
         importlib.import_module(module)

@@ -144,3 +144,30 @@ def test_conv_units_are_filters_pruned_with_their_batchnorm():
     pruned = ~mask["layers.0.conv.weight"].flatten(1).any(1)
     assert int(pruned.sum()) == round(0.25 * first.shape[0])
     assert not mask["layers.0.bn.weight"][pruned].any() and not mask["layers.0.bn.bias"][pruned].any()
+
+
+def test_layer_sensitivity_prunes_each_layer_alone_and_is_cached(trained):
+    from ticketlab.analysis.sensitivity import sensitivity
+
+    run, result, runtime = trained
+    made = sensitivity(run, [0.9, 0.5], runtime=runtime)
+    layers = ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert [(row["layer"], row["sparsity"]) for row in made.rows] == [(layer, k) for layer in layers
+                                                                       for k in (0.5, 0.9)]
+    model, data = trained_model(run)
+    dense = dict(model.named_parameters())
+    for row in made.rows[:2]:  # fc1 alone at 0.5, at 0.9: by hand, the others left as trained
+        pruned, _ = trained_model(run)
+        weight = dict(pruned.named_parameters())["fc1.weight"]
+        kept = round(weight.numel() * (1 - row["sparsity"]))
+        keep = weight.detach().abs().flatten().argsort(descending=True)[:kept]
+        flat = torch.zeros(weight.numel(), dtype=torch.bool)
+        flat[keep] = True
+        with torch.no_grad():
+            weight.mul_(flat.view_as(weight))
+        assert evaluate(pruned, data.val)[1] == pytest.approx(row["val_acc"], abs=2 / len(data.val.y))
+        assert torch.equal(dict(pruned.named_parameters())["fc2.weight"], dense["fc2.weight"])
+    assert made.summary["dense_test_acc"] == pytest.approx(result.dense_test_acc)
+    assert sensitivity(run, [0.5, 0.9], runtime=runtime).cached  # the same ladder, in any order
+    with pytest.raises(TicketlabError, match="outside"):
+        sensitivity(run, [1.0], runtime=runtime)

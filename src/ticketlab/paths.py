@@ -67,6 +67,9 @@ def histogram(method: str, k: float) -> str:
     return f"{HISTOGRAMS}/{method}s_k{k:g}.png"
 
 
+# --- layer sensitivity ---------------------------------------------------------------------
+SENSITIVITY_TABLE = "sensitivity.csv"
+
 # --- reports over other runs (lottery, comparison, structured, valsize) -------------------
 TABLE = "table.csv"
 RUNS_TABLE = "runs.csv"  # a comparison's one row per retrained mask

@@ -52,7 +52,8 @@ def cmd_models(args: argparse.Namespace) -> Result:
 STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
                  "ticketlab.search.stage", "ticketlab.structure.stage", "ticketlab.structure.retrain",
                  "ticketlab.structure.earlybird",
-                 "ticketlab.analysis.sweep", "ticketlab.analysis.valsize", "ticketlab.report.lottery",
+                 "ticketlab.analysis.sweep", "ticketlab.analysis.valsize",
+                 "ticketlab.analysis.sensitivity", "ticketlab.report.lottery",
                  "ticketlab.experiments.comparison", "ticketlab.experiments.structured")
 
 

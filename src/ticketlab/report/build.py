@@ -175,6 +175,24 @@ def sweeps(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     return Section("Weight and unit pruning without retraining", "", blocks) if blocks else None
 
 
+def sensitivities(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "sensitivity"):
+        rows = run.rows(paths.SENSITIVITY_TABLE)
+        series = {layer: ([_remaining_pct(_float(r["sparsity"])) for r in rows if r["layer"] == layer],
+                          [_float(r["val_acc"]) for r in rows if r["layer"] == layer], None)
+                  for layer in dict.fromkeys(r["layer"] for r in rows)}
+        png = figures.panels({"validation accuracy (fraction)": series}, xlabel="weights of the layer remaining "
+                             "(%, log scale)", references={"validation accuracy (fraction)": (
+                                 "dense", run.summary["dense_val_acc"])}, log_x=True, reverse_x=True, width=7)
+        blocks.append(Figure(png, f"Layer sensitivity of {run.summary['train']}: each layer pruned alone by weight "
+                                  "magnitude, the others dense, without retraining; validation accuracy.",
+                             run.command))
+        blocks.append(Table(rows, list(rows[0]), f"The sensitivity table ({run.name}).", f"{run.name}.csv",
+                            run.command))
+    return Section("Layer sensitivity", "", blocks) if blocks else None
+
+
 def lotteries(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     blocks: list[Figure | Table] = []
     for run in _of(runs, "lottery"):
@@ -350,8 +368,8 @@ def validation_sizes(runs: list[RunView], _: dict[str, RunView]) -> Section | No
     return Section("Validation-set size", "", blocks) if blocks else None
 
 
-WRITERS: list[Writer] = [overview, trainings, sweeps, lotteries, comparisons, masks, searches, early_birds, surgery,
-                         validation_sizes]
+WRITERS: list[Writer] = [overview, trainings, sweeps, sensitivities, lotteries, comparisons, masks, searches,
+                         early_birds, surgery, validation_sizes]
 
 
 def build_report(title: str, lead: str, names: Sequence[str], runs_dir: str | Path | None = None) -> str:
