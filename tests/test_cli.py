@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,13 +53,20 @@ def test_train_prints_a_summary_and_json_last(tmp_path, capsys):
     assert [(r["status"], r["kind"]) for r in listing["runs"]] == [("done", "train")]
 
 
-def test_run_quickstart_is_the_default_preset(tmp_path):
-    done = run_cli("run", "--quiet", "--json", "--runs-dir", str(tmp_path))
+def test_run_quickstart_is_the_default_preset_and_its_smoke_variant_runs_the_whole_study(tmp_path):
+    done = run_cli("run", "--smoke", "--json", "--runs-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["preset"] == "quickstart"
-    assert result["metrics"]["final"]["step"] == "10ep"
-    assert result["metrics"]["best"]["test_acc"] > 0.9  # LeNet-300-100 on 4,000 real MNIST images
+    assert result["preset"] == "quickstart" and result["metrics"]["iterations"] == 10
+    rows = result["comparison"]["rows"]
+    assert {(row["method"], row["sparsity"]) for row in rows} == {
+        (method, sparsity) for method in ("magnitude", "random", "SA", "IMP") for sparsity in (0.5, 0.8)}
+    assert all(row["n"] == 2 for row in rows)
+    lines = done.stdout.strip().splitlines()
+    # the summary marks the best at each sparsity; the table's path and the report's come last
+    assert sum(line.rstrip().endswith("*") or "* " in line for line in lines if " 0.8 " in line) >= 1
+    assert lines[-3].startswith("  table") and lines[-2] == f"report: {tmp_path.absolute()}/reports/quickstart.html"
+    assert "<h2" in Path(result["report"]).read_text()
 
 
 def test_run_a_yaml_file_and_bad_files_are_one_line_errors(tmp_path, capsys):

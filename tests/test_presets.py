@@ -62,4 +62,4 @@ def test_bad_smoke_and_lottery_sections():
     with pytest.raises(TicketlabError, match="replicates must be a whole number"):
         parse_preset("x", "lottery: {levels: 2}\nreplicates: 0")
     with pytest.raises(TicketlabError, match="no smoke variant"):
-        load_preset("quickstart").smoked()
+        load_preset("network-pruning-digits").smoked()
