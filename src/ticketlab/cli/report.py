@@ -42,6 +42,10 @@ def write_report(targets: list[str], out: Path, runtime: Runtime, smoke: bool = 
             titles.append(names[-1])
     if out.suffix != ".html":
         raise TicketlabError(f"report file {out} should end in .html")
+    existing = next(parent for parent in out.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise TicketlabError(f"cannot write the report to {out}: {existing} is not a directory; expected -o FILE.html "
+                             "in a directory")
     page = build_report(f"ticketlab report: {', '.join(titles)}",
                         "What the runs found: each kind of run in a section of its own, every table also as CSV "
                         "and every figure with the command that made its runs.", names, runtime.runs_dir)
