@@ -20,6 +20,7 @@ adds the artifact check. The stage function (`prune(...)`, `search(...)`) passes
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,12 @@ from ticketlab.paths import CHECKPOINTS, HPARAMS, checkpoint
 from ticketlab.store import P, Run, load_checkpoint
 
 STAGES: dict[str, type[Stage]] = {}  # kind -> its class; filled as the stage modules are imported
+# The modules that declare the stage kinds (by name: they stand on this module, not it on them).
+STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
+                 "ticketlab.search.stage", "ticketlab.structure.stage", "ticketlab.structure.retrain",
+                 "ticketlab.structure.earlybird", "ticketlab.analysis.sweep", "ticketlab.analysis.valsize",
+                 "ticketlab.analysis.sensitivity", "ticketlab.report.lottery", "ticketlab.experiments.comparison",
+                 "ticketlab.experiments.structured")
 
 
 @dataclass
@@ -116,9 +123,15 @@ def check_found(found: Stage, path: Path) -> None:
     found.summary = found.run.summary()
 
 
+def import_stage_kinds() -> None:
+    """Import every module that declares a stage kind, so that STAGES holds them all."""
+    for module in STAGE_MODULES:
+        importlib.import_module(module)
+
+
 def describe(row: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """A listed run's few words and key metrics (none for an unfinished or damaged run), by its kind's
-    `describe`; the stage modules must be imported first (cli.listing.STAGE_MODULES)."""
+    `describe`; import_stage_kinds() first."""
     stage = STAGES.get(row["kind"])
     if stage is None or row["status"] == "corrupt":
         return row["kind"] or "?", {}

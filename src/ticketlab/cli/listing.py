@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 from typing import Any
 
@@ -48,25 +47,15 @@ def cmd_models(args: argparse.Namespace) -> Result:
     return lines, {"models": rows}
 
 
-# The modules that declare the stage kinds (each Stage subclass registers its kind as it is imported).
-STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
-                 "ticketlab.search.stage", "ticketlab.structure.stage", "ticketlab.structure.retrain",
-                 "ticketlab.structure.earlybird",
-                 "ticketlab.analysis.sweep", "ticketlab.analysis.valsize",
-                 "ticketlab.analysis.sensitivity", "ticketlab.report.lottery",
-                 "ticketlab.experiments.comparison", "ticketlab.experiments.structured")
-
-
 def _metric(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def cmd_runs(args: argparse.Namespace) -> Result:
-    from ticketlab.stage import describe
+    from ticketlab.stage import describe, import_stage_kinds
     from ticketlab.store import list_runs, runs_root
 
-    for module in STAGE_MODULES:
-        importlib.import_module(module)
+    import_stage_kinds()
     rows = list_runs(args.runs_dir)
     if not rows:
         return [f"no runs under {runs_root(args.runs_dir)}"], {"runs": []}

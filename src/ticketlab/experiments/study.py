@@ -80,9 +80,9 @@ class Tracker:
         self.running: dict[str, float] = {}  # name -> when it started
         self.outcome = Outcome()
         self.nodes = {node.name: node for node in nodes}
-        self.progress, self.record = progress, record
-        # Notes, and the study's line as each node ends; a board (board.py) shows the line itself
-        # and prints notes above it.
+        self.record = record
+        # Notes, and (with progress) the study's line as each node ends; a board (board.py) shows
+        # the line itself and prints notes above it.
         self.say: Callable[[str], None] = note
         self.line_each_end = progress
         self.started = time.time()

@@ -26,7 +26,7 @@ from ticketlab.manifest import verified_bytes
 from ticketlab.report import figures
 from ticketlab.report.html import Figure, Section, Table, render
 from ticketlab.sparsity.mask import Mask
-from ticketlab.stage import describe
+from ticketlab.stage import describe, import_stage_kinds
 from ticketlab.store import list_runs, load_checkpoint, read_json, runs_root
 
 RUN_NAME = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
@@ -375,6 +375,7 @@ WRITERS: list[Writer] = [overview, trainings, sweeps, sensitivities, lotteries, 
 def build_report(title: str, lead: str, names: Sequence[str], runs_dir: str | Path | None = None) -> str:
     """The page over the named finished runs (with the runs they were made from and the reports
     made over them)."""
+    import_stage_kinds()  # each kind's describe, for the runs table
     every = finished_runs(runs_dir)
     missing = [name for name in names if name not in every]
     if missing:
