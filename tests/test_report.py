@@ -144,6 +144,8 @@ def test_a_report_of_a_run_that_is_not_there_is_a_one_line_error(study, tmp_path
     assert main(["report", "train-000000000000", "-o", str(tmp_path / "r.txt"), "--runs-dir", str(runs)]) == 2
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "r.txt").exists()
     capsys.readouterr()
+    assert main(["report", "quickstart", "-o", str(tmp_path / "q.html"), "--runs-dir", str(runs)]) == 2
+    assert "preset quickstart has no finished runs under" in capsys.readouterr().err
     sweep = next(p.name for p in runs.iterdir() if p.name.startswith("sweep-"))
     assert main(["report", sweep, "-o", "/dev/null/r.html", "--runs-dir", str(runs)]) == 2
     assert "/dev/null is not a directory" in capsys.readouterr().err

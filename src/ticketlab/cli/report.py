@@ -25,17 +25,21 @@ def report_path(preset: str, runs_dir: str | None) -> Path:
 
 def write_report(targets: list[str], out: Path, runtime: Runtime, smoke: bool = False) -> tuple[Path, int]:
     """The report over the targets (presets' studies, or runs by name or directory) written to `out`;
-    its path and the number of runs it read."""
+    its path and the number of figures in it. A study's report shows what of it is done."""
     from ticketlab.experiments.preset import load_preset, study_runs
     from ticketlab.report.build import build_report
-    from ticketlab.store import atomic_write_text
+    from ticketlab.store import atomic_write_text, run_status, runs_root
 
     names, titles = [], []
     for target in targets:
         if is_preset(target):
             preset = load_preset(target)
             found, _ = study_runs(preset.smoked() if smoke else preset, runtime)
-            names += found
+            done = [name for name in found if run_status(runs_root(runtime.runs_dir) / name) == "done"]
+            if not done:
+                raise TicketlabError(f"preset {preset.name} has no finished runs under {runs_root(runtime.runs_dir)}; "
+                                     f"run `ticketlab run {target}{' --smoke' if smoke else ''}` first")
+            names += done
             titles.append(f"preset {preset.name}")
         else:
             names.append(Path(target).name if Path(target).is_dir() else target)
