@@ -63,3 +63,12 @@ def test_bad_smoke_and_lottery_sections():
         parse_preset("x", "lottery: {levels: 2}\nreplicates: 0")
     with pytest.raises(TicketlabError, match="no smoke variant"):
         load_preset("network-pruning-digits").smoked()
+
+
+def test_the_preset_listing_names_the_data_each_preset_needs(capsys):
+    from ticketlab.cli import main
+
+    assert main(["presets", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out.splitlines()[-1])["presets"]
+    assert listing["quickstart"]["data"] == "mnist5k" and listing["lth-lenet"]["data"] == "mnist (else mnist5k)"
+    assert listing["sa-thesis-cnn"]["data"].startswith("cifar10") and all(p["description"] for p in listing.values())

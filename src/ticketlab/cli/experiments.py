@@ -56,8 +56,13 @@ def cmd_presets(args: argparse.Namespace) -> Result:
     from ticketlab.presets import preset_names
 
     presets = [load_preset(name) for name in preset_names()]
-    return ([f"{p.name:<28} {p.description.splitlines()[0] if p.description else ''}" for p in presets],
-            {"presets": {p.name: p.description for p in presets}})
+
+    def data(preset: Any) -> str:  # what it needs, and what it runs on where that is absent
+        return preset.data.name + (f" (else {preset.fallback.data.name})" if preset.fallback else "")
+
+    lines = [f"{'preset':<28} {'data':<22} what it reproduces"]
+    lines += [f"{p.name:<28} {data(p):<22} {p.description.splitlines()[0] if p.description else ''}" for p in presets]
+    return lines, {"presets": {p.name: {"description": p.description, "data": data(p)} for p in presets}}
 
 
 def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
