@@ -224,3 +224,15 @@ def test_table_cells_show_four_significant_digits_and_text_as_it_is():
     assert cell("0.123456789") == "0.1235" and cell(0.5) == "0.5" and cell("100.0") == "100"
     assert cell("1ep21it") == "1ep21it" and cell("train-3fc3da0406aa") == "train-3fc3da0406aa"
     assert cell(None) == "" and cell(60) == "60" and cell("SA k=init") == "SA k=init"
+
+
+def test_a_damaged_run_stops_the_report_with_its_repair(study, tmp_path, capsys):
+    preset, runs, _ = study
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    damaged = next(p for p in copy.iterdir() if p.name.startswith("prune-"))
+    (damaged / "summary.json").write_text("{")
+    assert main(["report", str(preset), "-o", str(tmp_path / "r.html"), "--runs-dir", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"run {damaged.name} is damaged (summary.json is corrupt" in err and "repair it with" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r.html").exists()

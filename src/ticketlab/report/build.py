@@ -22,12 +22,12 @@ from ticketlab import paths
 from ticketlab.analysis.orthogonality import orthogonality_scores
 from ticketlab.analysis.similarity import MEASURES, RANDOM_PREFIX, similarity_matrix, with_random_floor
 from ticketlab.config import TicketlabError
-from ticketlab.manifest import verified_bytes
+from ticketlab.manifest import problem, repair_hint, verified_bytes
 from ticketlab.report import figures
 from ticketlab.report.html import Figure, Section, Table, render
 from ticketlab.sparsity.mask import Mask
 from ticketlab.stage import describe, import_stage_kinds
-from ticketlab.store import list_runs, load_checkpoint, read_json, runs_root
+from ticketlab.store import list_runs, load_checkpoint, read_json, run_status, runs_root
 
 RUN_NAME = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
 REPORT_KINDS = ("lottery", "comparison", "structured", "valsize")  # runs over other runs, made as a study ends
@@ -379,6 +379,10 @@ def build_report(title: str, lead: str, names: Sequence[str], runs_dir: str | Pa
     every = finished_runs(runs_dir)
     missing = [name for name in names if name not in every]
     if missing:
+        path = runs_root(runs_dir) / missing[0]
+        if run_status(path) == "done":  # finished, but its summary or hparams cannot be read
+            damage = problem(path) or "its summary.json or hparams.json cannot be read"
+            raise TicketlabError(f"run {missing[0]} is damaged ({damage}){repair_hint(path)}")
         raise TicketlabError(f"run {missing[0]} is not a finished run under {runs_root(runs_dir)}; "
                              "expected runs listed as done by `ticketlab runs`")
     chosen = [every[name] for name in with_reports(with_inputs(names, every), every)]
