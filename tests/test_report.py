@@ -87,6 +87,7 @@ def test_the_run_writes_a_report_of_every_kind_of_run_in_the_study(study, capsys
     assert page.headings == ["Runs", "Dense trainings", "Weight and unit pruning without retraining",
                              "Layer sensitivity", "Iterative magnitude pruning (lottery tickets)", "Masks compared",
                              "Mask searches"]
+    assert "The best objective score found against the evaluations spent" in report.read_text()  # SA among them
     # every image is an embedded PNG; nothing is fetched from anywhere
     assert page.images and all(src.startswith("data:image/png;base64,iVBORw0KGgo") for src in page.images)
     text = report.read_text()

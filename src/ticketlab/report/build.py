@@ -225,12 +225,40 @@ def comparisons(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | 
         blocks.append(Table(rows, list(rows[0]), "Masks compared: test accuracy at the rewind step (before "
                             "retraining) and after retraining from it, mean and std over replicates.",
                             f"{run.name}.csv", run.command))
+        blocks += _best_so_far(per_run, all_runs, run.command)
         for sparsity in dict.fromkeys(r["sparsity"] for r in per_run):
             mine = [r for r in per_run if r["sparsity"] == sparsity and r["replicate"] == "0"]
             made = [(r["method"], all_runs[r["mask_run"]]) for r in mine if r["mask_run"] in all_runs]
             blocks += _trainability(mine, all_runs, sparsity) + _mask_blocks(made, all_runs, f"at sparsity {sparsity}")
     return Section("Masks compared", "Each method's masks at each sparsity, retrained from the rewind step; "
                                      "the figures show the first replicate.", blocks) if blocks else None
+
+
+def _best_so_far(per_run: list[dict[str, str]], all_runs: dict[str, RunView], command: str | None) -> list[Figure]:
+    """Each search's best objective so far against evaluations (mean over replicates), each other
+    method's objective score as a flat line, one panel per sparsity."""
+    histories = {r["mask_run"]: [_float(row["best"]) for row in all_runs[r["mask_run"]].rows(paths.HISTORY)]
+                 for r in per_run if r["mask_run"] in all_runs and all_runs[r["mask_run"]].kind == "search"}
+    if not histories:
+        return []
+    budget = max(len(curve) for curve in histories.values())
+    panels: dict[str, dict[str, figures.Series]] = {}
+    for sparsity in dict.fromkeys(r["sparsity"] for r in per_run):
+        series: dict[str, figures.Series] = {}
+        for method in dict.fromkeys(r["method"] for r in per_run):
+            mine = [r for r in per_run if r["sparsity"] == sparsity and r["method"] == method]
+            curves = [histories[r["mask_run"]] for r in mine if r["mask_run"] in histories]
+            if curves:
+                length = min(len(curve) for curve in curves)
+                series[method] = (list(range(1, length + 1)),
+                                  [statistics.fmean(curve[i] for curve in curves) for i in range(length)], None)
+            elif mine and all(r["search_score"] for r in mine):  # no score: an objective that trains first
+                score = statistics.fmean(_float(r["search_score"]) for r in mine)
+                series[method] = ([1, budget], [score, score], None)
+        panels[f"best objective so far, sparsity {_float(sparsity):g}"] = series
+    return [Figure(figures.panels(panels, xlabel="evaluations"), "The best objective score found against the "
+                   "evaluations spent (mean over replicates; a criterion's mask, which spends none, as a flat line "
+                   "at its score on the same objective).", command)]
 
 
 def _trainability(mine: list[dict[str, str]], all_runs: dict[str, RunView], sparsity: str) -> list[Figure]:
@@ -335,6 +363,35 @@ def early_birds(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     return Section("Early-bird tickets", "", blocks) if blocks else None
 
 
+def structured(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+    blocks: list[Figure | Table] = []
+    for run in _of(runs, "structured"):
+        rows = run.rows(paths.TABLE)
+        groups: dict[str, list[dict[str, str]]] = {}
+        for row in rows:
+            start = "the step pruned at" if row["start"] == row["pruned_at"] else row["start"]
+            label = row["mode"] + (f" from {start}" if row["mode"] == "rewind" else "")
+            groups.setdefault(f"{label}, ratio {_float(row['ratio']):g}", []).append(row)
+        panels: dict[str, dict[str, figures.Series]] = {"test accuracy after retraining": {},
+                                                        "test accuracy before retraining": {}, "MACs kept (%)": {}}
+        for label, mine in groups.items():
+            mine = sorted(mine, key=lambda r: _float(r["epoch"]))
+            x = [_float(r["epoch"]) for r in mine]
+            panels["test accuracy after retraining"][label] = (x, [_float(r["retrained_test_acc"]) for r in mine], None)
+            panels["test accuracy before retraining"][label] = (x, [_float(r["pruned_test_acc"]) for r in mine], None)
+            panels["MACs kept (%)"][label] = (x, [100 * _float(r["macs_small"]) / _float(r["macs_dense"])
+                                                  for r in mine], None)
+        dense = ("dense", _float(rows[0]["dense_test_acc"]))
+        png = figures.panels(panels, xlabel="epoch pruned at", references={"test accuracy after retraining": dense,
+                                                                            "test accuracy before retraining": dense})
+        blocks.append(Figure(png, "Structured pruning: the network pruned at each epoch, shrunk, and retrained in "
+                                  "each mode; test accuracy before and after retraining, and the MACs kept.",
+                             run.command))
+        blocks.append(Table(rows, list(rows[0]), "The structured experiment's table.", f"{run.name}.csv",
+                            run.command))
+    return Section("Structured pruning: shrunk, then retrained", "", blocks) if blocks else None
+
+
 def surgery(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     rows = []
     for run in _of(runs, "shrink"):
@@ -369,7 +426,7 @@ def validation_sizes(runs: list[RunView], _: dict[str, RunView]) -> Section | No
 
 
 WRITERS: list[Writer] = [overview, trainings, sweeps, sensitivities, lotteries, comparisons, masks, searches,
-                         early_birds, surgery, validation_sizes]
+                         early_birds, structured, surgery, validation_sizes]
 
 
 def build_report(title: str, lead: str, names: Sequence[str], runs_dir: str | Path | None = None) -> str:
