@@ -281,13 +281,12 @@ def _mask_blocks(made: list[tuple[str, RunView]], all_runs: dict[str, RunView], 
     masks = with_random_floor({label: _mask(run) for label, run in made})
     labels = list(masks)
     tag = where.replace(" ", "-")
+    matrices = {measure: similarity_matrix(masks, measure) for measure in MEASURES}
     blocks: list[Figure | Table] = [Figure(
-        figures.matrix(similarity_matrix(masks, "cosine"), labels, colorbar="cosine similarity", vmin=0, vmax=1),
+        figures.matrix(matrices["cosine"], labels, colorbar="cosine similarity", vmin=0, vmax=1),
         f"Mask similarity {where}: cosine similarity of the flattened masks; random-1 and random-2 keep as many "
         "weights of each layer as the first and mark the floor of chance overlap.")]
-    pairs = [{"a": labels[i], "b": labels[j], **{m: similarity_matrix({labels[i]: masks[labels[i]],
-                                                                      labels[j]: masks[labels[j]]}, m)[0][1]
-                                                for m in MEASURES}}
+    pairs = [{"a": labels[i], "b": labels[j], **{measure: matrices[measure][i][j] for measure in MEASURES}}
              for i in range(len(labels)) for j in range(i + 1, len(labels))]
     blocks.append(Table(pairs, ("a", "b", *MEASURES), f"Every pair of masks {where}: cosine, Jaccard of the kept "
                         "sets, normalised Hamming distance.", f"similarity-{tag}.csv"))
