@@ -12,7 +12,7 @@ import math
 import re
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,17 @@ class RunView:
     path: Path
     hparams: dict[str, Any]
     summary: dict[str, Any]
+    # Tables read so far: several sections read one run's (a search's history, a comparison's runs).
+    _tables: dict[str, list[dict[str, str]]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def command(self) -> str | None:
         return self.hparams.get("command")
 
     def rows(self, name: str) -> list[dict[str, str]]:
-        return list(csv.DictReader(verified_bytes(self.path / name, "table").decode().splitlines()))
+        if name not in self._tables:
+            self._tables[name] = list(csv.DictReader(verified_bytes(self.path / name, "table").decode().splitlines()))
+        return self._tables[name]
 
     def json(self, name: str) -> Any:
         return read_json(self.path / name)
@@ -125,9 +129,16 @@ def overview(runs: list[RunView], _: dict[str, RunView]) -> Section:
                           "ticketlab runs")])
 
 
-def _curve(run: RunView, column: str) -> tuple[list[float], list[float]]:
+def _curve(run: RunView, column: str) -> figures.Series:
     rows = [row for row in run.rows(paths.METRICS) if not math.isnan(_float(row[column]))]
-    return [_float(row["epoch"]) for row in rows], [_float(row[column]) for row in rows]
+    return [_float(row["epoch"]) for row in rows], [_float(row[column]) for row in rows], None
+
+
+def _training_curves(labelled: list[tuple[str, RunView]]) -> bytes:
+    """Training loss and validation accuracy per epoch, a line per (label, training run)."""
+    panels = {"training loss (per epoch)": "train_loss", "validation accuracy (fraction)": "val_acc"}
+    return figures.panels({ylabel: {label: _curve(run, column) for label, run in labelled}
+                           for ylabel, column in panels.items()}, xlabel="epoch")
 
 
 def _train_label(run: RunView) -> str:
@@ -139,10 +150,7 @@ def trainings(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     dense = _of(runs, "train", "earlybird")
     if not dense:
         return None
-    series = {column: {_train_label(run): (*_curve(run, column), None) for run in dense}
-              for column in ("train_loss", "val_acc")}
-    png = figures.panels({"training loss (per epoch)": series["train_loss"],
-                          "validation accuracy (fraction)": series["val_acc"]}, xlabel="epoch")
+    png = _training_curves([(_train_label(run), run) for run in dense])
     rows = [{"run": run.name, "model": run.hparams["model"]["name"], "data": run.hparams["data"]["name"],
              "steps": run.hparams["train"]["steps"], "seed": run.hparams["train"]["seed"],
              "best_step": run.summary["best"]["step"], "val_acc": run.summary["best"]["val_acc"],
@@ -265,12 +273,8 @@ def _trainability(mine: list[dict[str, str]], all_runs: dict[str, RunView], spar
     tickets = [(r["method"], all_runs[r["ticket_run"]]) for r in mine if r["ticket_run"] in all_runs]
     if not tickets:
         return []
-    series = {column: {method: (*_curve(ticket, column), None) for method, ticket in tickets}
-              for column in ("train_loss", "val_acc")}
-    png = figures.panels({"training loss (per epoch)": series["train_loss"],
-                          "validation accuracy (fraction)": series["val_acc"]}, xlabel="epoch")
-    return [Figure(png, f"Trainability at sparsity {sparsity}: training loss and validation accuracy of each "
-                        "method's ticket as it retrains.", tickets[0][1].command)]
+    return [Figure(_training_curves(tickets), f"Trainability at sparsity {sparsity}: training loss and validation "
+                   "accuracy of each method's ticket as it retrains.", tickets[0][1].command)]
 
 
 def _mask_blocks(made: list[tuple[str, RunView]], all_runs: dict[str, RunView], where: str) -> list[Figure | Table]:
