@@ -15,7 +15,7 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Ti
 from ticketlab.lottery.controls import CONTROLS, REINIT_SEED_OFFSET, control
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
 from ticketlab.lottery.levels import cumulative, level_run, lottery
-from ticketlab.report.lottery import lottery_rows
+from ticketlab.lottery.report import lottery_rows
 from ticketlab.lottery.retrain import Setting
 from ticketlab.models import build_model
 from ticketlab.experiments.preset import load_preset

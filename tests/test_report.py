@@ -4,6 +4,7 @@ CSV link the table it sits by."""
 
 import base64
 import csv
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ticketlab.cli import main
 from ticketlab.report.html import cell
@@ -88,8 +90,10 @@ def test_the_run_writes_a_report_of_every_kind_of_run_in_the_study(study, capsys
                              "Layer sensitivity", "Iterative magnitude pruning (lottery tickets)", "Masks compared",
                              "Mask searches"]
     assert "The best objective score found against the evaluations spent" in report.read_text()  # SA among them
-    # every image is an embedded PNG; nothing is fetched from anywhere
-    assert page.images and all(src.startswith("data:image/png;base64,iVBORw0KGgo") for src in page.images)
+    # every image is an embedded PNG (the sweep's animation a GIF); nothing is fetched from anywhere
+    assert page.images and all(src.startswith(("data:image/png;base64,iVBORw0KGgo", "data:image/gif;base64,R0lGOD"))
+                               for src in page.images)
+    assert sum(src.startswith("data:image/gif") for src in page.images) == 1
     text = report.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
     # the runs table (after the page's facts) lists every finished run of the study
@@ -131,9 +135,13 @@ def test_a_report_of_named_runs_takes_the_runs_they_were_made_from(study, tmp_pa
     out = tmp_path / "sweep.html"
     assert main(["report", sweep, "-o", str(out), "--runs-dir", str(runs), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert payload["report"] == str(out.absolute()) and payload["figures"] == 2  # the dense training, the sweep
+    # the dense training; the sweep's curves, its weight and unit histograms, and their animation
+    assert payload["report"] == str(out.absolute()) and payload["figures"] == 5
     page = Page(out.read_text())
     assert page.headings == ["Runs", "Dense trainings", "Weight and unit pruning without retraining"]
+    gif = base64.b64decode(next(src for src in page.images if src.startswith("data:image/gif")).split(",", 1)[1])
+    with Image.open(io.BytesIO(gif)) as animation:
+        assert animation.format == "GIF" and animation.n_frames == 3  # one frame per k of the sweep
 
 
 def test_a_report_of_a_run_that_is_not_there_is_a_one_line_error(study, tmp_path, capsys):

@@ -34,7 +34,7 @@ def test_a_weight_search_is_cached_reproducible_and_writes_its_files(mlp, runtim
     result = search(mlp, WEIGHTS, runtime)
     assert not result.cached
     names = {p.name for p in result.path.iterdir()}
-    assert {"mask.safetensors", "history.csv", "search.png", "summary.json", "report.txt"} <= names
+    assert {"mask.safetensors", "history.csv", "summary.json", "report.txt"} <= names
     assert "state.pt" not in names  # removed once the search finished
     mask = result.mask()
     total = 64 * 300 + 300 * 100 + 100 * 10  # every weight of LeNet-300-100 without biases

@@ -68,7 +68,6 @@ def test_smoke_variants_prune_shrink_retrain_and_write_the_table(name, tmp_path,
     report = Path(result["structured"]["run_dir"])
     with open(report / "table.csv") as table:
         assert len(list(csv.DictReader(table))) == len(rows)
-    assert (report / "accuracy.png").stat().st_size > 0
     for row in rows:
         assert row["params_small"] < row["params_dense"] and row["macs_small"] < row["macs_dense"]
         assert 0 <= row["pruned_test_acc"] <= 1 and 0 <= row["retrained_test_acc"] <= 1

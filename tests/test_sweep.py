@@ -2,13 +2,13 @@ import csv
 
 import pytest
 import torch
-from PIL import Image
 
 from ticketlab.analysis.sweep import COLUMNS, hidden_weights, sweep, unit_mask, unit_norms, weight_mask
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import load_data
 from ticketlab.models import build_model
 from ticketlab.sparsity.mask import output_layer_names
+from ticketlab.store import read_json
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import init_model, train
 
@@ -104,18 +104,28 @@ def test_output_layer_is_never_touched(trained):
                 assert torch.equal(model.get_parameter(name), state[name])
 
 
-def test_figures_are_valid_images_and_the_gif_has_a_frame_per_k(trained):
-    _, result, _ = trained
-    pngs = [result.path / "sweep.png"]
-    pngs += [result.path / f"hist/{kind}_k{k:g}.png" for k in KS for kind in ("weights", "units")]
-    for path in pngs:
-        with Image.open(path) as image:
-            assert image.format == "PNG"
-            image.verify()
-    with Image.open(result.path / "hist.gif") as gif:
-        assert gif.format == "GIF" and gif.n_frames == len(KS)
-    assert (result.path / "summary.json").exists()
-    assert not list(result.path.rglob("*.tmp"))
+def test_the_histograms_count_what_survives_each_k_over_the_dense_range(trained):
+    run, result, _ = trained
+    saved = read_json(result.path / "histograms.json")
+    model, _ = trained_model(run)
+    dense = {name: value.clone() for name, value in model.state_dict().items()}
+    names = hidden_weights(model)
+    for name in names:
+        assert saved["ranges"]["weight"][name] == [0.0, pytest.approx(float(dense[name].abs().max()))]
+    for k in KS:
+        model.load_state_dict(dense)
+        weight_mask(model, k).apply(model)
+        for name in names:
+            counts = saved["counts"]["weight"][f"{k:g}"][name]
+            assert len(counts) == saved["bins"] and sum(counts) == int((model.get_parameter(name) != 0).sum())
+        model.load_state_dict(dense)
+        unit_mask(model, k).apply(model)
+        for group, norms in unit_norms(model).items():
+            assert sum(saved["counts"]["unit"][f"{k:g}"][group]) == int((norms > 0).sum())
+    weights_left = [sum(saved["counts"]["weight"][f"{k:g}"][names[0]]) for k in KS]
+    assert weights_left == sorted(weights_left, reverse=True) and weights_left[-1] < weights_left[0] / 100
+    assert {p.name for p in result.path.iterdir()} >= {"sweep.csv", "histograms.json", "summary.json"}
+    assert not list(result.path.rglob("*.tmp")) and not list(result.path.rglob("*.png"))
 
 
 def test_a_finished_sweep_is_returned_without_recomputing(trained):

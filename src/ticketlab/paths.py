@@ -1,7 +1,7 @@
 """Every file name inside a run directory, in one place (OpenLTH's foundations/paths.py habit).
 
 Stages name their artifacts from here, so a reader finds what a run holds without reading
-the stage, and no name is spelt twice.
+the stage, and no name is spelt twice. Runs hold data, not pictures: `ticketlab report` draws.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ MASK_REPORT = "report.txt"  # per-layer kept / total / sparsity
 MEAN_MASK = "mask_running_mean.safetensors"  # thesis mode: the best by the running mean
 SEARCH_STATE = "state.pt"  # only while a search is unfinished
 HISTORY = "history.csv"
-SEARCH_PLOT = "search.png"
 
 # --- shrunk networks (shrink, small) ------------------------------------------------------
 MODEL = "model.safetensors"
@@ -44,13 +43,6 @@ EARLYBIRD = "earlybird.json"  # per ratio: the epoch found, and its share of tra
 DISTANCES = "distances.json"
 
 
-DISTANCES_PLOTS = "distances-*.png"  # what every distances_plot(ratio) is named like
-
-
-def distances_plot(ratio: float) -> str:
-    return f"distances-{ratio:g}.png"
-
-
 def ticket(ratio: float) -> str:
     """The checkpoint name (for `checkpoint`) of a ratio's early-bird ticket."""
     return f"earlybird-{ratio:g}"
@@ -58,13 +50,7 @@ def ticket(ratio: float) -> str:
 
 # --- sweeps -------------------------------------------------------------------------------
 SWEEP_TABLE = "sweep.csv"
-SWEEP_PLOT = "sweep.png"
-HISTOGRAMS_GIF = "hist.gif"
-HISTOGRAMS = "hist"  # one picture per (method, k)
-
-
-def histogram(method: str, k: float) -> str:
-    return f"{HISTOGRAMS}/{method}s_k{k:g}.png"
+SWEEP_HISTOGRAMS = "histograms.json"  # per method and k, what survives, binned
 
 
 # --- layer sensitivity ---------------------------------------------------------------------
@@ -73,7 +59,3 @@ SENSITIVITY_TABLE = "sensitivity.csv"
 # --- reports over other runs (lottery, comparison, structured, valsize) -------------------
 TABLE = "table.csv"
 RUNS_TABLE = "runs.csv"  # a comparison's one row per retrained mask
-LOTTERY_PLOT = "lottery.png"
-BEST_SO_FAR_PLOT = "best_so_far.png"
-STRUCTURED_PLOT = "accuracy.png"
-VALSIZE_PLOT = "valsize.png"

@@ -36,9 +36,9 @@ from ticketlab.store import P, Run, load_checkpoint
 STAGES: dict[str, type[Stage]] = {}  # kind -> its class; filled as the stage modules are imported
 # The modules that declare the stage kinds (by name: they stand on this module, not it on them).
 STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
-                 "ticketlab.search.stage", "ticketlab.structure.stage", "ticketlab.structure.retrain",
-                 "ticketlab.structure.earlybird", "ticketlab.analysis.sweep", "ticketlab.analysis.valsize",
-                 "ticketlab.analysis.sensitivity", "ticketlab.report.lottery", "ticketlab.experiments.comparison",
+                 "ticketlab.lottery.report", "ticketlab.search.stage", "ticketlab.structure.stage",
+                 "ticketlab.structure.retrain", "ticketlab.structure.earlybird", "ticketlab.analysis.sweep",
+                 "ticketlab.analysis.valsize", "ticketlab.analysis.sensitivity", "ticketlab.experiments.comparison",
                  "ticketlab.experiments.structured")
 
 

@@ -19,28 +19,28 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError
 from ticketlab.data import Dataset, load_data
-from ticketlab.report.plots import animate, histogram_grid, line_panels
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.stage import Stage
-from ticketlab.store import Run, atomic_write_text, csv_text, read_csv
+from ticketlab.store import Run, atomic_write_json, atomic_write_text, csv_text, read_csv
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 DEFAULT_KS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
 METHODS = ("weight", "unit")
 COLUMNS = ("k", "method", "sparsity", "test_loss", "test_acc", "val_loss", "val_acc")
+HISTOGRAM_BINS = 50
 
 
 @dataclass
@@ -48,7 +48,7 @@ class SweepResult(Stage):
     """A sweep: its run, one row per (k, method) in COLUMNS, and the dense accuracy."""
 
     KIND = "sweep"
-    ARTIFACTS = (paths.SWEEP_TABLE, paths.SWEEP_PLOT, paths.HISTOGRAMS_GIF, f"{paths.HISTOGRAMS}/*.png")
+    ARTIFACTS = (paths.SWEEP_TABLE, paths.SWEEP_HISTOGRAMS)
 
     @functools.cached_property
     def rows(self) -> list[dict[str, Any]]:
@@ -131,7 +131,7 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
           runtime: Runtime = Runtime()) -> SweepResult:
     """Prune the trained weights at `step` by weight and by unit magnitude for each k, and
     evaluate each pruned network on the test and validation sets; or return the finished
-    sweep with the same inputs. Writes sweep.csv, sweep.png, hist/*.png and hist.gif."""
+    sweep with the same inputs. Writes sweep.csv and histograms.json (the report draws them)."""
     ks = normalise_ks(ks)
     if not run.run.done:
         raise TicketlabError(f"training run {run.run.name} has not finished; train it before sweeping")
@@ -151,12 +151,12 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
 
 def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[str, torch.Tensor], dataset: Dataset,
            model: nn.Module, device: torch.device) -> dict[str, Any]:
-    """Prune and evaluate for each k and method; write the table, plots and histograms; the summary."""
+    """Prune and evaluate for each k and method; write the table and the histograms; the summary."""
     started = time.perf_counter()
     model.load_state_dict(trained)
     (test_loss, test_acc), (val_loss, val_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
     names = hidden_weights(model)
-    histograms = Histograms(out.path, model, names)
+    histograms = Histograms(model, names)
     rows = []
     for k in ks:
         for method in METHODS:
@@ -167,25 +167,13 @@ def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[st
             (t_loss, t_acc), (v_loss, v_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
             rows.append({"k": k, "method": method, "sparsity": sparsity_of(mask, names),
                          "test_loss": t_loss, "test_acc": t_acc, "val_loss": v_loss, "val_acc": v_acc})
-            histograms.draw(model, method, k)
+            histograms.count(model, method, k)
     atomic_write_text(out.file(paths.SWEEP_TABLE), csv_text(rows, COLUMNS))
-    _plot_curves(out.file(paths.SWEEP_PLOT), ks, rows,
-                 title=f"{run.model_config.name} on {run.data.name}, {step} weights ({run.run.name})")
-    animate([[histograms.path("weight", k), histograms.path("unit", k)] for k in ks], out.file(paths.HISTOGRAMS_GIF))
+    atomic_write_json(out.file(paths.SWEEP_HISTOGRAMS), histograms.data())
     return {"train": run.run.name, "step": step, "ks": ks, "dense_test_loss": test_loss,
             "dense_test_acc": test_acc, "dense_val_loss": val_loss, "dense_val_acc": val_acc,
             "hidden_weights": sum(dict(model.named_parameters())[n].numel() for n in names),
             "seconds": round(time.perf_counter() - started, 3), "device": str(device)}
-
-
-def _plot_curves(path: Path, ks: list[float], rows: list[dict[str, Any]], title: str) -> None:
-    def column(metric: str, method: str) -> list[float]:
-        return [row[metric] for row in rows if row["method"] == method]
-
-    line_panels(path, ks, {
-        "test accuracy": {f"{m} pruning": column("test_acc", m) for m in METHODS},
-        "test loss": {f"{m} pruning": column("test_loss", m) for m in METHODS},
-    }, xlabel="sparsity k (fraction pruned per layer)", title=title, categorical=True)
 
 
 class Histograms:
@@ -193,24 +181,28 @@ class Histograms:
     after weight pruning, and nonzero unit norms per group after unit pruning (a later layer's
     norms shrink as the input columns of pruned units are zeroed)."""
 
-    def __init__(self, directory: Path, dense: nn.Module, names: Sequence[str]):
-        self.directory, self.names = directory, names
-        # The dense network's x ranges, fixed for every k, keep frames comparable as pruning cuts in.
+    def __init__(self, dense: nn.Module, names: Sequence[str]):
+        self.names = names
+        # The dense network's x ranges, fixed for every k, keep histograms comparable as pruning cuts in.
         params = dict(dense.named_parameters())
         self.ranges = {
             "weight": {n: (0.0, float(params[n].detach().abs().max())) for n in names},
             "unit": {g: (0.0, float(t.max())) for g, t in unit_norms(dense).items()},
         }
+        self.counts: dict[str, dict[str, dict[str, list[int]]]] = {method: {} for method in METHODS}
 
-    def path(self, method: str, k: float) -> Path:
-        return self.directory / paths.histogram(method, k)
-
-    def draw(self, model: nn.Module, method: str, k: float) -> None:
+    def count(self, model: nn.Module, method: str, k: float) -> None:
         if method == "weight":
             params = dict(model.named_parameters())
-            values = {n: params[n].detach()[params[n] != 0].abs().cpu() for n in self.names}
-            xlabel, title = "|w| (nonzero)", f"weight pruning, k = {k:g}: nonzero |w| per layer"
+            values = {n: params[n].detach()[params[n] != 0].abs() for n in self.names}
         else:
-            values = {g: t[t > 0].cpu() for g, t in unit_norms(model).items()}
-            xlabel, title = "unit L2 norm (nonzero)", f"unit pruning, k = {k:g}: incoming-weight norm per unit"
-        histogram_grid(self.path(method, k), values, xlabel=xlabel, ranges=self.ranges[method], title=title)
+            values = {g: t[t > 0] for g, t in unit_norms(model).items()}
+        self.counts[method][f"{k:g}"] = {
+            name: np.histogram(v.cpu().numpy(), bins=HISTOGRAM_BINS, range=self.ranges[method][name])[0].tolist()
+            for name, v in values.items()}
+
+    def data(self) -> dict[str, Any]:
+        """What histograms.json holds: per method, each layer's (or group's) x range, split into
+        `bins` equal bins, and per k the count of surviving values in each bin."""
+        return {"bins": HISTOGRAM_BINS, "ranges": self.ranges, "counts": self.counts,
+                "values": {"weight": "|w| of the nonzero weights", "unit": "L2 norm of each unit's incoming weights"}}

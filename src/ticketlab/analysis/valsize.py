@@ -15,7 +15,6 @@ from typing import Any
 
 from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
-from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import search
 from ticketlab.stage import Stage
 from ticketlab.store import atomic_write_text, csv_text
@@ -26,11 +25,11 @@ COLUMNS = ("val_size", "search_score", "val_rest_acc", "test_acc", "gap_to_test"
 
 @dataclass
 class ValidationSizeEffect(Stage):
-    """How the search objective's size moves the gap to test: a table and a plot over searches."""
+    """How the search objective's size moves the gap to test: a table over searches."""
 
     rows: list[dict[str, Any]]
     KIND = "valsize"
-    ARTIFACTS = (paths.TABLE, paths.VALSIZE_PLOT)
+    ARTIFACTS = (paths.TABLE,)
 
     @staticmethod
     def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -40,7 +39,7 @@ class ValidationSizeEffect(Stage):
 
 def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[int | None],
                            runtime: Runtime = Runtime()) -> ValidationSizeEffect:
-    """One search per objective size (None: all of validation); a table and a plot of the gap."""
+    """One search per objective size (None: all of validation); a table of the gap."""
     if not sizes:
         raise TicketlabError("give at least one validation size")
     if cfg.metric != "accuracy":
@@ -60,13 +59,6 @@ def validation_size_effect(train: TrainRun, cfg: SearchConfig, sizes: Sequence[i
 
     def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
-        line_panels(out.file(paths.VALSIZE_PLOT), [row["val_size"] for row in rows], {"accuracy": {
-            "search objective (its own images)": [row["search_score"] for row in rows],
-            "rest of validation": [row["val_rest_acc"] if row["val_rest_acc"] is not None else float("nan")
-                                   for row in rows],
-            "test": [row["test_acc"] for row in rows],
-        }}, xlabel="validation images in the search objective", categorical=True,
-            title=f"{cfg.method} ({cfg.granularity}, sparsity {cfg.sparsity:g}, at {cfg.at}) on {train.run.name}")
         return {"rows": rows}
 
     hparams = {"train": train.run.name, "search": dataclasses.asdict(cfg), "sizes": list(sizes)}

@@ -8,6 +8,7 @@ from typing import Any
 from ticketlab import paths
 from ticketlab.cli.flags import (Result, add_config_flags, add_run_flag, add_runtime_flags, config_from_args,
                                 runtime_from_args)
+from ticketlab.cli.report import figures_hint
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, coerce
 
 
@@ -30,7 +31,7 @@ def cmd_sweep(args: argparse.Namespace) -> Result:
     runtime = runtime_from_args(args)
     result = sweep(find_train_run(args.run, runtime.runs_dir), [k for k in args.ks.split(",") if k.strip()],
                    step=args.step, runtime=runtime)
-    return describe_sweep(result), {"run_dir": str(result.path), "cached": result.cached, "rows": result.rows}
+    return describe_sweep(result) + [figures_hint(result.run.name, runtime)], {"run_dir": str(result.path), "cached": result.cached, "rows": result.rows}
 
 
 def _validation_sizes(args: argparse.Namespace, cfg: SearchConfig, runtime: Runtime) -> Result:
@@ -45,7 +46,7 @@ def _validation_sizes(args: argparse.Namespace, cfg: SearchConfig, runtime: Runt
         rest = f"{row['val_rest_acc']:.4f}" if row["val_rest_acc"] is not None else "-"
         lines.append(f"  {row['val_size']:>7} {row['search_score']:>8.4f} {rest:>11} {row['test_acc']:>8.4f} "
                      f"{row['gap_to_test']:>8.4f}")
-    lines.append(f"  table and plot: {effect.path}")
+    lines += [f"  table: {effect.path}", figures_hint(effect.run.name, runtime)]
     return lines, {"run_dir": str(effect.path), "rows": effect.rows}
 
 
@@ -68,7 +69,8 @@ def cmd_search(args: argparse.Namespace) -> Result:
         f"  best {cfg.metric} on the {summary['objective_images']} search images: {best['score']:.4f} "
         f"(start {summary['start_score']:.4f})",
         f"  best mask's accuracy: {rest}test {held['test']['accuracy']:.4f} (reported, not selected on)",
-        f"  mask, history, plot: {result.path}",
+        f"  mask, history: {result.path}",
+        figures_hint(result.run.name, runtime),
     ]
     return lines, {"run_dir": str(result.path), "cached": result.cached, "metrics": summary}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,12 @@ def report_path(preset: str, runs_dir: str | None) -> Path:
     from ticketlab.store import runs_root
 
     return runs_root(runs_dir) / "reports" / f"{preset}.html"
+
+
+def figures_hint(run_name: str, runtime: Runtime) -> str:
+    """The line a command that made a run prints last: runs hold data, and this draws them."""
+    where = f" --runs-dir {shlex.quote(runtime.runs_dir)}" if runtime.runs_dir else ""
+    return f"  figures: ticketlab report {run_name}{where} -o {run_name}.html"
 
 
 def write_report(targets: list[str], out: Path, runtime: Runtime, smoke: bool = False) -> tuple[Path, int]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ticketlab.cli.flags import (Result, add_config_flags, add_runtime_flags, add_training_flags, config_from_args,
                                 runtime_from_args, training_from_args, typed)
+from ticketlab.cli.report import figures_hint
 from ticketlab.config import LotteryConfig, TicketlabError, coerce
 
 
@@ -37,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> Result:
 def cmd_lottery(args: argparse.Namespace) -> Result:
     from ticketlab.experiments.sections.lottery import describe_lottery
     from ticketlab.lottery.experiment import run_lottery
-    from ticketlab.report.lottery import write_report
+    from ticketlab.lottery.report import write_report
     from ticketlab.sparsity.schedules import round_rate
 
     cfg = config_from_args(args, LotteryConfig)
@@ -50,7 +51,7 @@ def cmd_lottery(args: argparse.Namespace) -> Result:
         *training_from_args(args), cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
         control_levels=[coerce(v, int, "--control-levels") for v in args.control_levels.split(",") if v] or None)
     report = write_report(experiment, runtime)
-    return describe_lottery(report), {"run_dir": str(report.path), "rows": report.rows}
+    return describe_lottery(report) + [figures_hint(report.run.name, runtime)], {"run_dir": str(report.path), "rows": report.rows}
 
 
 def cmd_earlybird(args: argparse.Namespace) -> Result:
@@ -58,9 +59,10 @@ def cmd_earlybird(args: argparse.Namespace) -> Result:
     from ticketlab.structure.earlybird import earlybird
 
     ratios = [coerce(r, float, "--ratios") for r in args.ratios.split(",") if r.strip()]
-    result = earlybird(*training_from_args(args), ratios, runtime_from_args(args), criterion=args.criterion,
+    runtime = runtime_from_args(args)
+    result = earlybird(*training_from_args(args), ratios, runtime, criterion=args.criterion,
                        threshold=args.threshold, stop=args.stop)
-    return describe_earlybird(result), earlybird_payload(result)
+    return describe_earlybird(result) + [figures_hint(result.run.name, runtime)], earlybird_payload(result)
 
 
 def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:

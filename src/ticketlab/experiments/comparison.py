@@ -19,14 +19,13 @@ masked network's score on the search's validation images at its checkpoint) and 
 evaluations spent on it, on one objective: the comparison's first search's. A criterion's
 mask spends no evaluations, and a search with another objective (another checkpoint, say)
 is not drawn as a curve: each is scored once on that objective, a single point.
-table.csv holds both; best_so_far.png draws each search's best score so far against
-evaluations (mean over replicates), the single points as flat lines.
+table.csv holds both; runs.csv says which searches were scored on their own objective, whose
+history the report draws as the best score so far against evaluations (the others as flat lines).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from ticketlab.config import (DataConfig, LotteryConfig, MaskMethod, ModelConfig
                               TicketlabError, TrainConfig)
 from ticketlab.lottery.levels import lottery
 from ticketlab.lottery.retrain import Setting, TicketRun, retrain
-from ticketlab.report.plots import line_panels
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import masked_metrics, prune
 from ticketlab.sparsity.schedules import round_rate
@@ -50,7 +48,6 @@ from ticketlab.training.stage import TrainRun, train, with_checkpoints
 
 COLUMNS = ("method", "sparsity", "n", "rewind_acc_mean", "rewind_acc_std", "trained_acc_mean", "trained_acc_std",
            "evaluations", "search_score_mean", "search_score_std")
-CURVE_POINTS = 100  # points per line of best_so_far.png
 
 
 @dataclass
@@ -61,7 +58,6 @@ class Comparison(Stage):
     runs: list[dict[str, Any]]  # one per (replicate, sparsity, method)
     KIND = "comparison"
     ARTIFACTS = (paths.TABLE, paths.RUNS_TABLE)
-    MAY_WRITE = (paths.BEST_SO_FAR_PLOT,)  # with a search among the methods
 
     @staticmethod
     def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -138,14 +134,12 @@ def compare_masks(data: DataConfig, model: ModelConfig, training: TrainConfig, m
                 found = _mean_std(scores)
                 rows[-1].update(search_score_mean=found[0], search_score_std=found[1])
     report = Comparison(Comparison.run_for({"runs": sorted(r["ticket_run"] for r in runs)}, runtime.runs_dir),
-                        rows, [_without_curve(r) for r in runs])
+                        rows, runs)
     out = report.run
 
     def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
         atomic_write_text(out.file(paths.RUNS_TABLE), csv_text(report.runs, tuple(report.runs[0])))
-        if objective is not None:
-            _plot_best_so_far(out.file(paths.BEST_SO_FAR_PLOT), runs, methods, sparsities, objective)
         return {"rows": rows}
 
     hparams = {"methods": [m.name for m in methods], "sparsities": list(sparsities), "rewind": rewind}
@@ -177,42 +171,14 @@ OBJECTIVE_FIELDS = ("at", "metric", "val_size", "train_steps")
 
 def _search_score(made: Any, method: MaskMethod, dense: TrainRun, objective: SearchConfig | None,
                   runtime: Runtime) -> dict[str, Any]:
-    """Evaluations a mask cost, its objective score, and for a search of that objective its best
-    score after each evaluation."""
+    """Evaluations a mask cost, its objective score, and whether that score is the search's own
+    best (a search of that objective: its history is then the curve to that score)."""
     config = method.config
     searched = isinstance(config, SearchConfig)
     evaluations = made.summary["evaluations"] if searched else 0
     if searched and all(getattr(config, f) == getattr(objective, f) for f in OBJECTIVE_FIELDS):
-        return {"evaluations": evaluations, "search_score": made.summary["best"]["score"],
-                "curve": [row["best"] for row in made.history()]}
+        return {"evaluations": evaluations, "search_score": made.summary["best"]["score"], "searched_objective": True}
     # A mask is scored as it is: an objective that trains each candidate first has no such score.
     score = None if objective is None or objective.train_steps else objective_score(dense, objective, made.mask(),
                                                                                   runtime)
-    return {"evaluations": evaluations, "search_score": score, "curve": None}
-
-
-def _without_curve(run: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in run.items() if key != "curve"}
-
-
-def _plot_best_so_far(path: Any, runs: list[dict[str, Any]], methods: Sequence[MaskMethod],
-                      sparsities: Sequence[float], objective: SearchConfig) -> None:
-    """One panel per sparsity: each search's best score so far (mean over replicates) against evaluations,
-    each criterion's score as a flat line; CURVE_POINTS points a line."""
-    budget = max(r["evaluations"] for r in runs)
-    x = sorted({max(1, round(budget * i / CURVE_POINTS)) for i in range(CURVE_POINTS + 1)})
-    panels = {}
-    for sparsity in sparsities:
-        series = {}
-        for method in methods:
-            mine = [r for r in runs if r["method"] == method.name and r["sparsity"] == sparsity]
-            if mine[0]["search_score"] is None:
-                continue
-            if mine[0]["curve"] is None:
-                series[method.name] = [statistics.fmean(r["search_score"] for r in mine)] * len(x)
-            else:  # past a search's own budget, its line stops
-                series[method.name] = [statistics.fmean(r["curve"][e - 1] for r in mine)
-                                       if e <= len(mine[0]["curve"]) else math.nan for e in x]
-        panels[f"best {objective.metric} so far, sparsity {sparsity:g}"] = series
-    line_panels(path, x, panels, xlabel="evaluations",
-                title=f"best score found vs evaluations ({objective.metric} at {objective.at})")
+    return {"evaluations": evaluations, "search_score": score, "searched_objective": False}

@@ -23,7 +23,6 @@ from typing import Any
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
-from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.criteria import get_criterion
 from ticketlab.sparsity.prune import check_prune_config, prune
 from ticketlab.sparsity.schedules import check_sparsity
@@ -70,10 +69,10 @@ class ShrinkPlan:
 
 @dataclass
 class StructuredReport(Stage):
-    """The structured experiment's table and plot, a run named by the retrainings it reports."""
+    """The structured experiment's table, a run named by the retrainings it reports."""
 
     KIND = "structured"
-    ARTIFACTS = (paths.TABLE, paths.STRUCTURED_PLOT)
+    ARTIFACTS = (paths.TABLE,)
 
     @staticmethod
     def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -84,7 +83,7 @@ class StructuredReport(Stage):
 @dataclass
 class StructuredExperiment:
     """The dense run (the early-bird run when there was one), the early-bird result, and the table
-    (rows in COLUMNS, written with its plot to `path`; None when no row was made)."""
+    (rows in COLUMNS, written to `path`; None when no row was made)."""
 
     dense: TrainRun
     earlybird: EarlyBirdResult | None = None
@@ -251,32 +250,13 @@ def _row(step: str, at: str, ratio: float, start: str, dense: TrainRun, shrunk: 
 
 
 def _write_report(rows: list[dict[str, Any]], runtime: Runtime, redo: bool) -> Path:
-    """table.csv and accuracy.png: test accuracy before and after retraining, and MACs kept, against
-    the epoch pruned at, one line per (mode, start, ratio), with the dense accuracy for reference."""
+    """table.csv: one row per (epoch pruned at, mode, start, ratio); the report draws it."""
     report = StructuredReport(StructuredReport.run_for({"runs": sorted(row["retrain_run"] for row in rows)},
                                                        runtime.runs_dir))
     out = report.run
-    series: dict[str, dict[str, list[Any]]] = {}
-    for row in rows:
-        start = "the step pruned at" if row["start"] == row["pruned_at"] else row["start"]
-        label = row["mode"] + (f" from {start}" if row["mode"] == "rewind" else "")
-        series.setdefault(f"{label}, ratio {row['ratio']:g}", {"rows": []})["rows"].append(row)
-    panels: dict[str, dict[str, tuple[list[float], list[float], list[float]]]] = {
-        "test acc after retraining": {}, "test acc before retraining": {}, "MACs kept (%)": {}}
-    for label, group in series.items():
-        mine = sorted(group["rows"], key=lambda r: r["epoch"])
-        x, zeros = [r["epoch"] for r in mine], [0.0] * len(mine)
-        panels["test acc after retraining"][label] = (x, [r["retrained_test_acc"] for r in mine], zeros)
-        panels["test acc before retraining"][label] = (x, [r["pruned_test_acc"] for r in mine], zeros)
-        panels["MACs kept (%)"][label] = (x, [100 * r["macs_small"] / r["macs_dense"] for r in mine], zeros)
-    epochs = sorted({row["epoch"] for row in rows})
-    panels["test acc after retraining"]["dense"] = (epochs, [rows[0]["dense_test_acc"]] * len(epochs),
-                                                    [0.0] * len(epochs))
 
     def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
-        errorbar_panels(out.file(paths.STRUCTURED_PLOT), panels, xlabel="epoch pruned at",
-                        title="structured pruning: shrunk, then retrained")
         return {"rows": rows}
 
     report.produce(redo, lambda: ({"rows": len(rows)}, None), write)

@@ -171,16 +171,51 @@ def sweeps(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
         rows = run.rows(paths.SWEEP_TABLE)
         by_method = {method: [r for r in rows if r["method"] == method]
                      for method in dict.fromkeys(r["method"] for r in rows)}
-        series = {f"{method} pruning": ([_remaining_pct(_float(r["sparsity"])) for r in mine],
-                                        [_float(r["test_acc"]) for r in mine], None)
-                  for method, mine in by_method.items()}
-        png = figures.panels({"test accuracy (fraction)": series}, xlabel="weights remaining (%, log scale)",
-                             references={"test accuracy (fraction)": ("dense", run.summary["dense_test_acc"])},
-                             log_x=True, reverse_x=True, width=7)
-        blocks.append(Figure(png, f"Sweep of {run.summary['train']}: test accuracy under magnitude pruning of "
-                                  f"single weights and of whole units, without retraining.", run.command))
+
+        def series(column: str) -> dict[str, figures.Series]:
+            return {f"{method} pruning": ([_remaining_pct(_float(r["sparsity"])) for r in mine],
+                                          [_float(r[column]) for r in mine], None)
+                    for method, mine in by_method.items()}
+
+        png = figures.panels({"test accuracy (fraction)": series("test_acc"), "test loss (cross-entropy)":
+                              series("test_loss")}, xlabel="weights remaining (%, log scale)",
+                             references={"test accuracy (fraction)": ("dense", run.summary["dense_test_acc"]),
+                                         "test loss (cross-entropy)": ("dense", run.summary["dense_test_loss"])},
+                             log_x=True, reverse_x=True)
+        blocks.append(Figure(png, f"Sweep of {run.summary['train']}: test accuracy and loss under magnitude pruning "
+                                  "of single weights and of whole units, per layer (the output layer kept), without "
+                                  "retraining.", run.command))
+        blocks += _histograms(run)
         blocks.append(Table(rows, list(rows[0]), f"The sweep's table ({run.name}).", f"{run.name}.csv", run.command))
     return Section("Weight and unit pruning without retraining", "", blocks) if blocks else None
+
+
+SWEEP_XLABELS = {"weight": "|w| of the weights left", "unit": "norm of each unit's incoming weights"}
+
+
+def _histograms(run: RunView) -> list[Figure | Table]:
+    """What survives each k: at four ks side by side, per method, and an animation over every k."""
+    if not (run.path / paths.SWEEP_HISTOGRAMS).exists():  # a sweep made before histograms were data
+        return []
+    saved = run.json(paths.SWEEP_HISTOGRAMS)
+    blocks: list[Figure | Table] = []
+    methods = [method for method in ("weight", "unit") if method in saved["counts"]]
+    ks = sorted(saved["counts"][methods[0]], key=float)
+    shown = list(dict.fromkeys(ks[round(i * (len(ks) - 1) / 3)] for i in range(4)))
+    for method in methods:
+        by_k = saved["counts"][method]
+        png = figures.histograms({f"k = {k}": by_k[k] for k in shown}, saved["ranges"][method],
+                                 xlabel=SWEEP_XLABELS[method])
+        blocks.append(Figure(png, f"{method.capitalize()} pruning of {run.summary['train']}: {saved['values'][method]}, "
+                                  f"per layer, at k = {', '.join(shown)} ({saved['bins']} bins over the dense "
+                                  "network's range; log count).", run.command))
+    frames = [[figures.histograms({f"{method} pruning, k = {k}": saved["counts"][method][k]}, saved["ranges"][method],
+                                  xlabel=SWEEP_XLABELS[method], title=f"{method} pruning, k = {k}")
+               for method in methods] for k in ks]
+    blocks.append(Figure(figures.animation(frames), f"The same histograms at every k of the sweep, one frame per k "
+                         f"(k = {ks[0]} to {ks[-1]}; weight pruning above, unit pruning below; a printed page shows "
+                         "the first frame).", run.command, mime="image/gif"))
+    return blocks
 
 
 def sensitivities(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
@@ -206,17 +241,23 @@ def lotteries(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     for run in _of(runs, "lottery"):
         rows = run.rows(paths.TABLE)
         dense = next((r for r in rows if r["procedure"] == "ticket" and r["level"] == "0"), None)
-        series = {}
+        panels: dict[str, dict[str, figures.Series]] = {"test accuracy at the best step": {},
+                                                        "early-stop iteration": {}}
         for procedure in dict.fromkeys(r["procedure"] for r in rows):
             mine = [r for r in rows if r["procedure"] == procedure and r["level"] != "0"]
-            series[procedure] = ([_float(r["remaining_pct"]) for r in mine], [_float(r["test_acc_mean"]) for r in mine],
-                                 [_float(r["test_acc_std"]) for r in mine])
-        references = {"test accuracy at the best step": ("dense", _float(dense["test_acc_mean"]))} if dense else None
-        png = figures.panels({"test accuracy at the best step": series}, xlabel="weights remaining (%, log scale)",
-                             references=references, log_x=True, reverse_x=True, width=7)
+            x = [_float(r["remaining_pct"]) for r in mine]
+            for ylabel, column in (("test accuracy at the best step", "test_acc"), ("early-stop iteration",
+                                                                                     "early_stop")):
+                panels[ylabel][procedure] = (x, [_float(r[f"{column}_mean"]) for r in mine],
+                                             [_float(r[f"{column}_std"]) for r in mine])
+        references = {"test accuracy at the best step": ("dense", _float(dense["test_acc_mean"])),
+                      "early-stop iteration": ("dense", _float(dense["early_stop_mean"]))} if dense else None
+        png = figures.panels(panels, xlabel="weights remaining (%, log scale)", references=references, log_x=True,
+                             reverse_x=True)
         replicates = run.summary.get("replicates", 1)
         blocks.append(Figure(png, f"Lottery tickets and their controls by level: mean ± std over {replicates} "
-                                  "replicate(s), test accuracy at the step of best validation loss.", run.command))
+                                  "replicate(s): test accuracy at the step of best validation loss, and that step "
+                                  "(the early-stop iteration: how fast a network learns).", run.command))
         blocks.append(Table(rows, list(rows[0]), "The lottery's table: each procedure and level.", f"{run.name}.csv",
                             run.command))
     return Section("Iterative magnitude pruning (lottery tickets)", "", blocks) if blocks else None
@@ -245,8 +286,11 @@ def comparisons(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | 
 def _best_so_far(per_run: list[dict[str, str]], all_runs: dict[str, RunView], command: str | None) -> list[Figure]:
     """Each search's best objective so far against evaluations (mean over replicates), each other
     method's objective score as a flat line, one panel per sparsity."""
+    # A search scored on another objective than the comparison's is a flat line at that score, like a criterion
+    # (comparisons made before runs.csv said so drew every search's own history).
     histories = {r["mask_run"]: [_float(row["best"]) for row in all_runs[r["mask_run"]].rows(paths.HISTORY)]
-                 for r in per_run if r["mask_run"] in all_runs and all_runs[r["mask_run"]].kind == "search"}
+                 for r in per_run if r["mask_run"] in all_runs and all_runs[r["mask_run"]].kind == "search"
+                 and r.get("searched_objective", "True") == "True"}
     if not histories:
         return []
     budget = max(len(curve) for curve in histories.values())
@@ -335,21 +379,45 @@ def searches(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
         history = run.rows(paths.HISTORY)
         if not history or "step" not in history[0]:
             continue
-        steps = [_float(r["step"]) for r in history]
-        series = {"best so far": (steps, [_float(r["best"]) for r in history], None),
-                  "current": (steps, [_float(r["current"]) for r in history], None)}
         cfg = run.hparams["search"]
-        png = figures.panels({f"objective ({cfg['metric']}, search images)": series}, xlabel="evaluation",
-                             width=8)
         held = run.summary["best"].get("held_out", {})
         test = (held.get("test") or {}).get("accuracy")
-        blocks.append(Figure(png, f"{cfg['method']} ({cfg['mode']}) at sparsity {cfg['sparsity']:g}, "
-                                  f"{cfg['granularity']}s, at {cfg['at']}: the objective as the search went; best "
-                                  f"{run.summary['best']['score']:.4f}"
-                                  + (f", test accuracy of the best mask {test:.4f}" if test is not None else "")
-                                  + f" ({run.name}).", run.command))
+        blocks.append(Figure(_search_figure(history, cfg["metric"], run.summary["units"]),
+                             f"{_search_label(cfg)}: the objective as the search went; best "
+                             f"{run.summary['best']['score']:.4f}"
+                             + (f", test accuracy of the best mask {test:.4f}" if test is not None else "")
+                             + f" ({run.name}).", run.command))
     return Section("Mask searches", "Searches score masks on validation images only; the test set is read "
                                     "once, for the best mask.", blocks) if blocks else None
+
+
+def _search_label(cfg: dict[str, Any]) -> str:
+    return f"{cfg['method']} ({cfg['mode']}) at sparsity {cfg['sparsity']:g}, {cfg['granularity']}s, at {cfg['at']}"
+
+
+def _search_figure(history: list[dict[str, str]], metric: str, units: int) -> bytes:
+    """The thesis's figure of a search: each candidate's score (dots), the score followed (the
+    running mean of accepted scores in thesis mode, else the current mask's) and the best so far;
+    beside it how far each move went (2h / units). REINFORCE: rewards, baseline, best, and entropy."""
+    def column(key: str, scale: float = 1.0) -> list[float]:
+        return [_float(row[key]) * scale for row in history]
+
+    if "reward" in history[0]:
+        steps = column("episode")
+        left = {"reward": (steps, column("reward"), None), "baseline": (steps, column("baseline"), None),
+                "best so far": (steps, column("best"), None)}
+        right = ("policy entropy (nats)", {"entropy": (steps, column("entropy"), None)})
+        xlabel, dots = "episode (one evaluation each)", ("reward",)
+    else:
+        steps = column("step")
+        followed = "mean" if any(row["mean"] for row in history) else "current"
+        left = {"candidate": (steps, column("candidate"), None),
+                ("running mean of accepted" if followed == "mean" else "current"): (steps, column(followed), None),
+                "best so far": (steps, column("best"), None)}
+        right = ("relative Hamming distance of a move (2h / units)", {"move": (steps, column("h", 2 / units), None)})
+        xlabel, dots = "evaluation", ("candidate",)
+    return figures.panels({f"objective ({metric}, search images)": left, right[0]: right[1]}, xlabel=xlabel,
+                          dots=dots)
 
 
 def early_birds(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
@@ -422,8 +490,9 @@ def validation_sizes(runs: list[RunView], _: dict[str, RunView]) -> Section | No
                    ("test", "test_acc"))}
         blocks.append(Figure(figures.panels({"accuracy (fraction)": series}, xlabel="validation images in the "
                                             "search objective (log scale)", log_x=True, width=7),
-                             "How the size of the search objective moves the gap between the score a search "
-                             "optimises and the test accuracy of its mask.", run.command))
+                             f"How the size of the search objective moves the gap between the score a search "
+                             f"optimises and the test accuracy of its mask ({_search_label(run.hparams['search'])} "
+                             f"of {run.hparams['train']}).", run.command))
         blocks.append(Table(rows, list(rows[0]), "The validation-size table.", f"{run.name}.csv", run.command))
     return Section("Validation-set size", "", blocks) if blocks else None
 

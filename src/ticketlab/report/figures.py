@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import matplotlib
 
@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 
 DPI = 100
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]  # x, y, error (None: no bars)
@@ -40,14 +41,17 @@ def _legend(ax: Axes) -> None:
 
 def panels(panels: Mapping[str, Mapping[str, Series]], *, xlabel: str, title: str | None = None,
            references: Mapping[str, tuple[str, float]] | None = None, log_x: bool = False,
-           reverse_x: bool = False, width: float = 5.2) -> bytes:
+           reverse_x: bool = False, width: float = 5.2, dots: Collection[str] = ()) -> bytes:
     """Side-by-side panels, one per key (its y label), one line per series (x, y, error); a panel's
     reference (label, value) is a dashed horizontal line, e.g. the dense network's accuracy. With
-    `log_x`, x is on a log scale ticked at the series' x values (pruning levels sit evenly apart)."""
+    `log_x`, x is on a log scale ticked at the series' x values (pruning levels sit evenly apart).
+    Series named in `dots` are small grey points (many noisy values, such as each candidate's score)."""
     figure, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels.items()):
         for label, (x, y, error) in series.items():
-            if error is None:
+            if label in dots:
+                ax.plot(x, y, linestyle="none", marker=".", markersize=2, color="0.6", label=label)
+            elif error is None:
                 ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, linewidth=1.2, label=label)
             else:
                 ax.errorbar(x, y, yerr=error, marker="o", markersize=3, capsize=3, label=label)
@@ -131,3 +135,58 @@ def bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], *, ylabel
         ax.set_title(title, fontsize=10)
     figure.tight_layout()
     return png(figure)
+
+
+def histograms(series: Mapping[str, Mapping[str, Sequence[int]]], ranges: Mapping[str, Sequence[float]], *,
+               xlabel: str, title: str | None = None, columns: int = 4) -> bytes:
+    """One panel per layer, each series (label -> layer -> counts in equal bins over the layer's
+    range) a step line on a log count axis, so a few survivors stay visible beside many."""
+    layers = list(ranges)
+    columns = min(columns, len(layers))
+    rows = math.ceil(len(layers) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False)
+    for ax, layer in zip(axes.flat, layers):
+        low, high = ranges[layer]
+        for label, counts in series.items():
+            if layer in counts:
+                edges = np.linspace(low, high, len(counts[layer]) + 1)
+                ax.stairs(np.maximum(counts[layer], 0.5), edges, baseline=0.5, label=label,
+                          fill=len(series) == 1)  # an empty bin sits on the axis, not below it
+        ax.set_yscale("log")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("count", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    if len(series) > 1:
+        axes.flat[columns - 1].legend(*axes.flat[0].get_legend_handles_labels(), loc="upper left",
+                                      bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return png(figure)
+
+
+def animation(frames: Sequence[Sequence[bytes]], duration_ms: int = 800) -> bytes:
+    """A looping GIF, one frame per item: the item's PNGs stacked top to bottom on white."""
+    images = []
+    for parts in frames:
+        opened = [Image.open(io.BytesIO(part)).convert("RGB") for part in parts]
+        canvas = Image.new("RGB", (max(p.width for p in opened), sum(p.height for p in opened)), "white")
+        top = 0
+        for part in opened:
+            canvas.paste(part, (0, top))
+            top += part.height
+        images.append(canvas)
+    size = (max(i.width for i in images), max(i.height for i in images))  # tight frames differ a little
+    images = [image if image.size == size else _padded(image, size) for image in images]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return buffer.getvalue()
+
+
+def _padded(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    canvas = Image.new("RGB", size, "white")
+    canvas.paste(image, (0, 0))
+    return canvas

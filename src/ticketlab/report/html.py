@@ -34,9 +34,10 @@ nav ul { columns: 3; font-size: 0.9em; }
 
 @dataclass
 class Figure:
-    png: bytes
+    image: bytes  # PNG, or GIF when `mime` says so
     caption: str
     command: str | None = None  # what reproduces it
+    mime: str = "image/png"
 
 
 @dataclass
@@ -73,8 +74,8 @@ def _command(command: str | None) -> str:
 
 
 def _figure(block: Figure) -> str:
-    data = base64.b64encode(block.png).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+    data = base64.b64encode(block.image).decode()
+    return (f'<figure><img src="data:{block.mime};base64,{data}" alt="{html.escape(block.caption)}">'
             f"<figcaption>{html.escape(block.caption)}{_command(block.command)}</figcaption></figure>")
 
 

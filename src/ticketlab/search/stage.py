@@ -37,7 +37,7 @@ from ticketlab.search.anneal import CHECKPOINT_EVERY, SearchResult, anneal, chec
 from ticketlab.search.baselines import greedy, random_search
 from ticketlab.search.evaluator import make_evaluator
 from ticketlab.search.features import unit_features
-from ticketlab.search.history import plot_history, read_history, write_history
+from ticketlab.search.history import read_history, write_history
 from ticketlab.search.moves import Moves
 from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
 from ticketlab.search.reinforce import reinforce
@@ -62,7 +62,7 @@ class SearchRun(Stage):
     config: SearchConfig
     KIND = "search"
     ARTIFACTS = (paths.MASK, paths.MASK_REPORT, paths.HISTORY)
-    MAY_WRITE = (paths.MEAN_MASK, paths.SEARCH_PLOT)
+    MAY_WRITE = (paths.MEAN_MASK,)
 
     @staticmethod
     def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -242,10 +242,6 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
         space.to_mask(found.best_mean).save(run.file(paths.MEAN_MASK))
         summary["best_running_mean"]["held_out"] = held_out_scores(setup.evaluator_on, found.best_mean, splits)
     write_history(run.file(paths.HISTORY), found.history)
-    plot_history(run.file(paths.SEARCH_PLOT), found.history, space.size,
-                 title=f"{cfg.method} ({cfg.mode}) over {space.size} {cfg.granularity} units of "
-                       f"{train.model_config.name} on {train.data.name} at {cfg.at}, "
-                       f"sparsity {cfg.sparsity:g} ({run.name})")
     summary.update(device=str(setup.device), threads=runtime.threads)
     remove_artifact(state)  # done with: a kill from here on redoes the search from its start
     return summary

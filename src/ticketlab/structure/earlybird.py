@@ -24,7 +24,6 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
-from ticketlab.report.plots import heatmap
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import prunable_names
 from ticketlab.sparsity.schedules import check_sparsity
@@ -129,7 +128,7 @@ class EarlyBirdResult(Stage):
     drawn (None: never) and the fraction of the full training that cost."""
 
     KIND = "earlybird"
-    ARTIFACTS = TrainRun.ARTIFACTS + (paths.EARLYBIRD, paths.DISTANCES, paths.DISTANCES_PLOTS)
+    ARTIFACTS = TrainRun.ARTIFACTS + (paths.EARLYBIRD, paths.DISTANCES)
     MAY_WRITE = TrainRun.MAY_WRITE  # the tickets' weights among them
     describe = staticmethod(TrainRun.describe)
 
@@ -189,8 +188,8 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     """Train with an EarlyBird detector in a cached run of its own, or return the finished one.
 
     Writes earlybird.json (per ratio: the epoch found or null, and epoch / total epochs),
-    distances.json (the epoch × epoch mask distances per ratio), a heatmap
-    distances-<ratio>.png per ratio, and checkpoints/earlybird-<ratio>.pt of each ticket.
+    distances.json (the epoch × epoch mask distances per ratio, which the report draws as
+    heatmaps), and checkpoints/earlybird-<ratio>.pt of each ticket.
     """
     result = EarlyBirdResult(earlybird_run(data, model, training, ratios, runtime.runs_dir, criterion, threshold, stop))
     run = result.run
@@ -209,10 +208,6 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
                                              "stopped_early_at": summary["stopped_early_at"], "found": found})
         atomic_write_json(run.file(paths.DISTANCES), {"epochs": detector.epochs,
                                                 "distances": {f"{r:g}": detector.distances(r) for r in detector.ratios}})
-        for ratio in detector.ratios:
-            heatmap(run.file(paths.distances_plot(ratio)), detector.distances(ratio), detector.epochs,
-                    label="epoch", colorbar="mask distance", contour=threshold,
-                    title=f"early-bird mask distances, pruning ratio {ratio:g} (found: {detector.found[ratio]})")
         summary["earlybird"] = found
 
     run_training(result, data, model, training, runtime, callbacks=[detector], before_finish=write)

@@ -157,7 +157,7 @@ def describe_comparison(comparison: Comparison) -> list[str]:
             score = "—" if score is None else mean_std(score, row["search_score_std"], row["n"])
             line += f" {score:>17} {row['evaluations']:>6}"
         lines.append(line)
-    lines.append(f"  table{', best score vs evaluations' if searched else ''}: {comparison.path}")
+    lines.append(f"  table: {comparison.path}")
     return lines
 
 

@@ -1,5 +1,5 @@
 """The `lottery` section (with `controls` and `control_levels`): iterative magnitude pruning with
-rewinding on each replicate's dense run, and the controls on chosen levels, in a table and plot."""
+rewinding on each replicate's dense run, and the controls on chosen levels, in a table."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ticketlab.experiments.study import Node
 from ticketlab.lottery.controls import control, control_run
 from ticketlab.lottery.experiment import check_experiment, control_levels_of, replicate_training, run_lottery
 from ticketlab.lottery.levels import level_run, lottery
-from ticketlab.report.lottery import LotteryReport, write_report
+from ticketlab.lottery.report import LotteryReport, write_report
 from ticketlab.training.stage import train, train_run_handle
 
 
@@ -112,7 +112,7 @@ def describe_lottery(report: LotteryReport) -> list[str]:
         lines.append(f"  {row['procedure']:<17} {row['level']:>5} {row['remaining_pct']:>8.1f}% "
                      f"{mean_std(row['test_acc_mean'], row['test_acc_std'], row['n']):>17} "
                      f"{mean_std(row['early_stop_mean'], row['early_stop_std'], row['n'], 0):>19}")
-    lines.append(f"  table and plot: {report.path}")
+    lines.append(f"  table: {report.path}")
     return lines
 
 

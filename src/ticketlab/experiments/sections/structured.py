@@ -172,7 +172,7 @@ def describe_earlybird(result: EarlyBirdResult) -> list[str]:
     stopped = result.summary.get("stopped_early_at")
     if stopped is not None:
         lines.append(f"  training stopped at epoch {stopped}")
-    lines.append(f"  heatmaps, tickets' checkpoints: {result.path}")
+    lines.append(f"  mask distances, tickets' checkpoints: {result.path}")
     return lines
 
 
@@ -198,7 +198,7 @@ def describe_structured(experiment: StructuredExperiment) -> list[str]:
     lines.append("  (kept: parameters of the dense network kept; MACs, latency: how many times fewer / faster, "
                  "CPU batch 64; pruned: the shrunk network before retraining)")
     lines += [f"  {note}" for note in experiment.skipped]
-    lines.append(f"  table and plot: {experiment.path}")
+    lines.append(f"  table: {experiment.path}")
     return lines
 
 

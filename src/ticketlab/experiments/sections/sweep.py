@@ -63,7 +63,7 @@ def describe_sweep(result: SweepResult) -> list[str]:
         by_k.setdefault(float(row["k"]), {})[row["method"]] = float(row["test_acc"])
     lines += [f"  {k:>6g} {acc.get('weight', float('nan')):>8.4f} {acc.get('unit', float('nan')):>8.4f}"
               for k, acc in by_k.items()]
-    lines.append(f"  table, plot, histograms: {result.path}")
+    lines.append(f"  table, histograms: {result.path}")
     return lines
 
 

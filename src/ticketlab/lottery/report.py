@@ -1,11 +1,11 @@
-"""The lottery's table and figure: accuracy and learning speed against the weights remaining.
+"""The lottery's table: accuracy and learning speed against the weights remaining.
 
 For each procedure (the tickets, level 0 being the dense network, and each control) and
 level, the mean and spread over replicates of the test accuracy at early stop (the step
 of best validation metric, `select_by`: nothing is selected on the test set), of the
 early-stop iteration (the lottery-ticket paper's measure of how fast a network learns;
 counted on the dense schedule, so a retraining from a late rewind point starts there) and
-of the test accuracy at the end of training.
+of the test accuracy at the end of training. `ticketlab report` draws it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TrainConfig
 from ticketlab.lottery.experiment import LotteryExperiment, run_lottery
-from ticketlab.report.plots import errorbar_panels
 from ticketlab.sparsity.schedules import round_rate
 from ticketlab.stage import Stage
 from ticketlab.store import atomic_write_text, csv_text
@@ -36,7 +34,7 @@ class LotteryReport(Stage):
 
     rows: list[dict[str, Any]]
     KIND = "lottery"
-    ARTIFACTS = (paths.TABLE, paths.LOTTERY_PLOT)
+    ARTIFACTS = (paths.TABLE,)
 
     @staticmethod
     def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -89,7 +87,7 @@ def _run_names(experiment: LotteryExperiment) -> list[str]:
 
 
 def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) -> LotteryReport:
-    """Write table.csv, lottery.png and summary.json of an experiment, or return the finished report.
+    """Write table.csv and summary.json of an experiment, or return the finished report.
 
     The report is a run named by the runs it summarises, so another set of levels,
     replicates or controls is another report.
@@ -97,32 +95,14 @@ def write_report(experiment: LotteryExperiment, runtime: Runtime = Runtime()) ->
     rows = lottery_rows(experiment)
     report = LotteryReport(LotteryReport.run_for({"runs": _run_names(experiment)}, runtime.runs_dir), rows)
     out = report.run
-    cfg, dense = experiment.config, experiment.lotteries[0].dense
+    cfg = experiment.config
 
     def write(_: None) -> dict[str, Any]:
         atomic_write_text(out.file(paths.TABLE), csv_text(rows, COLUMNS))
-        _plot(out.file(paths.LOTTERY_PLOT), rows, title=(
-            f"{dense.model_config.name} on {dense.data.name}: rate {cfg.rate:g} ({cfg.scope}), rewind {cfg.rewind}, "
-            f"{len(experiment.lotteries)} replicate(s)"))
         return {"replicates": len(experiment.lotteries), "controls": _control_names(experiment), "rows": rows}
 
     report.produce(runtime.force, lambda: ({"lottery": dataclasses.asdict(cfg)}, None), write)
     return report
-
-
-def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
-    def series(mean: str, std: str) -> dict[str, tuple[list[float], list[float], list[float]]]:
-        lines = {}
-        for procedure in dict.fromkeys(r["procedure"] for r in rows):
-            mine = [r for r in rows if r["procedure"] == procedure]
-            lines[procedure] = ([r["remaining_pct"] for r in mine], [r[mean] for r in mine], [r[std] for r in mine])
-        return lines
-
-    # Like the lottery-ticket paper's figures: sparser to the right, on a log scale.
-    errorbar_panels(path, {
-        "test accuracy at early stop": series("test_acc_mean", "test_acc_std"),
-        "early-stop iteration": series("early_stop_mean", "early_stop_std"),
-    }, xlabel="% of weights remaining", title=title, log_x=True, reverse_x=True)
 
 
 def compare_schedules(data: DataConfig, model: ModelConfig, training: TrainConfig, sparsity: float, rounds: int,
