@@ -100,6 +100,8 @@ def test_the_run_writes_a_report_of_every_kind_of_run_in_the_study(study, capsys
     runs_table = page.tables[1]
     made = {p.name for p in runs.iterdir() if (p / "summary.json").exists()}
     assert {row[0] for row in runs_table[1:]} == made
+    kinds = [row[1] for row in runs_table[1:]]
+    assert kinds.count("similarity") == kinds.count("orthogonality") == 2  # the study's, one each per sparsity
 
 
 def test_every_csv_link_holds_the_table_it_sits_by(study):
@@ -142,6 +144,26 @@ def test_a_report_of_named_runs_takes_the_runs_they_were_made_from(study, tmp_pa
     gif = base64.b64decode(next(src for src in page.images if src.startswith("data:image/gif")).split(",", 1)[1])
     with Image.open(io.BytesIO(gif)) as animation:
         assert animation.format == "GIF" and animation.n_frames == 3  # one frame per k of the sweep
+
+
+def test_controls_named_alone_are_tabulated_with_their_levels_like_a_lottery(study, tmp_path, capsys):
+    _, runs, _ = study
+    report = next(p for p in runs.iterdir() if p.name.startswith("lottery-"))
+    lottery = {row["procedure"] + row["level"]: row for row in csv.DictReader((report / "table.csv").open())}
+    first = json.loads((next(p for p in runs.iterdir() if p.name.startswith("level-")) / "hparams.json").read_text())
+    controls = [p.name for p in runs.iterdir() if p.name.startswith("control-")
+                and json.loads((runs / json.loads((p / "hparams.json").read_text())["level"] / "hparams.json")
+                               .read_text())["dense"] == first["dense"]]  # one replicate's
+    out = tmp_path / "controls.html"
+    assert main(["report", *controls, "-o", str(out), "--runs-dir", str(runs)]) == 0
+    page = Page(out.read_text())
+    assert page.headings == ["Runs", "Dense trainings", "Iterative magnitude pruning (lottery tickets)"]
+    table = page.tables[-1]
+    assert table[0][:4] == ["procedure", "level", "remaining_pct", "n"]
+    assert [row[:2] for row in table[1:]] == [["ticket", "0"], ["ticket", "1"], ["ticket", "2"], ["reinit", "1"],
+                                              ["reinit", "2"]]
+    for row in table[1:]:  # one replicate of the lottery: its remaining weights as the lottery's table has them
+        assert row[3] == "1" and row[2] == cell(lottery[row[0] + row[1]]["remaining_pct"])
 
 
 def test_a_report_of_a_run_that_is_not_there_is_a_one_line_error(study, tmp_path, capsys):

@@ -88,3 +88,53 @@ def test_orthogonality_of_masked_layers_reads_a_conv_kernel_as_out_by_in():
     assert math.isfinite(scores["fc.weight"])
     with pytest.raises(TicketlabError, match="the weights have no 'x.weight'"):
         orthogonality_scores({}, Mask({"x.weight": torch.ones(2, 2, dtype=torch.bool)}))
+
+
+@pytest.fixture(scope="module")
+def masks_of_one_training(tmp_path_factory):
+    """A short LeNet training (its initialisation kept) and three of its masks, as runs."""
+    from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TrainConfig
+    from ticketlab.sparsity.prune import prune
+    from ticketlab.training.stage import train
+
+    runtime = Runtime(runs_dir=str(tmp_path_factory.mktemp("runs")), progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # conftest's isolation is per test; this fixture outlives one
+        patch.setenv("TICKETLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        dense = train(DataConfig(name="digits"), ModelConfig(name="lenet300_100"), TrainConfig(steps="30it"), runtime)
+        made = [(label, prune(dense, PruneConfig(criterion=criterion, sparsity=sparsity), runtime).run.name)
+                for label, criterion, sparsity in (("magnitude", "magnitude", 0.8), ("random", "random", 0.8),
+                                                   ("sparser", "magnitude", 0.9))]
+    return dense, made, runtime
+
+
+def test_the_similarity_stage_keeps_the_matrices_of_its_masks_and_their_floor(masks_of_one_training):
+    from ticketlab.analysis.similarity import load_masks, mask_similarity
+
+    _, made, runtime = masks_of_one_training
+    result = mask_similarity(made, runtime)
+    expected = with_random_floor(load_masks(made, runtime.runs_dir))
+    saved = result.matrices()
+    assert saved["labels"] == ["magnitude", "random", "sparser", "random-1", "random-2"] and not result.cached
+    for measure in ("cosine", "jaccard", "hamming"):
+        assert saved[measure] == similarity_matrix(expected, measure)
+    assert saved["cosine"][0][2] > saved["cosine"][0][3]  # two magnitude masks overlap above the floor
+    again = mask_similarity(made, runtime)
+    assert again.cached and again.path == result.path
+    assert mask_similarity(made[::-1], runtime).path != result.path  # another order is another matrix
+    with pytest.raises(TicketlabError, match="no run 'prune-000000000000'"):
+        mask_similarity([("gone", "prune-000000000000")], runtime)
+
+
+def test_the_orthogonality_stage_scores_the_masks_floor_and_unmasked_weights(masks_of_one_training):
+    from ticketlab.analysis.orthogonality import UNMASKED, mask_orthogonality, orthogonality_table
+    from ticketlab.analysis.similarity import load_masks
+
+    dense, made, runtime = masks_of_one_training
+    result = mask_orthogonality(made, dense.run.name, "0it", runtime)
+    expected = orthogonality_table(dense.state_dict("0it"), with_random_floor(load_masks(made, runtime.runs_dir)))
+    assert [row["mask"] for row in result.rows] == ["magnitude", "random", "sparser", "random-1", "random-2", UNMASKED]
+    assert [list(row) for row in result.rows] == [["mask", "fc1.weight", "fc2.weight", "fc3.weight", "mean"]] * 6
+    assert [row["mean"] for row in result.rows] == pytest.approx([row["mean"] for row in expected], rel=1e-12)
+    assert mask_orthogonality(made, dense.run.name, "0it", runtime).cached
+    with pytest.raises(TicketlabError, match="has no checkpoint '1ep'"):
+        mask_orthogonality(made, dense.run.name, "1ep", runtime)

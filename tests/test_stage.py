@@ -78,7 +78,8 @@ def _declared_kinds() -> dict[str, str]:
 def test_every_stage_kind_is_declared_in_a_module_that_import_stage_kinds_imports():
     declared = _declared_kinds()
     assert set(declared) == {"train", "earlybird", "prune", "search", "shrink", "small", "level", "control", "ticket",
-                             "lottery", "comparison", "structured", "valsize", "sweep", "sensitivity"}
+                             "lottery", "comparison", "structured", "valsize", "sweep", "sensitivity", "similarity",
+                             "orthogonality"}
     assert set(declared.values()) <= set(STAGE_MODULES)
     import_stage_kinds()
     assert set(declared) <= set(STAGES)

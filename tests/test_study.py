@@ -61,7 +61,7 @@ def comparable(summary):
 
 
 @pytest.mark.parametrize("section, text, runs, table", [
-    ("comparison", COMPARISON, 2 + 2 * 2 * 2 * 2 + 1, "comparison"),  # trains, masks, tickets, report
+    ("comparison", COMPARISON, 2 + 2 * 2 * 2 * 2 + 2 * 2 + 1, "comparison"),  # trains, masks, tickets, analyses, report
     ("lottery", LOTTERY, 2 + 2 * 2 + 2 * 2 + 1, "lottery"),  # trains, levels, controls, report
 ])
 def test_two_workers_make_the_same_runs_and_metrics_as_one(section, text, runs, table, tmp_path, capsys):
@@ -208,7 +208,7 @@ def test_ray_makes_the_runs_and_metrics_of_a_serial_run(local_ray, tmp_path, cap
         assert main(["run", str(preset), "--backend", backend, "--quiet", "--json", "--runs-dir", str(root)]) == 0
         rows = json.loads(capsys.readouterr().out.splitlines()[-1])["comparison"]["rows"]
         results[backend] = ({name: comparable(s) for name, s in finished(root).items()}, rows)
-    assert results["local"] == results["ray"] and len(results["ray"][0]) == 2 + 2 * 2 * 2 * 2 + 1
+    assert results["local"] == results["ray"] and len(results["ray"][0]) == 2 + 2 * 2 * 2 * 2 + 2 * 2 + 1
 
 
 def test_ray_runs_a_node_again_when_its_worker_dies_and_reports_failures(local_ray, tmp_path):

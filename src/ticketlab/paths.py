@@ -56,6 +56,10 @@ SWEEP_HISTOGRAMS = "histograms.json"  # per method and k, what survives, binned
 # --- layer sensitivity ---------------------------------------------------------------------
 SENSITIVITY_TABLE = "sensitivity.csv"
 
+# --- analyses of masks (similarity, orthogonality) -----------------------------------------
+SIMILARITY = "similarity.json"  # labels, and a matrix per measure
+ORTHOGONALITY_TABLE = "orthogonality.csv"  # a row per mask, a column per layer
+
 # --- reports over other runs (lottery, comparison, structured, valsize) -------------------
 TABLE = "table.csv"
 RUNS_TABLE = "runs.csv"  # a comparison's one row per retrained mask

@@ -38,7 +38,8 @@ STAGES: dict[str, type[Stage]] = {}  # kind -> its class; filled as the stage mo
 STAGE_MODULES = ("ticketlab.training.stage", "ticketlab.sparsity.prune", "ticketlab.lottery.retrain",
                  "ticketlab.lottery.report", "ticketlab.search.stage", "ticketlab.structure.stage",
                  "ticketlab.structure.retrain", "ticketlab.structure.earlybird", "ticketlab.analysis.sweep",
-                 "ticketlab.analysis.valsize", "ticketlab.analysis.sensitivity", "ticketlab.experiments.comparison",
+                 "ticketlab.analysis.valsize", "ticketlab.analysis.sensitivity", "ticketlab.analysis.similarity",
+                 "ticketlab.analysis.orthogonality", "ticketlab.experiments.comparison",
                  "ticketlab.experiments.structured")
 
 

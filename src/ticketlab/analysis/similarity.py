@@ -8,17 +8,27 @@ Masks are compared over the parameters both cover. A mask is equal to itself (co
 (0, 0, 1). Two random masks keeping a fraction p of every layer each have expected cosine and
 Jaccard of about p and p / (2 - p) (over layers of unequal sparsity, Σ k²/n / Σ k for the cosine):
 a similarity means something only above that floor, which is why random masks are in every matrix.
+
+`mask_similarity` is the cached stage: the three matrices of labelled mask runs and their floor.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ticketlab.config import TicketlabError
+from ticketlab import paths
+from ticketlab.config import Runtime, TicketlabError
 from ticketlab.sparsity.mask import Mask
+from ticketlab.stage import Stage
+from ticketlab.store import atomic_write_json, find_run, read_json
+
+MASK_KINDS = ("prune", "search", "level", "control", "ticket")  # the runs that hold a mask.safetensors
+Labelled = Sequence[tuple[str, str]]  # (label, mask run), in the order shown
 
 RANDOM_PREFIX = "random"  # the labels of the floor's masks: random-1, random-2, ...
 
@@ -79,3 +89,53 @@ def similarity_matrix(masks: Mapping[str, Mask], measure: str = "cosine") -> lis
         for j in range(i, len(values)):
             matrix[i][j] = matrix[j][i] = of(a, values[j])
     return matrix
+
+
+def load_masks(runs: Labelled, runs_dir: str | None) -> dict[str, Mask]:
+    """Each label's mask, read (and verified) from the finished run that holds it."""
+    masks = {}
+    for label, ref in runs:
+        path, _ = find_run(ref, MASK_KINDS, runs_dir)
+        masks[label] = Mask.load(path / paths.MASK)
+    return masks
+
+
+@dataclass
+class SimilarityRun(Stage):
+    """The cosine, Jaccard and Hamming matrices of labelled masks and their random floor."""
+
+    KIND = "similarity"
+    ARTIFACTS = (paths.SIMILARITY,)
+
+    def matrices(self) -> dict[str, Any]:
+        """labels (the masks', then the floor's), and a matrix per measure in that order."""
+        return read_json(self.run.file(paths.SIMILARITY))
+
+    @staticmethod
+    def describe(hparams: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        return f"similarity of {', '.join(label for label, _ in hparams['masks'])} and {hparams['random']} random", {}
+
+
+def similarity_identity(runs: Labelled, random: int = 2, seed: int = 0) -> dict[str, Any]:
+    identity: dict[str, Any] = {"masks": [list(pair) for pair in runs], "random": random}
+    if seed:
+        identity["seed"] = seed
+    return identity
+
+
+def mask_similarity(runs: Labelled, runtime: Runtime = Runtime(), random: int = 2, seed: int = 0) -> SimilarityRun:
+    """The similarity matrices of the masks of `runs` (label, run) and `random` floor masks; or the
+    finished run with the same inputs."""
+    result = SimilarityRun(SimilarityRun.run_for(similarity_identity(runs, random, seed), runtime.runs_dir))
+
+    def prepare() -> tuple[dict[str, Any], dict[str, Mask]]:
+        masks = with_random_floor(load_masks(runs, runtime.runs_dir), random, seed)
+        return {"masks": [list(pair) for pair in runs], "random": random, "seed": seed}, masks
+
+    def write(masks: dict[str, Mask]) -> dict[str, Any]:
+        atomic_write_json(result.run.file(paths.SIMILARITY),
+                          {"labels": list(masks), **{measure: similarity_matrix(masks, measure) for measure in MEASURES}})
+        return {"labels": list(masks)}
+
+    result.produce(runtime.force, prepare, write)
+    return result

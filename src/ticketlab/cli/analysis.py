@@ -9,12 +9,11 @@ from typing import Any
 from ticketlab.cli.flags import Result, add_output_flags, typed
 from ticketlab.config import TicketlabError
 
-MASK_KINDS = ("prune", "search", "level", "control", "ticket")  # runs that hold a mask.safetensors
-
 
 def _masks(refs: list[str], runs_dir: str | None) -> dict[str, tuple[dict[str, Any], Any]]:
     """Each run's hparams and mask, by its name."""
     from ticketlab import paths
+    from ticketlab.analysis.similarity import MASK_KINDS
     from ticketlab.sparsity.mask import Mask
     from ticketlab.store import find_run
 

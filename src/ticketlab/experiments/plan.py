@@ -99,10 +99,11 @@ def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str], re
                      f"last change {time.time() - record['updated']:.0f} s ago (driver pid {record['pid']})"
                      + _estimate(nodes, states, record))
     kinds = list(dict.fromkeys(node.kind for node in nodes))
-    lines.append(f"  {'kind':<10} {'nodes':>5} {'done':>5} {'to run':>6}")
+    width = max([10, *map(len, kinds)])
+    lines.append(f"  {'kind':<{width}} {'nodes':>5} {'done':>5} {'to run':>6}")
     for kind in kinds:
         mine = [node for node in nodes if node.kind == kind]
-        lines.append(f"  {kind:<10} {len(mine):>5} {sum(states[n.name] == 'done' for n in mine):>5} "
+        lines.append(f"  {kind:<{width}} {len(mine):>5} {sum(states[n.name] == 'done' for n in mine):>5} "
                      f"{sum(n in to_run for n in mine):>6}")
     lines.append(f"  to run: {trainings} training(s), {evaluations} search evaluation(s)")
     errors = (record or {}).get("errors", {})
@@ -112,7 +113,7 @@ def describe_study(title: str, nodes: Sequence[Node], states: dict[str, str], re
             error = f": {errors[node.name]}" if state == "failed" and node.name in errors else ""
             if state == "running" and runs_root is not None:
                 error = f"  {stage_progress(runs_root, node.runs)}".rstrip()
-            lines.append(f"  {state:<11} {node.kind:<8} {node.name}{error}")
+            lines.append(f"  {state:<11} {node.kind:<{width}} {node.name}{error}")
     payload = {"nodes": [{"name": node.name, "kind": node.kind, "state": states[node.name], "needs": list(node.needs),
                           "runs": list(node.runs), "trainings": node.trainings, "evaluations": node.evaluations}
                          for node in nodes],

@@ -47,7 +47,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _row(procedure: str, level: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def level_row(procedure: str, level: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row (COLUMNS) of a procedure at a level, over the replicates' training summaries."""
     acc, acc_std = _mean_std([s["best"]["test_acc"] for s in summaries])
     stop, stop_std = _mean_std([s["best"]["iteration"] for s in summaries])
     final, final_std = _mean_std([s["final"]["test_acc"] for s in summaries])
@@ -71,7 +72,7 @@ def lottery_rows(experiment: LotteryExperiment) -> list[dict[str, Any]]:
         for (_, level, control), done in sorted(experiment.controls.items()):
             if control == name:
                 groups.setdefault((name, level), []).append(done.summary)
-    return [_row(procedure, level, summaries) for (procedure, level), summaries in groups.items()]
+    return [level_row(procedure, level, summaries) for (procedure, level), summaries in groups.items()]
 
 
 def _control_names(experiment: LotteryExperiment) -> list[str]:

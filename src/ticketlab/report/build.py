@@ -8,6 +8,7 @@ there is nothing of its kind): adding one is a function and a line in WRITERS.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import statistics
@@ -16,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ticketlab import paths
-from ticketlab.analysis.orthogonality import orthogonality_scores
-from ticketlab.analysis.similarity import MEASURES, RANDOM_PREFIX, similarity_matrix, with_random_floor
+from ticketlab.analysis.orthogonality import OrthogonalityRun, orthogonality_identity, orthogonality_table
+from ticketlab.analysis.similarity import (MEASURES, RANDOM_PREFIX, SimilarityRun, similarity_identity,
+                                           similarity_matrix, with_random_floor)
 from ticketlab.config import TicketlabError
+from ticketlab.lottery.report import COLUMNS as LOTTERY_COLUMNS
+from ticketlab.lottery.report import TICKET, level_row
 from ticketlab.manifest import problem, repair_hint, verified_bytes
 from ticketlab.report import figures
 from ticketlab.report.html import Figure, Section, Table, render
@@ -236,31 +239,65 @@ def sensitivities(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     return Section("Layer sensitivity", "", blocks) if blocks else None
 
 
-def lotteries(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
+def lotteries(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | None:
     blocks: list[Figure | Table] = []
     for run in _of(runs, "lottery"):
         rows = run.rows(paths.TABLE)
-        dense = next((r for r in rows if r["procedure"] == "ticket" and r["level"] == "0"), None)
-        panels: dict[str, dict[str, figures.Series]] = {"test accuracy at the best step": {},
-                                                        "early-stop iteration": {}}
-        for procedure in dict.fromkeys(r["procedure"] for r in rows):
-            mine = [r for r in rows if r["procedure"] == procedure and r["level"] != "0"]
-            x = [_float(r["remaining_pct"]) for r in mine]
-            for ylabel, column in (("test accuracy at the best step", "test_acc"), ("early-stop iteration",
-                                                                                     "early_stop")):
-                panels[ylabel][procedure] = (x, [_float(r[f"{column}_mean"]) for r in mine],
-                                             [_float(r[f"{column}_std"]) for r in mine])
-        references = {"test accuracy at the best step": ("dense", _float(dense["test_acc_mean"])),
-                      "early-stop iteration": ("dense", _float(dense["early_stop_mean"]))} if dense else None
-        png = figures.panels(panels, xlabel="weights remaining (%, log scale)", references=references, log_x=True,
-                             reverse_x=True)
         replicates = run.summary.get("replicates", 1)
-        blocks.append(Figure(png, f"Lottery tickets and their controls by level: mean ± std over {replicates} "
-                                  "replicate(s): test accuracy at the step of best validation loss, and that step "
-                                  "(the early-stop iteration: how fast a network learns).", run.command))
+        blocks.append(Figure(_lottery_figure(rows), f"Lottery tickets and their controls by level: mean ± std over "
+                             f"{replicates} replicate(s): test accuracy at the step of best validation loss, and that "
+                             "step (the early-stop iteration: how fast a network learns).", run.command))
         blocks.append(Table(rows, list(rows[0]), "The lottery's table: each procedure and level.", f"{run.name}.csv",
                             run.command))
+    blocks += _loose_levels(runs, all_runs)
     return Section("Iterative magnitude pruning (lottery tickets)", "", blocks) if blocks else None
+
+
+def _lottery_figure(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Test accuracy and early-stop iteration against % of weights remaining, a line per procedure
+    (the tickets, each control), mean ± std; level 0, the dense network, as the reference line."""
+    dense = next((r for r in rows if r["procedure"] == TICKET and str(r["level"]) == "0"), None)
+    panels: dict[str, dict[str, figures.Series]] = {"test accuracy at the best step": {}, "early-stop iteration": {}}
+    for procedure in dict.fromkeys(r["procedure"] for r in rows):
+        mine = [r for r in rows if r["procedure"] == procedure and str(r["level"]) != "0"]
+        x = [_float(r["remaining_pct"]) for r in mine]
+        for ylabel, column in (("test accuracy at the best step", "test_acc"), ("early-stop iteration", "early_stop")):
+            panels[ylabel][procedure] = (x, [_float(r[f"{column}_mean"]) for r in mine],
+                                         [_float(r[f"{column}_std"]) for r in mine])
+    references = {"test accuracy at the best step": ("dense", _float(dense["test_acc_mean"])),
+                  "early-stop iteration": ("dense", _float(dense["early_stop_mean"]))} if dense else None
+    return figures.panels(panels, xlabel="weights remaining (%, log scale)", references=references, log_x=True,
+                          reverse_x=True)
+
+
+def _loose_levels(runs: list[RunView], all_runs: dict[str, RunView]) -> list[Figure | Table]:
+    """Levels and controls that no lottery report here covers (a lottery still running, or runs
+    named alone), tabulated like a lottery report, one per lottery setting."""
+    covered = {name for run in _of(runs, "lottery") for name in run.hparams["identity"]["runs"]}
+    lotteries: dict[str, dict[tuple[str, int], dict[str, dict[str, Any]]]] = {}  # setting -> row -> run -> summary
+    for run in _of(runs, "level", "control"):
+        level = run if run.kind == "level" else all_runs.get(run.hparams["identity"]["level"])
+        if run.name in covered or level is None:
+            continue
+        groups = lotteries.setdefault(json.dumps(level.hparams["lottery"], sort_keys=True), {})
+        procedure = TICKET if run.kind == "level" else run.hparams["control"]
+        groups.setdefault((procedure, level.hparams["level"]), {})[run.name] = run.summary
+        dense = all_runs.get(level.hparams["dense"])
+        if dense is not None:
+            groups.setdefault((TICKET, 0), {})[dense.name] = dense.summary
+    blocks: list[Figure | Table] = []
+    for setting, groups in lotteries.items():
+        order = sorted(groups, key=lambda key: (key[0] != TICKET, key[0], key[1]))
+        rows = [level_row(procedure, level, list(groups[procedure, level].values())) for procedure, level in order]
+        cfg = json.loads(setting)
+        what = (f"rate {cfg['rate']:g} ({cfg['scope']}, {cfg['criterion']}), rewind {cfg['rewind']}, "
+                f"{cfg['levels']} level(s)")
+        blocks.append(Figure(_lottery_figure(rows), f"Lottery levels and controls made so far ({what}) that no "
+                             "lottery report covers yet: mean ± std over the replicates done at each level; test "
+                             "accuracy at the best step by validation loss, and that step."))
+        blocks.append(Table(rows, LOTTERY_COLUMNS, f"The levels and controls made so far ({what}).",
+                            "lottery-levels.csv"))
+    return blocks
 
 
 def _mask(run: RunView) -> Mask:
@@ -278,7 +315,9 @@ def comparisons(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | 
         for sparsity in dict.fromkeys(r["sparsity"] for r in per_run):
             mine = [r for r in per_run if r["sparsity"] == sparsity and r["replicate"] == "0"]
             made = [(r["method"], all_runs[r["mask_run"]]) for r in mine if r["mask_run"] in all_runs]
-            blocks += _trainability(mine, all_runs, sparsity) + _mask_blocks(made, all_runs, f"at sparsity {sparsity}")
+            dense = next((run.hparams["train"] for _, run in made if isinstance(run.hparams.get("train"), str)), None)
+            blocks += _trainability(mine, all_runs, sparsity) + _mask_blocks(
+                made, all_runs, f"at sparsity {sparsity}", dense, run.hparams.get("rewind", "0it"))
     return Section("Masks compared", "Each method's masks at each sparsity, retrained from the rewind step; "
                                      "the figures show the first replicate.", blocks) if blocks else None
 
@@ -321,22 +360,27 @@ def _trainability(mine: list[dict[str, str]], all_runs: dict[str, RunView], spar
                    "accuracy of each method's ticket as it retrains.", tickets[0][1].command)]
 
 
-def _mask_blocks(made: list[tuple[str, RunView]], all_runs: dict[str, RunView], where: str) -> list[Figure | Table]:
+def _mask_blocks(made: list[tuple[str, RunView]], all_runs: dict[str, RunView], where: str, dense: str | None,
+                 step: str = "0it") -> list[Figure | Table]:
     """How alike the masks are (with the random floor), their per-layer sparsity, and the
-    orthogonality of the initial weights they leave; `where` says which masks these are."""
+    orthogonality of the weights of training `dense` at `step` they leave; `where` says which masks
+    these are. A study's similarity and orthogonality runs are read; masks outside one are compared here."""
     if not made:
         return []
     masks = with_random_floor({label: _mask(run) for label, run in made})
-    labels = list(masks)
-    tag = where.replace(" ", "-")
-    matrices = {measure: similarity_matrix(masks, measure) for measure in MEASURES}
+    labels, tag = list(masks), where.replace(" ", "-")
+    pairs, root = [(label, run.name) for label, run in made], made[0][1].path.parent
+    saved = all_runs.get(SimilarityRun.run_for(similarity_identity(pairs), root).name)
+    matrices = saved.json(paths.SIMILARITY) if saved else {measure: similarity_matrix(masks, measure)
+                                                           for measure in MEASURES}
     blocks: list[Figure | Table] = [Figure(
         figures.matrix(matrices["cosine"], labels, colorbar="cosine similarity", vmin=0, vmax=1),
         f"Mask similarity {where}: cosine similarity of the flattened masks; random-1 and random-2 keep as many "
-        "weights of each layer as the first and mark the floor of chance overlap.")]
-    pairs = [{"a": labels[i], "b": labels[j], **{measure: matrices[measure][i][j] for measure in MEASURES}}
+        "weights of each layer as the first and mark the floor of chance overlap.",
+        saved.command if saved else None)]
+    table = [{"a": labels[i], "b": labels[j], **{measure: matrices[measure][i][j] for measure in MEASURES}}
              for i in range(len(labels)) for j in range(i + 1, len(labels))]
-    blocks.append(Table(pairs, ("a", "b", *MEASURES), f"Every pair of masks {where}: cosine, Jaccard of the kept "
+    blocks.append(Table(table, ("a", "b", *MEASURES), f"Every pair of masks {where}: cosine, Jaccard of the kept "
                         "sets, normalised Hamming distance.", f"similarity-{tag}.csv"))
     layers = list(dict.fromkeys(name for mask in masks.values() for name in mask))  # a unit mask covers biases too
     pruned = {label: {layer.name: 100 * layer.sparsity for layer in mask.layers()} for label, mask in masks.items()
@@ -344,19 +388,18 @@ def _mask_blocks(made: list[tuple[str, RunView]], all_runs: dict[str, RunView], 
     blocks.append(Figure(figures.bars(layers, {label: [of.get(name, math.nan) for name in layers]
                                                for label, of in pruned.items()}, ylabel="pruned (%)"),
                          f"Per-layer sparsity of each mask {where} (no bar: a parameter the mask does not cover)."))
-    dense = all_runs.get(made[0][1].hparams.get("train", ""))
-    if dense is not None and (dense.path / paths.checkpoint("0it")).exists():
-        init = load_checkpoint(dense.path / paths.checkpoint("0it"))["model"]
-        rows = [{"mask": label, **orthogonality_scores(init, mask)} for label, mask in masks.items()]
-        unmasked = Mask({name: torch.ones_like(keep) for name, keep in masks[labels[0]].items()})
-        rows.append({"mask": "dense (no mask)", **orthogonality_scores(init, unmasked)})
-        scored = list(dict.fromkeys(name for row in rows for name in row if name != "mask"))  # weights, not biases
-        for row in rows:
-            row["mean"] = statistics.fmean(v for k, v in row.items() if k != "mask")
-        blocks.append(Table(rows, ("mask", *scored, "mean"), f"Orthogonality of the initial weights of "
-                            f"{dense.name} under each mask {where}, per layer: mean((WᵀW − I)²), W out × in "
-                            "(Lee et al. 2020); higher means worse signal propagation.",
-                            f"orthogonality-{tag}.csv"))
+    if dense is None:
+        return blocks
+    saved = all_runs.get(OrthogonalityRun.run_for(orthogonality_identity(pairs, dense, step), root).name)
+    if saved is not None:
+        rows: list[dict[str, Any]] = saved.rows(paths.ORTHOGONALITY_TABLE)
+    elif dense in all_runs and (all_runs[dense].path / paths.checkpoint(step)).exists():
+        rows = orthogonality_table(load_checkpoint(all_runs[dense].path / paths.checkpoint(step))["model"], masks)
+    else:
+        return blocks
+    blocks.append(Table(rows, list(rows[0]), f"Orthogonality of the weights of {dense} at {step} under each mask "
+                        f"{where}, per layer: mean((WᵀW − I)²), W out × in (Lee et al. 2020); higher means worse "
+                        "signal propagation.", f"orthogonality-{tag}.csv", saved.command if saved else None))
     return blocks
 
 
@@ -369,7 +412,7 @@ def masks(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | None:
         by_training.setdefault(run.hparams.get("train", ""), []).append(run)
     blocks: list[Figure | Table] = []
     for train, mine in by_training.items():
-        blocks += _mask_blocks([(run.name, run) for run in mine], all_runs, f"of {train}")
+        blocks += _mask_blocks([(run.name, run) for run in mine], all_runs, f"of {train}", train or None)
     return Section("Masks", "Masks of the same dense run side by side.", blocks) if blocks else None
 
 

@@ -1,5 +1,7 @@
 """The `compare` section: masks of several methods (criteria and searches) at several sparsities,
-each scored at the rewind weights and after retraining, over the replicates (comparison.py)."""
+each scored at the rewind weights and after retraining, over the replicates (comparison.py); and at
+each sparsity how alike the first replicate's masks are and how orthogonal the rewind weights they
+leave (analysis/similarity.py, analysis/orthogonality.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ticketlab.analysis.orthogonality import OrthogonalityRun, mask_orthogonality, orthogonality_identity
+from ticketlab.analysis.similarity import SimilarityRun, mask_similarity, similarity_identity
 from ticketlab.config import (DataConfig, LotteryConfig, MaskMethod, ModelConfig, PruneConfig, Runtime, SearchConfig,
                               TicketlabError, TrainConfig, coerce, from_dict)
 from ticketlab.experiments.comparison import (Comparison, at_sparsity, compare_masks, dense_training, mask_run,
@@ -81,9 +85,11 @@ class CompareSection(Section):
 
     def nodes(self, value: Compare, context: Context) -> list[Node]:
         """Each replicate's dense training, then each (replicate, sparsity, method)'s mask and its
-        retrained ticket; compare_masks then finds them done."""
+        retrained ticket (compare_masks then finds them done); the first replicate's masks at each
+        sparsity are then compared with each other."""
         nodes = []
         for replicate in range(context.replicates):
+            made: dict[float, list[tuple[str, str, str]]] = {}  # sparsity -> (method, mask run, its node)
             seeded = dense_training(context.training, value.methods, value.rewind, replicate)
             dense = train_run_handle(context.data, context.model, seeded, context.runtime.runs_dir)
             nodes.append(Node(dense.run.name, train, (context.data, context.model, seeded, context.node_runtime),
@@ -94,11 +100,15 @@ class CompareSection(Section):
                     searched = isinstance(config, SearchConfig)
                     kind = "search" if searched else "lottery" if isinstance(config, LotteryConfig) else "prune"
                     runs = _ticket_runs(dense, config, value.rewind, context.runtime)
+                    made.setdefault(sparsity, []).append((method.name, runs[-1] if kind == "lottery" else runs[0],
+                                                          f"{dense.run.name}: {method.name} at {sparsity:g}"))
                     nodes.append(Node(f"{dense.run.name}: {method.name} at {sparsity:g}", _ticket,
                                       (context.data, context.model, seeded, method, sparsity, value.rewind,
                                        context.node_runtime), (dense.run.name,), kind=kind, runs=runs,
                                       trainings=config.levels if kind == "lottery" else 1,
                                       evaluations=config.budget if searched else 0))
+            if replicate == 0:
+                nodes += [node for masks in made.values() for node in _analyses(dense, masks, value.rewind, context)]
         return nodes
 
     def result(self, value: Compare, context: Context) -> Comparison:
@@ -126,6 +136,18 @@ def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig | LotteryCo
         return made.run.name, ticket_run(made.run.name, rewind, runs_dir).name
     shrunk = shrink_run_handle(made, rewind, runs_dir=runs_dir)
     return made.run.name, shrunk.run.name, small_run_handle(shrunk, "rewind", rewind, runs_dir=runs_dir).name
+
+
+def _analyses(dense: TrainRun, made: list[tuple[str, str, str]], rewind: str, context: Context) -> list[Node]:
+    """The similarity of masks (method, mask run, its node) and the orthogonality of the rewind weights they leave."""
+    masks, needs, runs_dir = [(label, run) for label, run, _ in made], tuple(node for _, _, node in made), \
+        context.runtime.runs_dir
+    similarity = SimilarityRun.run_for(similarity_identity(masks), runs_dir).name
+    orthogonality = OrthogonalityRun.run_for(orthogonality_identity(masks, dense.run.name, rewind), runs_dir).name
+    return [Node(similarity, mask_similarity, (masks, context.node_runtime), needs, kind="similarity",
+                 runs=(similarity,)),
+            Node(orthogonality, mask_orthogonality, (masks, dense.run.name, rewind, context.node_runtime),
+                 needs + (dense.run.name,), kind="orthogonality", runs=(orthogonality,))]
 
 
 def _ticket(data: DataConfig, model: ModelConfig, training: TrainConfig, method: MaskMethod, sparsity: float,
