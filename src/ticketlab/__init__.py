@@ -1,13 +1,20 @@
 """ticketlab: find lottery tickets — sparse subnetworks that train as well as their dense parent.
 
 The command line is a thin layer over these functions; a notebook can call them directly,
-or use `fit` with its own nn.Module and a Dataset.
+or use `fit` with its own nn.Module and a Dataset, and prune it: `trace` derives a model's
+channel groups, `score_and_select` makes a mask by any criterion, `shrink` cuts the pruned units out.
 """
 
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import Dataset, load_data
 from ticketlab.models import build_model
+from ticketlab.models.tracing import channel_groups, trace
+from ticketlab.sparsity.criteria import ScoreContext
+from ticketlab.sparsity.mask import Mask, prunable_names
+from ticketlab.sparsity.selection import score_and_select
 from ticketlab.structure.saving import load
+from ticketlab.structure.stage import units_from_mask
+from ticketlab.structure.surgery import shrink
 from ticketlab.training.loop import evaluate, fit
 from ticketlab.training.stage import TrainRun, train
 
@@ -25,6 +32,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DataConfig", "Dataset", "ModelConfig", "Runtime", "TicketlabError", "TrainConfig", "TrainRun",
-    "build_model", "evaluate", "fit", "load", "load_data", "load_preset", "train",
+    "DataConfig", "Dataset", "Mask", "ModelConfig", "Runtime", "ScoreContext", "TicketlabError", "TrainConfig",
+    "TrainRun", "build_model", "channel_groups", "evaluate", "fit", "load", "load_data", "load_preset",
+    "prunable_names", "score_and_select", "shrink", "trace", "train", "units_from_mask",
 ]

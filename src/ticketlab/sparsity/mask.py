@@ -20,6 +20,7 @@ from torch import nn
 
 from ticketlab.config import TicketlabError
 from ticketlab.manifest import verified_bytes
+from ticketlab.models.tracing import channel_groups
 from ticketlab.store import atomic_path
 
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -190,7 +191,7 @@ def unit_mask_to_mask(model: nn.Module, units: Mapping[str, torch.Tensor],
     The result covers `names` (default: the prunable parameters) plus every other parameter
     a pruned unit touches: biases and BatchNorm scale and shift, so the unit outputs zero.
     """
-    groups = {g.name: g for g in model.channel_groups()}  # type: ignore[operator]
+    groups = {g.name: g for g in channel_groups(model)}
     params = dict(model.named_parameters())
     tensors = {n: torch.ones_like(params[n], dtype=torch.bool)
                for n in (names if names is not None else prunable_names(model))}

@@ -17,6 +17,7 @@ from torch import nn
 from ticketlab import paths
 from ticketlab.config import PruneConfig, Runtime, TicketlabError, non_default
 from ticketlab.data import Dataset, load_data
+from ticketlab.models.tracing import channel_groups
 from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
@@ -92,7 +93,7 @@ def masked_metrics(model: nn.Module, data: Dataset, mask: Mask | None) -> dict[s
 def unit_counts(model: nn.Module, mask: Mask) -> dict[str, dict[str, int]]:
     """Kept and total units per channel group: a unit is kept while any of its producer weights is."""
     counts = {}
-    for group in model.channel_groups():  # type: ignore[operator]
+    for group in channel_groups(model):
         weights = [piece for piece in group.producers if piece.param in mask and piece.dim == 0]
         kept = sum(any(bool(mask[piece.param][piece.index(unit)].any()) for piece in weights)
                    for unit in range(group.size))

@@ -15,7 +15,8 @@ import torch
 from ticketlab.config import TicketlabError
 from ticketlab.models.structure import ChannelGroup
 from ticketlab.sparsity.criteria import Criterion, ScoreContext, get_criterion
-from ticketlab.sparsity.criteria.base import channel_groups, unit_rows
+from ticketlab.models.tracing import channel_groups
+from ticketlab.sparsity.criteria.base import unit_rows
 from ticketlab.sparsity.mask import Mask, output_layer_names, unit_mask_to_mask
 from ticketlab.sparsity.schedules import check_rounds, check_sparsity, cumulative_sparsities
 

@@ -25,6 +25,7 @@ from torch import nn
 from ticketlab import paths
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, TicketlabError, from_dict
 from ticketlab.data import load_data
+from ticketlab.models.tracing import channel_groups
 from ticketlab.search.stage import SearchRun, search_run_handle
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
 from ticketlab.sparsity.prune import PruneRun, masked_metrics, prune_run_handle
@@ -72,7 +73,7 @@ def units_from_mask(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
     """
     mask.check_fits(model)
     units = {}
-    for group in model.channel_groups():  # type: ignore[operator]
+    for group in channel_groups(model):
         pieces = [piece for piece in group.producers if piece.param in mask and piece.dim == 0]
         if not pieces:  # the mask leaves this group's layers alone
             units[group.name] = torch.ones(group.size, dtype=torch.bool)

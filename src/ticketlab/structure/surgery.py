@@ -4,9 +4,10 @@ exactly what the masked one did (DESIGN.md, "physical pruning").
     from ticketlab.structure.surgery import shrink, count_parameters, count_macs
     small = shrink(model, {"fc1": keep_flags, ...})  # raises unless equivalent
 
-The model's channel groups say which state_dict slices belong to each unit; every kept
-slice of every Linear, Conv2d and BatchNorm is copied into a new, smaller module of the
-same kind. A ResNet's zero-padding shortcut (option A) gets fewer padded channels.
+The model's channel groups (declared by a zoo model, or derived by `ticketlab.trace` for any
+other) say which state_dict slices belong to each unit; every kept slice of every Linear, Conv2d
+(depthwise ones included) and BatchNorm is copied into a new, smaller module of the same kind. A
+ResNet's zero-padding shortcut (option A) gets fewer padded channels.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ticketlab.config import TicketlabError
 from ticketlab.models.base import ZooModel
 from ticketlab.models.resnet import Block, ZeroPadShortcut
 from ticketlab.models.structure import ChannelGroup
+from ticketlab.models.tracing import channel_groups, trace, traced_input
 from ticketlab.sparsity.mask import unit_mask_to_mask
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -31,13 +33,14 @@ CHECK_SEED = 0
 Kept = dict[str, dict[int, torch.Tensor]]
 
 
-def shrink(model: ZooModel, units: Mapping[str, torch.Tensor],
-           check_input: torch.Tensor | None = None) -> ZooModel:
+def shrink(model: nn.Module, units: Mapping[str, torch.Tensor],
+           check_input: torch.Tensor | None = None) -> nn.Module:
     """A smaller copy of `model` without the units `units` prunes (group name -> keep-flags;
     groups not named keep everything).
 
     The copy is checked against the masked model on `check_input` (default: a fixed random
-    batch of the model's input shape) and TicketlabError is raised if they differ.
+    batch of the model's input shape, or of the shape it was traced on) and TicketlabError is
+    raised if they differ. A traced model's copy is traced again, so it can be pruned further.
     """
     groups = checked_groups(model, units)
     state = model.state_dict()
@@ -56,6 +59,8 @@ def shrink(model: ZooModel, units: Mapping[str, torch.Tensor],
     if check_input is None:
         check_input = default_input(model)
     check_equivalent(masked, small, check_input)
+    if traced_input(model) is not None:
+        trace(small, traced_input(model))
     return small
 
 
@@ -109,9 +114,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 def checked_groups(model: nn.Module, units: Mapping[str, torch.Tensor]) -> dict[str, ChannelGroup]:
-    if not hasattr(model, "channel_groups"):
-        raise TicketlabError(f"{type(model).__name__} declares no channel groups; shrink needs a zoo model")
-    groups = {g.name: g for g in model.channel_groups()}
+    groups = {g.name: g for g in channel_groups(model)}
     for name, keep in units.items():
         if name not in groups:
             raise TicketlabError(f"unknown channel group {name!r}; the model has {', '.join(groups)}")
@@ -168,12 +171,16 @@ def _replace(small: nn.Module, name: str, state: Mapping[str, torch.Tensor], kep
         out_features, in_features = shapes["weight"]
         new = nn.Linear(in_features, out_features, bias=module.bias is not None, **like)
     elif isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise TicketlabError(f"cannot shrink {name}: a grouped convolution ({module.groups} groups)")
+        depthwise = module.groups == module.in_channels == module.out_channels
+        if module.groups != 1 and not depthwise:
+            raise TicketlabError(f"cannot shrink {name}: a grouped convolution ({module.groups} groups of "
+                                 f"{module.in_channels // module.groups} channels); use --backend torch-pruning")
         out_channels, in_channels, *_ = shapes["weight"]
+        if depthwise:  # its channel j is the unit it reads: in and out are cut alike
+            in_channels = out_channels
         new = nn.Conv2d(in_channels, out_channels, module.kernel_size, stride=module.stride,
-                        padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
-                        padding_mode=module.padding_mode, **like)
+                        padding=module.padding, dilation=module.dilation, groups=out_channels if depthwise else 1,
+                        bias=module.bias is not None, padding_mode=module.padding_mode, **like)
     elif isinstance(module, BATCHNORMS):
         features = next(shape[0] for shape in shapes.values() if len(shape) > 0)
         new = type(module)(features, eps=module.eps, momentum=module.momentum, affine=module.affine,
@@ -206,8 +213,17 @@ def _shrink_zero_pads(model: nn.Module, small: nn.Module, kept: Kept) -> None:
         small_pad.hi = int(out[width - pad.hi:].sum())
 
 
-def default_input(model: ZooModel) -> torch.Tensor:
+def default_input(model: nn.Module) -> torch.Tensor:
+    """A fixed random batch of the model's input shape (a zoo model's, or the shape it was traced on)."""
+    traced = traced_input(model)
+    if isinstance(model, ZooModel):
+        shape = (CHECK_BATCH, *model.input_shape)
+    elif traced is not None:
+        shape = (max(CHECK_BATCH, traced.shape[0]), *traced.shape[1:])
+    else:
+        raise TicketlabError(f"{type(model).__name__} has no input shape to check the shrunk model on; trace it "
+                             "(ticketlab.trace(model, example_inputs)) or give check_input")
     generator = torch.Generator().manual_seed(CHECK_SEED)
     param = next(model.parameters())
-    return torch.randn((CHECK_BATCH, *model.input_shape), generator=generator).to(param.device, param.dtype)
+    return torch.randn(shape, generator=generator).to(param.device, param.dtype)
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.config import TicketlabError
-from ticketlab.models.structure import ChannelGroup, Slice
+from ticketlab.models.structure import Slice
+from ticketlab.models.tracing import channel_groups
 from ticketlab.sparsity.mask import PRUNABLE_MODULES, Mask
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -134,18 +135,6 @@ def batch_loss(model: nn.Module, batch: Batch, temperature: float = 1.0) -> torc
 
 
 # --- helpers of the structured criteria -------------------------------------------------------
-
-def channel_groups(model: nn.Module) -> list[ChannelGroup]:
-    """The model's declared channel groups, or a clear error if it declares none."""
-    declare = getattr(model, "channel_groups", None)
-    if declare is not None:
-        try:
-            return declare()
-        except NotImplementedError:
-            pass
-    raise TicketlabError(f"{type(model).__name__} does not declare its channel groups; structured pruning "
-                         "needs a zoo model (or one with a channel_groups() method)")
-
 
 def unit_rows(tensor: torch.Tensor, piece: Slice, size: int) -> torch.Tensor:
     """The entries of `tensor` that belong to each of a group's `size` units, one row per unit."""

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ticketlab.config import TicketlabError
-from ticketlab.sparsity.criteria.base import Criterion, ScoreContext, channel_groups, unit_rows
+from ticketlab.models.tracing import channel_groups
+from ticketlab.sparsity.criteria.base import Criterion, ScoreContext, unit_rows
 
 
 def group_scales(ctx: ScoreContext) -> dict[str, torch.Tensor | None]:

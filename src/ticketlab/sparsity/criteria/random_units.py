@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ticketlab.config import TicketlabError
-from ticketlab.sparsity.criteria.base import Criterion, ScoreContext, channel_groups
+from ticketlab.models.tracing import channel_groups
+from ticketlab.sparsity.criteria.base import Criterion, ScoreContext
 
 
 class RandomUnits(Criterion):

@@ -1,0 +1,97 @@
+"""Channel groups derived by tracing: equal to every zoo model's declaration, and for models a user
+brings (a residual add, a depthwise conv, a layer used twice, concatenation) enough for every
+structured criterion and for surgery, whose equivalence check holds."""
+
+import copy
+
+import pytest
+import torch
+
+from test_models_structure import CASES, SHAPE, case_id
+from ticketlab.config import ModelConfig, TicketlabError
+from ticketlab.models import build_model
+from ticketlab.models.tracing import TraceError, channel_groups, derive_groups, trace
+from ticketlab.sparsity.criteria import ScoreContext
+from ticketlab.sparsity.mask import prunable_names, unit_mask_to_mask
+from ticketlab.sparsity.selection import score_and_select
+from ticketlab.structure.stage import units_from_mask
+from ticketlab.structure.surgery import check_equivalent, count_parameters, shrink
+from user_models import Branches, Branching, Gated, Grouped, ResidualDepthwise, SharedLayer
+
+
+def layout(groups):
+    """Groups as sets of what they cut, names aside (the zoo names its groups by hand)."""
+    return sorted((g.size, sorted(map(repr, g.producers)), sorted(map(repr, g.consumers))) for g in groups)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_the_groups_traced_from_every_zoo_model_are_the_ones_it_declares(case):
+    name, cfg = case
+    model = build_model(ModelConfig(name=name, **cfg), SHAPE, 10, generator=torch.Generator().manual_seed(0))
+    assert layout(derive_groups(model, torch.zeros(2, *SHAPE))) == layout(model.channel_groups())
+
+
+USERS = [(ResidualDepthwise, (3, 16, 16)), (SharedLayer, (12,)), (Branches, (3, 8, 8))]
+
+
+@pytest.mark.parametrize("make,shape", USERS, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize("criterion", ["l1_norm", "l2_norm", "random_units", "magnitude_sign_units"])
+def test_a_users_model_is_pruned_by_each_structured_criterion_and_shrinks_exactly(make, shape, criterion):
+    torch.manual_seed(0)
+    model = make()
+    init = {name: t.clone() for name, t in model.state_dict().items()}
+    trace(model, torch.randn(4, *shape))
+    ctx = ScoreContext(model, prunable_names(model), init=init, generator=torch.Generator().manual_seed(1))
+    units = units_from_mask(model, score_and_select(ctx, criterion, 0.5, scope="layerwise"))
+    assert all(0 < int(keep.sum()) < len(keep) for keep in units.values())
+    small = shrink(model, units)  # raises unless the small network computes what the masked one does
+    assert count_parameters(small) < count_parameters(model)
+    masked = copy.deepcopy(model)
+    unit_mask_to_mask(model, units).apply(masked)
+    assert check_equivalent(masked, small, torch.randn(16, *shape)) <= 1e-5  # on other inputs too
+    again = {group.name: torch.ones(group.size, dtype=torch.bool) for group in channel_groups(small)}
+    assert count_parameters(shrink(small, again)) == count_parameters(small)  # the small one is traced too
+
+
+def test_a_depthwise_block_added_back_to_its_input_is_one_group_with_the_stream():
+    model = ResidualDepthwise()
+    groups = {g.name: g for g in derive_groups(model, torch.zeros(2, 3, 16, 16))}
+    assert sorted(groups) == ["expand", "stem"]  # the head's outputs are the classes
+    stream = {s.param for s in groups["stem"].producers}
+    assert {"stem.weight", "bn0.weight", "depthwise.weight", "bn1.running_var", "pointwise.weight",
+            "bn2.bias"} <= stream
+    assert {(s.param, s.block) for s in groups["expand"].consumers} == {("head.weight", 16)}  # a 4x4 block each
+
+
+def test_a_layer_used_twice_reads_and_writes_one_group():
+    groups = derive_groups(SharedLayer(), torch.zeros(2, 12))
+    assert [(g.name, g.size) for g in groups] == [("inp", 20)]
+    assert {s.param for s in groups[0].producers} == {"inp.weight", "inp.bias", "shared.weight", "shared.bias"}
+    assert {s.param for s in groups[0].consumers} == {"shared.weight", "out.weight"}
+
+
+def test_concatenated_channels_keep_their_own_groups_at_their_offsets():
+    groups = {g.name: g for g in derive_groups(Branches(), torch.zeros(2, 3, 8, 8))}
+    assert {name: g.size for name, g in groups.items()} == {"a": 8, "b": 6, "mix": 12}
+    assert [(s.param, s.offset) for s in groups["b"].consumers] == [("mix.weight", 8)]
+
+
+def test_what_tracing_cannot_cut_is_left_whole():
+    gated = {g.name for g in derive_groups(Gated(), torch.zeros(2, 3, 8, 8))}
+    assert gated == set()  # the gate's sigmoid turns a pruned channel into 0.5: nothing is free to cut
+    grouped = {g.name for g in derive_groups(Grouped(), torch.zeros(2, 3, 8, 8))}
+    assert grouped == {"b"}  # a grouped conv's channels stay, on both of its sides
+
+
+def test_refusals_are_one_line():
+    with pytest.raises(TraceError, match="cannot trace Branching to find its channel groups .*torch-pruning") as info:
+        derive_groups(Branching(), torch.zeros(2, 4))
+    assert "\n" not in str(info.value)
+    with pytest.raises(TicketlabError, match=r"SharedLayer declares no channel groups and was not traced; call "
+                                             r"ticketlab.trace\(model, example_inputs\)"):
+        channel_groups(SharedLayer())
+    model = SharedLayer()
+    trace(model, torch.zeros(2, 12))
+    model.inp = torch.nn.Linear(12, 30)  # changed after tracing: the traced groups no longer hold
+    with pytest.raises(TicketlabError, match="was not traced"):
+        channel_groups(model)
