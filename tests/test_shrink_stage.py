@@ -100,7 +100,7 @@ def test_weights_that_do_not_fit_the_saved_units_are_refused(shrunk, tmp_path):
     _, source, result = shrunk
     dense, _ = masked_model(source)
     every_unit = {group.name: torch.ones(group.size, dtype=torch.bool) for group in dense.channel_groups()}
-    save_model(ticketlab.load(result.model_file), tmp_path / "wrong.safetensors", source.train.model_config, every_unit)
+    save_model(ticketlab.load(result.model_file), tmp_path / "wrong.safetensors", every_unit, source.train.model_config)
     with pytest.raises(TicketlabError, match="corrupt or not a saved ticketlab model"):
         ticketlab.load(tmp_path / "wrong.safetensors")
 
@@ -123,8 +123,7 @@ def test_onnx_export_without_onnx_names_the_package(shrunk, tmp_path, monkeypatc
     assert not (tmp_path / "small.onnx").exists()
 
 
-def test_a_model_outside_the_zoo_is_not_saved(tmp_path):
-    with pytest.raises(TicketlabError, match="zoo models, not a Sequential"):
-        save_model(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "small.safetensors",
-                   ModelConfig(name="lenet300_100"), {})
+def test_a_model_outside_the_zoo_is_saved_only_once_traced(tmp_path):
+    with pytest.raises(TicketlabError, match="save_model saves a Sequential it can rebuild: trace the model"):
+        save_model(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "small.safetensors", {})
     assert not (tmp_path / "small.safetensors").exists()

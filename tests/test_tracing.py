@@ -95,3 +95,25 @@ def test_refusals_are_one_line():
     model.inp = torch.nn.Linear(12, 30)  # changed after tracing: the traced groups no longer hold
     with pytest.raises(TicketlabError, match="was not traced"):
         channel_groups(model)
+
+
+def test_a_shrunk_model_of_ones_own_is_saved_and_loaded_by_its_factory_and_exports_to_onnx(tmp_path):
+    import ticketlab as tl
+    from ticketlab.structure.saving import export_onnx
+
+    torch.manual_seed(0)
+    model = ResidualDepthwise()
+    tl.trace(model, torch.randn(4, 3, 16, 16))
+    mask = tl.score_and_select(tl.ScoreContext(model, tl.prunable_names(model)), "l1_norm", 0.5, scope="layerwise")
+    units = tl.units_from_mask(model, mask)
+    small = tl.shrink(model, units)
+    tl.save_model(small, tmp_path / "mine.safetensors", units)
+    with pytest.raises(TicketlabError, match=r"holds a user_models.ResidualDepthwise; load it with "
+                                             r"ticketlab.load\(path, factory=...\)"):
+        tl.load(tmp_path / "mine.safetensors")
+    loaded = tl.load(tmp_path / "mine.safetensors", factory=ResidualDepthwise)
+    x = torch.randn(8, 3, 16, 16)
+    assert check_equivalent(small.eval(), loaded, x) == 0  # the same weights in the same architecture
+    export_onnx(loaded, tmp_path / "mine.onnx", (3, 16, 16))
+    import onnx
+    onnx.checker.check_model(str(tmp_path / "mine.onnx"))

@@ -12,7 +12,7 @@ from ticketlab.models.tracing import channel_groups, trace
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
-from ticketlab.structure.saving import load
+from ticketlab.structure.saving import load, save_model
 from ticketlab.structure.stage import units_from_mask
 from ticketlab.structure.surgery import shrink
 from ticketlab.training.loop import evaluate, fit
@@ -34,5 +34,5 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "DataConfig", "Dataset", "Mask", "ModelConfig", "Runtime", "ScoreContext", "TicketlabError", "TrainConfig",
     "TrainRun", "build_model", "channel_groups", "evaluate", "fit", "load", "load_data", "load_preset",
-    "prunable_names", "score_and_select", "shrink", "trace", "train", "units_from_mask",
+    "prunable_names", "save_model", "score_and_select", "shrink", "trace", "train", "units_from_mask",
 ]

@@ -95,7 +95,7 @@ def retrain_small(shrunk: ShrinkRun, mode: str, runtime: Runtime = Runtime(), *,
         summary = trainer.run()
         summary.update(mode=mode, shrink=shrunk.run.name, dense=dense.run.name, start_iteration=start_iteration,
                        parameters=count_parameters(small))
-        save_model(small, run.file(paths.MODEL), dense.model_config, units)
+        save_model(small, run.file(paths.MODEL), units, dense.model_config)
         return summary
 
     result.produce(runtime.force, prepare, write)

@@ -1,12 +1,16 @@
 """Shrunk models as files: architecture and weights that reload with one call, no mask machinery.
 
-    save_model(small, "small.safetensors", model_config, units)
+    save_model(small, "small.safetensors", units, model_config)  # a zoo model
     model = ticketlab.load("small.safetensors")  # a plain nn.Module in eval mode
 
+    ticketlab.save_model(small, "mine.safetensors", units)  # a traced model of your own
+    model = ticketlab.load("mine.safetensors", factory=MyNet)
+
 One safetensors file holds the state_dict; its metadata holds, as JSON, what rebuilds the
-architecture: the zoo model's config, input shape, class count and each channel group's
-keep-flags. Loading builds that zoo model, shrinks it with the flags, and loads the weights,
-so nothing in the file is ever run as code. One file means one atomic rename.
+architecture: the zoo model's config (or, for a model of the user's, the input shape it was
+traced on), input shape, class count and each channel group's keep-flags. Loading builds the
+model (the zoo's, or `factory()`), shrinks it with the flags, and loads the weights, so nothing
+in the file is ever run as code (never `weights_only=False`). One file means one atomic rename.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import dataclasses
 import importlib.util
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,8 +29,9 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ticketlab.config import ModelConfig, TicketlabError, from_dict
-from ticketlab.models import ZooModel, build_model
 from ticketlab.manifest import verified_bytes
+from ticketlab.models import ZooModel, build_model
+from ticketlab.models.tracing import trace, traced_input
 from ticketlab.store import atomic_path
 from ticketlab.structure.surgery import shrink
 
@@ -34,19 +40,24 @@ VERSION = 1
 METADATA_KEY = "ticketlab"
 
 
-def save_model(model: ZooModel, path: str | Path, model_config: ModelConfig,
-               units: Mapping[str, torch.Tensor]) -> None:
-    """Write `model` (the zoo model `model_config` names, shrunk by `units`) to one safetensors file."""
-    if not isinstance(model, ZooModel):
-        # The file names an architecture that `load` rebuilds; a pickled module would not be weights-only safe.
-        raise TicketlabError(f"save_model saves ticketlab's zoo models, not a {type(model).__name__}; export "
-                             "another model with export_onnx, or keep its keep-flags and state_dict")
-    header = {
-        "format": FORMAT, "version": VERSION,
-        "model_config": dataclasses.asdict(model_config),
-        "input_shape": list(model.input_shape), "num_classes": model.num_classes,
-        "units": {name: [bool(flag) for flag in keep] for name, keep in units.items()},
-    }
+def save_model(model: nn.Module, path: str | Path, units: Mapping[str, torch.Tensor],
+               model_config: ModelConfig | None = None) -> None:
+    """Write `model`, shrunk by `units`, to one safetensors file: a zoo model with the config that
+    built it, or a model of the user's that was traced (as `shrink` leaves a traced model's copy)."""
+    flags = {name: [bool(flag) for flag in keep] for name, keep in units.items()}
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "units": flags}
+    if isinstance(model, ZooModel):
+        if model_config is None:
+            raise TicketlabError("save_model needs the ModelConfig that built this zoo model")
+        header.update(model_config=dataclasses.asdict(model_config), input_shape=list(model.input_shape),
+                      num_classes=model.num_classes)
+    else:
+        example = traced_input(model)
+        if example is None:
+            raise TicketlabError(f"save_model saves a {type(model).__name__} it can rebuild: trace the model before "
+                                 "shrinking it (ticketlab.trace(model, example_inputs)), so the file can say how")
+        header.update(model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+                      input_shape=list(example.shape[1:]))
     tensors = {key: t.detach().to("cpu").contiguous() for key, t in model.state_dict().items()}
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(save_safetensors(tensors, metadata={METADATA_KEY: json.dumps(header)}))
@@ -73,14 +84,22 @@ def saved_units(path: str | Path) -> dict[str, torch.Tensor]:
     return _flags(header)
 
 
-def load(path: str | Path) -> nn.Module:
-    """The model a `save_model` file (a shrink run's model.safetensors) holds, in eval mode."""
+def load(path: str | Path, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """The model a `save_model` file (a shrink run's model.safetensors) holds, in eval mode; a model
+    of the user's is rebuilt by `factory()` (its class, say), traced and shrunk as it was."""
     verified_bytes(Path(path), "model file")
     try:
         header, state = _read(Path(path))
-        config = from_dict(ModelConfig, header["model_config"], "model_config")
-        model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
-                            generator=torch.Generator().manual_seed(0))
+        if "model_config" in header:
+            config = from_dict(ModelConfig, header["model_config"], "model_config")
+            model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
+                                generator=torch.Generator().manual_seed(0))
+        elif factory is None:
+            raise TicketlabError(f"model file {path} holds a {header['model_class']}; load it with "
+                                 "ticketlab.load(path, factory=...) giving what builds one")
+        else:
+            model = factory()
+            trace(model, torch.zeros((2, *header["input_shape"])))
         small = shrink(model, _flags(header))
         small.load_state_dict(state)
     except FileNotFoundError:

@@ -139,7 +139,7 @@ def shrink_run(source: PruneRun | SearchRun, runtime: Runtime = Runtime(), step:
 
     def write(made: tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]) -> dict[str, Any]:
         small, units, summary = made
-        save_model(small, result.run.file(paths.MODEL), source.train.model_config, units)
+        save_model(small, result.run.file(paths.MODEL), units, source.train.model_config)
         return summary
 
     result.produce(runtime.force, lambda: (inputs, _shrink(source, step, backend, runtime)), write)
