@@ -46,6 +46,8 @@ PARAMETERS = {
     "resnet20": (269_722, 269_434),  # He et al.: 0.27M
     "resnet32": (464_154, 463_866),  # 0.46M
     "resnet56": (853_018, 852_730),  # 0.85M
+    "resnet18": (11_173_962, 11_172_810),  # the usual "ResNet-18 for CIFAR, 11.2M"
+    "mobilenet_v2": (2_236_682, 2_236_106),  # MobileNetV2 for CIFAR, 2.2M
 }
 
 

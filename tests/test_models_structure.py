@@ -70,12 +70,18 @@ def test_groups_partition_every_hidden_layer(model):
                 if state[f"{name}.{key}"].dim() > 0:
                     assert torch.all(produced[f"{name}.{key}"] == 1), f"{name}.{key}"
 
-    # Every layer reads only grouped channels, except the first, which reads the image.
+    # Every layer reads only grouped channels, except the first, which reads the image, and depthwise
+    # convolutions, whose channel j is the unit they read (they produce it).
     consumed = coverage(model, groups, "consumers")
     first, *rest = model.prunable_parameters()
     assert first not in consumed
+    modules = dict(model.named_modules())
     for param in rest:
-        assert torch.all(consumed[param] == 1), param
+        layer = modules[param.rpartition(".")[0]]
+        if getattr(layer, "groups", 1) > 1:
+            assert param not in consumed and torch.all(produced[param] == 1), param
+        else:
+            assert torch.all(consumed[param] == 1), param
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,15 +7,17 @@ import copy
 import pytest
 import torch
 
+from model_helpers import trained_looking
 from test_models_structure import CASES, SHAPE, case_id
 from ticketlab.config import ModelConfig, TicketlabError
-from ticketlab.models import build_model
+from ticketlab.models import ZooModel, build_model
+from ticketlab.models.registry import MODELS
 from ticketlab.models.tracing import TraceError, channel_groups, derive_groups, trace
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.mask import prunable_names, unit_mask_to_mask
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.structure.stage import units_from_mask
-from ticketlab.structure.surgery import check_equivalent, count_parameters, shrink
+from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
 from user_models import Branches, Branching, Gated, Grouped, ResidualDepthwise, SharedLayer
 
 
@@ -24,11 +26,38 @@ def layout(groups):
     return sorted((g.size, sorted(map(repr, g.producers)), sorted(map(repr, g.consumers))) for g in groups)
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+def _declares(name):
+    return MODELS[name](ModelConfig(name=name), SHAPE, 10).__class__.channel_groups is not ZooModel.channel_groups
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if _declares(case[0])], ids=case_id)
 def test_the_groups_traced_from_every_zoo_model_are_the_ones_it_declares(case):
     name, cfg = case
     model = build_model(ModelConfig(name=name, **cfg), SHAPE, 10, generator=torch.Generator().manual_seed(0))
     assert layout(derive_groups(model, torch.zeros(2, *SHAPE))) == layout(model.channel_groups())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("criterion", ["l1_norm", "bn_scale"])
+def test_the_cifar_zoo_models_groups_are_traced_and_they_shrink_exactly(name, criterion):
+    assert not _declares(name)
+    model = build_model(ModelConfig(name=name), SHAPE, 10, generator=torch.Generator().manual_seed(0))
+    trained_looking(model)
+    units = units_from_mask(model.eval(), score_and_select(ScoreContext(model, prunable_names(model)), criterion, 0.5,
+                                                           scope="layerwise"))
+    small = shrink(model, units)  # raises unless equal to the masked model
+    assert count_macs(small, SHAPE) < count_macs(model, SHAPE) / 2
+
+
+def test_a_lottery_of_mobilenet_v2_prunes_and_rewinds(tmp_path):
+    from ticketlab.config import DataConfig, LotteryConfig, Runtime, TrainConfig
+    from ticketlab.lottery.experiment import run_lottery
+
+    runtime = Runtime(runs_dir=str(tmp_path), progress=False)
+    experiment = run_lottery(DataConfig(name="digits"), ModelConfig(name="mobilenet_v2"),
+                             TrainConfig(steps="6it", batch_size=16), LotteryConfig(levels=2, rate=0.5), runtime)
+    levels = experiment.lotteries[0].levels
+    assert [round(level.summary.get("remaining", 1.0), 2) for level in levels] == [1.0, 0.5, 0.25]
 
 
 USERS = [(ResidualDepthwise, (3, 16, 16)), (SharedLayer, (12,)), (Branches, (3, 8, 8))]

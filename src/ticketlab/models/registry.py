@@ -9,6 +9,7 @@ import torch
 from ticketlab.config import ModelConfig
 from ticketlab.models.base import ModelError, Shape, ZooModel
 from ticketlab.models.basiccnn import BasicCNN
+from ticketlab.models.cifar import MobileNetV2, ResNet18
 from ticketlab.models.conv import PLANS as CONV_PLANS
 from ticketlab.models.conv import ConvNet
 from ticketlab.models.initializers import DEFAULT_INIT, INITS, initialize
@@ -38,6 +39,8 @@ MODELS: dict[str, Builder] = {
     "resnet20": lambda cfg, shape, n: ResNet(shape, n, 20, shortcut=cfg.shortcut, bias=cfg.bias),
     "resnet32": lambda cfg, shape, n: ResNet(shape, n, 32, shortcut=cfg.shortcut, bias=cfg.bias),
     "resnet56": lambda cfg, shape, n: ResNet(shape, n, 56, shortcut=cfg.shortcut, bias=cfg.bias),
+    "resnet18": lambda cfg, shape, n: ResNet18(shape, n),
+    "mobilenet_v2": lambda cfg, shape, n: MobileNetV2(shape, n),
 }
 
 

@@ -391,7 +391,7 @@ def _group(key: Sequence[tuple[str, str]], run: list[dict[tuple[str, str], list[
 TRACED = "_ticketlab_traced"  # the attribute `trace` leaves on a model: copies of it keep it
 
 
-def _layout(model: nn.Module) -> tuple[Any, ...]:
+def layout(model: nn.Module) -> tuple[Any, ...]:
     """What the traced groups depend on: every tensor's name and shape (surgery changes them)."""
     return tuple((name, tuple(t.shape)) for name, t in model.state_dict().items())
 
@@ -400,13 +400,13 @@ def trace(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
     """Derive `model`'s channel groups from one batch of its input and keep them on the model (with
     the batch, which surgery checks the shrunk model on) while its layers keep their shapes."""
     groups = derive_groups(model, example)
-    object.__setattr__(model, TRACED, (_layout(model), example.detach().cpu(), groups))
+    object.__setattr__(model, TRACED, (layout(model), example.detach().cpu(), groups))
     return groups
 
 
 def _traced(model: nn.Module) -> tuple[torch.Tensor, list[ChannelGroup]] | None:
     found = getattr(model, TRACED, None)
-    return (found[1], found[2]) if found is not None and found[0] == _layout(model) else None
+    return (found[1], found[2]) if found is not None and found[0] == layout(model) else None
 
 
 def traced_input(model: nn.Module) -> torch.Tensor | None:
