@@ -7,6 +7,7 @@ channel groups, `score_and_select` makes a mask by any criterion, `shrink` cuts 
 
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import Dataset, load_data
+from ticketlab.data.user import dataset_from
 from ticketlab.models import build_model
 from ticketlab.models.tracing import channel_groups, trace
 from ticketlab.sparsity.criteria import ScoreContext
@@ -33,6 +34,6 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "DataConfig", "Dataset", "Mask", "ModelConfig", "Runtime", "ScoreContext", "TicketlabError", "TrainConfig",
-    "TrainRun", "build_model", "channel_groups", "evaluate", "fit", "load", "load_data", "load_preset",
+    "TrainRun", "build_model", "channel_groups", "dataset_from", "evaluate", "fit", "load", "load_data", "load_preset",
     "prunable_names", "save_model", "score_and_select", "shrink", "trace", "train", "units_from_mask",
 ]

@@ -6,10 +6,11 @@ tensors on a device. These data sets are small: no DataLoader, no worker process
 """
 
 from ticketlab.data.augment import augment_batch
-from ticketlab.data.load import Dataset, Split, load_data
+from ticketlab.data.load import NPZ_PREFIX, Dataset, Split, data_digest, data_shape, load_data
 from ticketlab.data.raw import DataError
 from ticketlab.data.registry import DATASETS, DatasetSpec, data_help
 
 __all__ = [
-    "DATASETS", "DataError", "Dataset", "DatasetSpec", "Split", "augment_batch", "data_help", "load_data",
+    "DATASETS", "NPZ_PREFIX", "DataError", "Dataset", "DatasetSpec", "Split", "augment_batch", "data_digest",
+    "data_help", "data_shape", "load_data",
 ]

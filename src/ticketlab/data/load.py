@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from ticketlab.data.local import IncompleteData
 from ticketlab.data.raw import DataError, Found, RawData
 from ticketlab.data.registry import DatasetSpec, get_spec
 from ticketlab.data.splits import split_indices
+
+NPZ_PREFIX = "npz:"  # a dataset name "npz:PATH": the user's arrays x, y (and x_test, y_test) in PATH
 
 
 @dataclass
@@ -120,6 +123,8 @@ def load_data(
     (or a fixed stratified hold-out); validation is cfg.val_size images drawn from the
     training set with cfg.split_seed; cfg.train_size then keeps the first n training images.
     """
+    if cfg.name.startswith(NPZ_PREFIX):
+        return _user_npz(cfg, torch.device(device))
     spec = get_spec(cfg.name)
     cache = data_cache(cache_dir) / spec.name
     found = _find(spec, data_dir, cache, download)
@@ -139,3 +144,42 @@ def load_data(
         augment=spec.augment if cfg.augment is None else cfg.augment,
         black=tuple(-m / s for m, s in zip(spec.mean, spec.std)),
     )
+
+
+def _npz_path(cfg: DataConfig) -> Path:
+    return Path(cfg.name[len(NPZ_PREFIX):]).expanduser()
+
+
+def _user_npz(cfg: DataConfig, device: torch.device) -> Dataset:
+    from ticketlab.data.user import dataset_from  # it builds on this module's Dataset
+
+    if cfg.train_size is not None or cfg.augment:
+        raise DataError(f"{cfg.name}: train_size and augment are for the built-in data sets; give the arrays "
+                        "you want to train on")
+    data = dataset_from(_npz_path(cfg), val_size=cfg.val_size, split_seed=cfg.split_seed, name=cfg.name)
+    moved = {part: Split(split.x.to(device), split.y.to(device))
+             for part, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    return replace(data, **moved, source=f"{data.source}, sha256 {data_digest(cfg)}")
+
+
+def data_digest(cfg: DataConfig) -> str | None:
+    """The SHA-256 of a user's data file (an npz: name), which names the runs trained on it, so a
+    changed file is new data; None for the built-in sets (their files are verified as they are read)."""
+    if not cfg.name.startswith(NPZ_PREFIX):
+        return None
+    path = _npz_path(cfg)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        raise DataError(f"{path} cannot be read; expected an .npz file with arrays x and y") from None
+
+
+def data_shape(cfg: DataConfig) -> tuple[tuple[int, ...], int]:
+    """The input shape and class count of a data set, without loading it (a user's file is read)."""
+    if not cfg.name.startswith(NPZ_PREFIX):
+        spec = get_spec(cfg.name)
+        return spec.input_shape, spec.num_classes
+    from ticketlab.data.user import read_npz
+
+    x, y, test = read_npz(_npz_path(cfg))
+    return tuple(x.shape[1:]), int(max(y.max(), test[1].max() if test else 0)) + 1

@@ -21,6 +21,7 @@ from torch import nn
 
 from ticketlab.config import TicketlabError, TrainConfig
 from ticketlab.data import Dataset, Split, augment_batch
+from ticketlab.data.user import dataset_from
 from ticketlab import paths
 from ticketlab.store import (atomic_torch_save, atomic_write_json, atomic_write_text, csv_text,
                              load_checkpoint, read_json)
@@ -331,15 +332,20 @@ class Trainer:
                 "stopped_early_at": self.stopped_early_at}
 
 
-def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, directory: str | Path | None = None,
+def fit(model: nn.Module, data: Any, cfg: TrainConfig, *, directory: str | Path | None = None,
         progress: bool = True, constraint: StepConstraint | None = None, start_iteration: int = 0,
         callbacks: Sequence[EpochCallback] = ()) -> dict[str, Any]:
     """Train `model` (any nn.Module) on `data`; with `directory`, checkpoint there and resume from it.
+
+    `data` is a Dataset, or what data.user.dataset_from takes: an (x, y) pair of tensors or arrays,
+    a torch Dataset (or a DataLoader's), or an .npz file's path.
 
     A `constraint` (e.g. sparsity.masked.MaskedTraining) is kept true at every step. Each of
     `callbacks` sees the model at every epoch end; when one returns True training stops there
     (final and best are still saved; the summary's stopped_early_at is that epoch, else None).
     Returns the summary: final and best-by-validation metrics, iterations, wall time.
     """
+    if not isinstance(data, Dataset):
+        data = dataset_from(*data) if isinstance(data, tuple) else dataset_from(data)
     return Trainer(model, data, cfg, Path(directory) if directory is not None else None, progress,
                    constraint=constraint, start_iteration=start_iteration, callbacks=callbacks).run()

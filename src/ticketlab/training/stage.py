@@ -17,7 +17,7 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
-from ticketlab.data import DATASETS, Dataset, load_data
+from ticketlab.data import Dataset, data_digest, data_shape, load_data
 from ticketlab.models import build_model, state_shapes
 from ticketlab.manifest import recorded_command
 from ticketlab.stage import Stage, check_found
@@ -51,7 +51,9 @@ def apply_runtime(runtime: Runtime) -> torch.device:
 
 
 def train_identity(data: DataConfig, model: ModelConfig, training: TrainConfig) -> dict[str, Any]:
-    return {"data": non_default(data), "model": non_default(model), "train": non_default(training)}
+    identity = {"data": non_default(data), "model": non_default(model), "train": non_default(training)}
+    digest = data_digest(data)  # a user's file: its content, not its path, is the data
+    return identity if digest is None else {**identity, "data_sha256": digest}
 
 
 def init_model(model: ModelConfig, dataset: Dataset, seed: int) -> nn.Module:
@@ -82,8 +84,8 @@ class TrainRun(Stage):
     @functools.cached_property
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every entry of this run's state_dict (built on the meta device: 12 ms for VGG-19)."""
-        spec = DATASETS[self.data.name]
-        return state_shapes(self.model_config, spec.input_shape, spec.num_classes)
+        input_shape, num_classes = data_shape(self.data)
+        return state_shapes(self.model_config, input_shape, num_classes)
 
     def checkpoint_name(self, step: str) -> str:
         """The file name a step's checkpoint has: `best`, `final`, or the canonical step (`500it` → `1ep109it`)."""
