@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ticketlab import paths
 from ticketlab.analysis.orthogonality import OrthogonalityRun, orthogonality_identity, orthogonality_table
 from ticketlab.analysis.similarity import (MEASURES, RANDOM_PREFIX, SimilarityRun, similarity_identity,
@@ -270,16 +269,27 @@ def _lottery_figure(rows: Sequence[dict[str, Any]]) -> bytes:
                           reverse_x=True)
 
 
+def _setting(level: RunView) -> str:
+    return json.dumps(level.hparams["lottery"], sort_keys=True)
+
+
 def _loose_levels(runs: list[RunView], all_runs: dict[str, RunView]) -> list[Figure | Table]:
     """Levels and controls that no lottery report here covers (a lottery still running, or runs
-    named alone), tabulated like a lottery report, one per lottery setting."""
+    named alone), tabulated like a lottery report, one per lottery setting. IMP's levels in a
+    comparison are the comparison's."""
     covered = {name for run in _of(runs, "lottery") for name in run.hparams["identity"]["runs"]}
+    compared = set()
+    for comparison in _of(runs, "comparison"):
+        for row in comparison.rows(paths.RUNS_TABLE):
+            imp = all_runs.get(row["mask_run"])
+            if imp is not None and imp.kind == "level":
+                compared.add((imp.hparams["dense"], _setting(imp)))
     lotteries: dict[str, dict[tuple[str, int], dict[str, dict[str, Any]]]] = {}  # setting -> row -> run -> summary
     for run in _of(runs, "level", "control"):
         level = run if run.kind == "level" else all_runs.get(run.hparams["identity"]["level"])
-        if run.name in covered or level is None:
+        if run.name in covered or level is None or (level.hparams["dense"], _setting(level)) in compared:
             continue
-        groups = lotteries.setdefault(json.dumps(level.hparams["lottery"], sort_keys=True), {})
+        groups = lotteries.setdefault(_setting(level), {})
         procedure = TICKET if run.kind == "level" else run.hparams["control"]
         groups.setdefault((procedure, level.hparams["level"]), {})[run.name] = run.summary
         dense = all_runs.get(level.hparams["dense"])
