@@ -18,7 +18,7 @@ from ticketlab.sparsity.mask import prunable_names, unit_mask_to_mask
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.structure.stage import units_from_mask
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
-from user_models import Branches, Branching, Gated, Grouped, ResidualDepthwise, SharedLayer
+from user_models import Branches, Branching, Gated, Grouped, MaxOverSpace, ResidualDepthwise, SharedLayer
 
 
 def layout(groups):
@@ -110,6 +110,8 @@ def test_what_tracing_cannot_cut_is_left_whole():
     assert gated == set()  # the gate's sigmoid turns a pruned channel into 0.5: nothing is free to cut
     grouped = {g.name for g in derive_groups(Grouped(), torch.zeros(2, 3, 8, 8))}
     assert grouped == {"b"}  # a grouped conv's channels stay, on both of its sides
+    maxed = {g.name for g in derive_groups(MaxOverSpace(), torch.zeros(2, 3, 8, 8))}
+    assert maxed == {"hidden"}  # a maximum that also gives indices is not modelled: the conv's channels stay
 
 
 def test_refusals_are_one_line():

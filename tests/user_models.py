@@ -102,3 +102,17 @@ class Branching(nn.Module):
         if x.sum() > 0:
             x = torch.relu(self.a(x))
         return self.b(x)
+
+
+class MaxOverSpace(nn.Module):
+    """A maximum over rows then columns, each giving (values, indices) pairs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.hidden = nn.Linear(8, 6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x)).max(dim=3)[0].max(dim=2).values
+        return self.fc(torch.relu(self.hidden(x)))

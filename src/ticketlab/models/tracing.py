@@ -43,11 +43,11 @@ ZERO_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.
                            nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
 ZERO_PRESERVING_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.hardswish, F.hardtanh, F.mish,
                              F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-                             F.interpolate, torch.relu, torch.tanh, torch.nn.functional.tanh}
+                             F.interpolate, F.tanh, torch.relu, torch.tanh}
 ZERO_PRESERVING_METHODS = {"relu", "tanh", "contiguous", "clone", "detach", "to", "float", "double", "half"}
 COMBINING = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, torch.add,
              torch.sub, torch.mul, "add", "add_", "sub", "sub_", "mul", "mul_"}
-REDUCTIONS = {"mean", "sum", "amax", "max", "amin"}
+REDUCTIONS = {"mean", "sum", "amax", "amin"}  # not max and min: with a dim they give pairs
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -147,7 +147,10 @@ def _channels_of(node: fx.Node, channels: dict[fx.Node, Channels | None], units:
     rule = _module_rule(node, modules) if node.op == "call_module" else _function_rule(node)
     if rule is not None:
         result = rule(node, inputs, units)
-        if result is not NotImplemented:
+        shape = _shape(node)
+        # A rule's channels must be the output's: anything else (a pair of outputs, say) is not modelled.
+        if result is None or (result is not NotImplemented and shape is not None and len(shape) >= 2
+                              and shape[1] == len(result)):
             return result
     for known in inputs:  # an operation not modelled: what flows into it stays
         units.pin(known or [])
@@ -198,8 +201,8 @@ def _function_rule(node: fx.Node) -> Rule | None:
         return _getitem
     if target is F.pad:
         return _pad
-    if target is getattr:
-        return lambda n, inputs, units: None
+    if target is getattr:  # x.shape is no tensor; a pair's .values is one we did not follow
+        return lambda n, inputs, units: None if _shape(n) is None else NotImplemented
     return None
 
 
