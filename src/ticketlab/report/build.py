@@ -428,7 +428,8 @@ def masks(runs: list[RunView], all_runs: dict[str, RunView]) -> Section | None:
 
 def searches(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
     blocks: list[Figure | Table] = []
-    for run in _of(runs, "search"):
+    ordered = sorted(_of(runs, "search"), key=lambda run: (run.hparams["search"]["sparsity"], str(run.hparams["train"])))
+    for run in ordered:  # by sparsity, then by the training searched
         history = run.rows(paths.HISTORY)
         if not history or "step" not in history[0]:
             continue
