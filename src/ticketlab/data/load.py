@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, replace
@@ -168,6 +169,16 @@ def data_digest(cfg: DataConfig) -> str | None:
     if not cfg.name.startswith(NPZ_PREFIX):
         return None
     path = _npz_path(cfg)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise DataError(f"{path} cannot be read; expected an .npz file with arrays x and y") from None
+    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Read once per file version: a study names every run from it (size and mtime key the cache)."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
