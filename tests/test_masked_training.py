@@ -164,3 +164,37 @@ def test_a_mask_for_another_model_is_a_clear_error(digits):
     wrong_shape = Mask({"fc1.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(TicketlabError, match="fc1.weight has shape"):
         MaskedTraining(lenet, wrong_shape)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    lambda params: torch.optim.Adam(params, lr=1e-3, weight_decay=5e-4),
+    lambda params: torch.optim.AdamW(params, lr=1e-3, amsgrad=True),
+    lambda params: torch.optim.Adadelta(params, lr=1.0),
+], ids=["sgd_nesterov_wd", "adam_wd", "adamw_amsgrad", "adadelta"])
+def test_in_a_loop_of_ones_own_one_call_after_each_step_keeps_pruned_weights_at_zero(digits, make_optimizer):
+    """The contract for a user's loop (after_step) trains the kept weights exactly as the masked
+    gradients of fit's loop (before_step) do, and leaves the pruned ones and their state at zero."""
+    results = []
+    for contract in ("after_step", "before_step"):
+        model = build("lenet300_100", digits)
+        mask = random_mask(model)
+        keep = MaskedTraining(model, mask)  # zeroes the pruned weights: all after_step needs
+        optimizer = make_optimizer(model.parameters())
+        if contract == "before_step":
+            keep.enforce(optimizer)  # as fit's loop does
+        generator = torch.Generator().manual_seed(2)
+        for _ in range(15):
+            batch = torch.randint(len(digits.train.y), (32,), generator=generator)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(digits.train.x[batch]), digits.train.y[batch]).backward()
+            if contract == "before_step":
+                keep.before_step()
+            optimizer.step()
+            if contract == "after_step":
+                keep.after_step(optimizer)
+                assert pruned_nonzero(keep.params, keep.keep) == 0
+                assert all(pruned_nonzero([v], [k]) == 0 for p, k in zip(keep.params, keep.keep)
+                           for v in optimizer.state[p].values() if torch.is_tensor(v) and v.shape == p.shape)
+        results.append({name: t.detach().clone() for name, t in model.state_dict().items()})
+    assert all(torch.equal(results[0][name], results[1][name]) for name in results[0])

@@ -12,6 +12,7 @@ from ticketlab.models import build_model
 from ticketlab.models.tracing import channel_groups, trace
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.mask import Mask, prunable_names
+from ticketlab.sparsity.masked import MaskedTraining, masked_fit
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.structure.saving import load, save_model
 from ticketlab.structure.stage import units_from_mask
@@ -33,7 +34,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DataConfig", "Dataset", "Mask", "ModelConfig", "Runtime", "ScoreContext", "TicketlabError", "TrainConfig",
-    "TrainRun", "build_model", "channel_groups", "dataset_from", "evaluate", "fit", "load", "load_data", "load_preset",
-    "prunable_names", "save_model", "score_and_select", "shrink", "trace", "train", "units_from_mask",
+    "DataConfig", "Dataset", "Mask", "MaskedTraining", "ModelConfig", "Runtime", "ScoreContext", "TicketlabError",
+    "TrainConfig", "TrainRun", "build_model", "channel_groups", "dataset_from", "evaluate", "fit", "load", "load_data",
+    "load_preset", "masked_fit", "prunable_names", "save_model", "score_and_select", "shrink", "trace", "train",
+    "units_from_mask",
 ]

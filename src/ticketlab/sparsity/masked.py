@@ -5,7 +5,13 @@ In a notebook, train any model under a mask with
     from ticketlab.sparsity.masked import masked_fit
     summary = masked_fit(model, data, cfg, mask)  # takes training.loop.fit's options too
 
-Code that builds its own `Trainer` passes `constraint=MaskedTraining(model, mask)` instead.
+Code that builds its own `Trainer` passes `constraint=MaskedTraining(model, mask)` instead. In a
+training loop of one's own, one call after each optimiser step is the whole contract:
+
+    keep = ticketlab.MaskedTraining(model, mask)  # the pruned weights are zero from here on
+    for x, y in batches:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+        keep.after_step(optimizer)  # pruned weights and their optimiser state back to exactly zero
 
 How: before training starts or resumes, the pruned weights and their optimiser state are
 zeroed (a resume point may come from an unmasked run); before each optimiser step, the
@@ -36,7 +42,8 @@ from ticketlab.training.loop import fit
 class MaskedTraining:
     """Keeps `model`'s pruned entries at zero during training (a training.loop.StepConstraint).
 
-    Build it after the model is on its final device: the masks are copied there once.
+    Building it zeroes them in the model. Build it after the model is on its final device: the
+    masks are copied there once.
     """
 
     def __init__(self, model: nn.Module, mask: Mask):
@@ -46,6 +53,9 @@ class MaskedTraining:
         pruned = [name for name, keep in mask.items() if not keep.all()]
         self.params = [params[name] for name in pruned]
         self.keep = [mask[name].to(device=params[name].device, dtype=params[name].dtype) for name in pruned]
+        if self.params:
+            with torch.no_grad():
+                torch._foreach_mul_(self.params, self.keep)
 
     @torch.no_grad()
     def enforce(self, optimizer: torch.optim.Optimizer) -> None:
@@ -56,6 +66,12 @@ class MaskedTraining:
             for value in optimizer.state.get(param, {}).values():
                 if torch.is_tensor(value) and value.shape == param.shape:
                     value.mul_(keep)
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """For a loop of one's own: after each optimiser step, put the pruned weights and their
+        optimiser state back to zero. Every optimiser here is elementwise, so the kept weights
+        follow the same path as with before_step (tests/test_masked_training.py)."""
+        self.enforce(optimizer)
 
     def before_step(self) -> None:
         """Zero the pruned entries of the gradients (a parameter without a gradient is not stepped)."""
