@@ -24,10 +24,9 @@ import torch
 
 from ticketlab.data.load import Dataset, Split
 from ticketlab.data.raw import DataError, check_labels
-from ticketlab.data.splits import split_indices
+from ticketlab.data.splits import HOLDOUT_SEED, split_indices
 
 TEST_SHARE = 0.2  # held out when no test split is given
-HOLDOUT_SEED = 20240601  # as data.splits: a held-out test set never depends on the split seed
 NPZ_ARRAYS = ("x", "y", "x_test", "y_test")
 
 
@@ -53,7 +52,6 @@ def dataset_from(x: Any, y: Any = None, *, test: tuple[Any, Any] | None = None, 
             raise DataError(f"test inputs are {tuple(test_x.shape[1:])} each, training inputs "
                             f"{tuple(images.shape[1:])}; expected the same shape")
     classes = int(max(labels.max(), test_y.max())) + 1
-    check_labels(labels, classes, "the data")
     val_size = max(1, len(labels) // 10) if val_size is None else val_size
     train, val = split_indices(len(labels), val_size, split_seed)
     mean, std = _statistics(images[train])
