@@ -195,12 +195,12 @@ def sweeps(runs: list[RunView], _: dict[str, RunView]) -> Section | None:
 SWEEP_XLABELS = {"weight": "|w| of the weights left", "unit": "norm of each unit's incoming weights"}
 
 
-def _histograms(run: RunView) -> list[Figure | Table]:
+def _histograms(run: RunView) -> list[Figure]:
     """What survives each k: at four ks side by side, per method, and an animation over every k."""
     if not (run.path / paths.SWEEP_HISTOGRAMS).exists():  # a sweep made before histograms were data
         return []
     saved = run.json(paths.SWEEP_HISTOGRAMS)
-    blocks: list[Figure | Table] = []
+    blocks: list[Figure] = []
     methods = [method for method in ("weight", "unit") if method in saved["counts"]]
     ks = sorted(saved["counts"][methods[0]], key=float)
     shown = list(dict.fromkeys(ks[round(i * (len(ks) - 1) / 3)] for i in range(4)))

@@ -140,8 +140,9 @@ def _ticket_runs(dense: TrainRun, config: PruneConfig | SearchConfig | LotteryCo
 
 def _analyses(dense: TrainRun, made: list[tuple[str, str, str]], rewind: str, context: Context) -> list[Node]:
     """The similarity of masks (method, mask run, its node) and the orthogonality of the rewind weights they leave."""
-    masks, needs, runs_dir = [(label, run) for label, run, _ in made], tuple(node for _, _, node in made), \
-        context.runtime.runs_dir
+    masks = [(label, run) for label, run, _ in made]
+    needs = tuple(node for _, _, node in made)
+    runs_dir = context.runtime.runs_dir
     similarity = SimilarityRun.run_for(similarity_identity(masks), runs_dir).name
     orthogonality = OrthogonalityRun.run_for(orthogonality_identity(masks, dense.run.name, rewind), runs_dir).name
     return [Node(similarity, mask_similarity, (masks, context.node_runtime), needs, kind="similarity",
