@@ -7,8 +7,9 @@ returns after reloading that checkpoint from disk (with exact=False, a loss with
 rounding of it). Nothing reloads; `weights` is never written; no model is copied per
 candidate. Four ways of getting there:
 
-- Incremental (BasicCNN, and the loss of the zoo's MLPs, on the CPU): the forward pass is a chain of
-  Linear/Conv layers, each followed by a ReLU (and in BasicCNN a BatchNorm). The activations of the last two
+- Incremental (on the CPU, any model whose forward is a chain of Linear/Conv layers, each with at
+  most a ReLU and a BatchNorm: models/chain.py reads it from the traced graph, so BasicCNN, the
+  zoo's MLPs and a user's own such model all qualify). The activations of the last two
   masks scored are kept; a candidate starts from the one it shares the most layers with
   (the current mask of a search, or the candidate just accepted). Layers before the first
   one whose mask changed are reused as they are; in that layer only the output units
@@ -29,7 +30,7 @@ candidate. Four ways of getting there:
 - Trained (train_steps > 0): each candidate is reset to `weights`, trained that many
   iterations under its mask, then scored. Slow by design; it has no reference to equal.
 
-- Delta (the zoo's MLPs on the CPU, for accuracy; also for the loss with exact=False):
+- Delta (chains of Linear layers and ReLUs only, on the CPU, for accuracy; also for the loss with exact=False):
   search.incremental's DeltaEvaluator updates pre-activations by what each move flips. Its
   logits are within float rounding of the reference's, and its accuracy is the
   reference's exactly: images whose two best logits are too close to call are predicted
@@ -51,8 +52,7 @@ from torch import nn
 
 from ticketlab.config import TicketlabError, TrainConfig
 from ticketlab.data import Split
-from ticketlab.models.basiccnn import BasicCNN
-from ticketlab.models.mlp import MLP
+from ticketlab.models.chain import ChainStep, layer_chain
 from ticketlab.search.reference import SCORE_BATCH, check_metric, objective
 from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask
@@ -109,7 +109,7 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     on train_data (default: the scoring subset itself), in an order fixed by its seed.
 
     exact=False trades the bit-for-bit equality with the reference for speed where a faster
-    way exists: the loss of an MLP on the CPU is then scored by a
+    way exists: the loss of a chain of Linear layers on the CPU is then scored by a
     search.incremental.DeltaEvaluator (within float rounding of the reference's); accuracy
     always is (it certifies its accuracies equal to the reference's); any other model gets
     the exact evaluator it gets anyway.
@@ -125,8 +125,9 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     if train_steps:
         data = train_data if train_data is not None else Split(x, y)
         return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data)
-    stages = chain_stages(model)
-    if type(model) is MLP and x.device.type == "cpu" and (metric == "accuracy" or not exact):
+    stages = layer_chain(model, x.dim())
+    if stages is not None and is_perceptron(model, stages) and x.device.type == "cpu" and \
+            (metric == "accuracy" or not exact):
         from ticketlab.search.incremental import DeltaEvaluator  # it imports this module
 
         return DeltaEvaluator(model, stages, weights, space, x, y, metric)
@@ -135,34 +136,18 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     return ForwardEvaluator(model, weights, space, x, y, metric)
 
 
+def is_perceptron(model: nn.Module, stages: list[ChainStep]) -> bool:
+    """A chain of Linear layers with nothing but ReLUs between them: what delta scoring handles."""
+    modules = dict(model.named_modules())
+    return all(isinstance(modules[s.layer], nn.Linear) and s.norm is None for s in stages)
+
+
 # --- the forward pass as a chain of layers --------------------------------------------------
-
-@dataclass(frozen=True)
-class Stage:
-    """One Linear/Conv2d layer of a chain, with what the model's forward does around it."""
-
-    layer: str
-    relu: bool = True
-    norm: str | None = None  # a BatchNorm after the ReLU (BasicCNN's Dropout between them is the identity in eval mode)
-    flatten: bool = False  # flatten the input first
-
-
-def chain_stages(model: nn.Module) -> list[Stage] | None:
-    """The forward pass of the models whose forward this module knows (exactly these
-    classes: a subclass may compute something else), else None."""
-    if type(model) is MLP:
-        names = [name for name, _ in model.named_children()]
-        return [Stage(name, relu=name != names[-1], flatten=i == 0) for i, name in enumerate(names)]
-    if type(model) is BasicCNN:
-        convs = [Stage(f"conv{i}", norm=f"bn{i}") for i in range(1, 5)]
-        return [*convs, Stage("fc1", relu=False, flatten=True)]
-    return None
-
 
 class ChainLayer:
     """A stage's tensors from the checkpoint, and its output units computed under a mask."""
 
-    def __init__(self, model: nn.Module, stage: Stage, weights: dict[str, torch.Tensor], device: torch.device):
+    def __init__(self, model: nn.Module, stage: ChainStep, weights: dict[str, torch.Tensor], device: torch.device):
         modules = dict(model.named_modules())
         self.stage, self.module = stage, modules[stage.layer]
         if isinstance(self.module, nn.Conv2d) and self.module.padding_mode != "zeros":
@@ -235,9 +220,11 @@ class ChainLayer:
                 out = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
             else:
                 out = F.linear(x, weight, bias)
+            if self.norm is not None and self.stage.norm_first:
+                out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
             if self.stage.relu:
                 out = F.relu(out)
-            if self.norm is not None:
+            if self.norm is not None and not self.stage.norm_first:
                 out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
             outputs.append(out)
         return outputs
@@ -257,7 +244,7 @@ class IncrementalEvaluator(Evaluator):
 
     KEEP = 2  # snapshots kept: a search's current mask and its latest candidate
 
-    def __init__(self, model: nn.Module, stages: list[Stage], weights: dict[str, torch.Tensor],
+    def __init__(self, model: nn.Module, stages: list[ChainStep], weights: dict[str, torch.Tensor],
                  space: SearchSpace, x: torch.Tensor, y: torch.Tensor, metric: str):
         super().__init__(space, x, y, metric)
         self.layers = [ChainLayer(model, stage, weights, x.device) for stage in stages]

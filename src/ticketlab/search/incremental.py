@@ -1,7 +1,8 @@
 """Delta scoring of masks of an MLP: activations updated by only what a move changes.
 
-`make_evaluator` returns a DeltaEvaluator for the zoo's MLPs on the CPU when the objective
-is accuracy (always) or loss with exact=False. It keeps, for the last two masks scored,
+`make_evaluator` returns a DeltaEvaluator for MLPs (chains of Linear layers and ReLUs,
+models/chain.py) on the CPU when the objective is accuracy (always) or loss with
+exact=False. It keeps, for the last two masks scored,
 every layer's pre-activations z_k and activations a_k on all scoring images, stored
 transposed (features x images, so that a unit is one contiguous row). A candidate starts
 from the snapshot it differs from in the fewest mask entries: in a search that is the
@@ -52,7 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.config import TicketlabError
-from ticketlab.search.evaluator import Evaluator, Stage
+from ticketlab.models.chain import ChainStep
+from ticketlab.search.evaluator import Evaluator
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask
@@ -118,7 +120,7 @@ class DeltaLayer:
 class DeltaEvaluator(Evaluator):
     """Scores masks of an MLP by updating the activations of a recent mask (see the module doc)."""
 
-    def __init__(self, model: nn.Module, stages: list[Stage], weights: dict[str, torch.Tensor], space: SearchSpace,
+    def __init__(self, model: nn.Module, stages: list[ChainStep], weights: dict[str, torch.Tensor], space: SearchSpace,
                  x: torch.Tensor, y: torch.Tensor, metric: str, resync: int = RESYNC):
         super().__init__(space, x, y, metric)
         if resync < 0:
