@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from test_search_evaluator import move_sequence
 from ticketlab import trace
 from ticketlab.config import ModelConfig
 from ticketlab.models import build_model
@@ -14,7 +15,6 @@ from ticketlab.search.evaluator import ForwardEvaluator, IncrementalEvaluator, m
 from ticketlab.search.incremental import DeltaEvaluator
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import unit_space, weight_space
-from tests.test_search_evaluator import move_sequence
 
 
 class ConvBnRelu(nn.Module):

@@ -18,7 +18,8 @@ from ticketlab.sparsity.mask import prunable_names, unit_mask_to_mask
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.structure.stage import units_from_mask
 from ticketlab.structure.surgery import check_equivalent, count_macs, count_parameters, shrink
-from user_models import Branches, Branching, Gated, Grouped, MaxOverSpace, ResidualDepthwise, SharedLayer
+from user_models import (Branches, Branching, Gated, Grouped, MaxOverSpace, PaddedShortcut, ResidualDepthwise,
+                         SharedLayer, WidthPad)
 
 
 def layout(groups):
@@ -60,7 +61,8 @@ def test_a_lottery_of_mobilenet_v2_prunes_and_rewinds(tmp_path):
     assert [round(level.summary.get("remaining", 1.0), 2) for level in levels] == [1.0, 0.5, 0.25]
 
 
-USERS = [(ResidualDepthwise, (3, 16, 16)), (SharedLayer, (12,)), (Branches, (3, 8, 8))]
+USERS = [(ResidualDepthwise, (3, 16, 16)), (SharedLayer, (12,)), (Branches, (3, 8, 8)), (Grouped, (3, 8, 8)),
+         (PaddedShortcut, (3, 8, 8))]
 
 
 @pytest.mark.parametrize("make,shape", USERS, ids=lambda v: getattr(v, "__name__", ""))
@@ -105,11 +107,37 @@ def test_concatenated_channels_keep_their_own_groups_at_their_offsets():
     assert [(s.param, s.offset) for s in groups["b"].consumers] == [("mix.weight", 8)]
 
 
+def test_a_grouped_conv_is_cut_by_whole_groups():
+    groups = {g.name: g for g in derive_groups(Grouped(), torch.zeros(2, 3, 8, 8))}
+    assert {name: g.size for name, g in groups.items()} == {"a": 2, "b": 6}  # its 2 groups of 4 channels
+    assert {(s.param, s.block) for s in groups["a"].producers} >= {("a.weight", 4), ("grouped.weight", 4)}
+    model = Grouped()
+    trace(model, torch.randn(2, 3, 8, 8))
+    small = shrink(model, {"a": torch.tensor([False, True])})
+    assert (small.grouped.in_channels, small.grouped.out_channels, small.grouped.groups) == (4, 4, 1)
+
+
+def test_a_padded_shortcut_of_ones_own_keeps_the_padded_channels_its_block_keeps():
+    model = PaddedShortcut()
+    trace(model, torch.randn(2, 3, 8, 8))
+    groups = {g.name: g.size for g in channel_groups(model)}
+    assert groups == {"stem": 8, "conv[0:3]": 3, "conv[11:16]": 5}
+    units = {"conv[0:3]": torch.tensor([True, False, False]), "conv[11:16]": torch.tensor([False, True, True,
+                                                                                          False, True])}
+    small = shrink(model, units)
+    assert (small.shortcut.lo, small.shortcut.hi, small.conv.out_channels) == (1, 3, 12)
+    widths = PaddedShortcut(WidthPad())
+    trace(widths, torch.randn(2, 3, 8, 8))
+    shrink(widths, {"stem": torch.tensor([True] * 7 + [False])})  # no padded channel cut: nothing to change
+    with pytest.raises(TicketlabError, match="cannot shrink shortcut: it pads 4 . 4 zero channels whose units are "
+                                             "cut, .* lo and hi attributes; use --backend torch-pruning") as info:
+        shrink(widths, {"conv[0:4]": torch.tensor([True, False, True, True])})
+    assert "\n" not in str(info.value)
+
+
 def test_what_tracing_cannot_cut_is_left_whole():
     gated = {g.name for g in derive_groups(Gated(), torch.zeros(2, 3, 8, 8))}
     assert gated == set()  # the gate's sigmoid turns a pruned channel into 0.5: nothing is free to cut
-    grouped = {g.name for g in derive_groups(Grouped(), torch.zeros(2, 3, 8, 8))}
-    assert grouped == {"b"}  # a grouped conv's channels stay, on both of its sides
     maxed = {g.name for g in derive_groups(MaxOverSpace(), torch.zeros(2, 3, 8, 8))}
     assert maxed == {"hidden"}  # a maximum that also gives indices is not modelled: the conv's channels stay
 

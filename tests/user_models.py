@@ -116,3 +116,41 @@ class MaxOverSpace(nn.Module):
     def forward(self, x):
         x = F.relu(self.conv(x)).max(dim=3)[0].max(dim=2).values
         return self.fc(torch.relu(self.hidden(x)))
+
+
+class ChannelPad(nn.Module):
+    """A user's own option-A shortcut: zero channels before and after, widths held as lo and hi."""
+
+    def __init__(self, lo, hi):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return F.pad(x, (0, 0, 0, 0, self.lo, self.hi))
+
+
+class PaddedShortcut(nn.Module):
+    """A block that widens its stream from 8 to 16 channels, its shortcut padded with zeros."""
+
+    def __init__(self, shortcut=None):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv, self.bn1 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.shortcut = shortcut or ChannelPad(3, 5)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        x = F.relu(self.bn1(self.conv(x)) + self.shortcut(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class WidthPad(nn.Module):
+    """A padded shortcut whose forward computes its widths: surgery cannot change them."""
+
+    def __init__(self):
+        super().__init__()
+        self.extra = 8
+
+    def forward(self, x):
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from ticketlab.config import TicketlabError
 from ticketlab.models.structure import ChannelGroup
-from ticketlab.models.tracing import derive_groups, layout
+from ticketlab.models.tracing import traced
 
 Shape = tuple[int, int, int]
 
@@ -44,13 +43,9 @@ class ZooModel(nn.Module):
         """The units (neurons, filters, channels) that structured pruning may remove: traced from
         the model's graph (models/tracing.py), once per layout. The first zoo models declare theirs
         by hand instead, under the names their saved masks use; a test holds the two equal."""
-        cached = self.__dict__.get("_derived_groups")
-        if cached is not None and cached[0] == layout(self):
-            return cached[1]
-        param = next(self.parameters())
-        groups = derive_groups(self, torch.zeros((2, *self.input_shape), device=param.device, dtype=param.dtype))
-        self.__dict__["_derived_groups"] = (layout(self), groups)
-        return groups
+        found = traced(self)
+        assert found is not None  # a zoo model knows its input shape
+        return found.groups
 
 
 def feature_map_size(model: str, input_shape: Shape, side: Callable[[int], int]) -> tuple[int, int]:

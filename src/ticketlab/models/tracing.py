@@ -5,8 +5,10 @@ Every output channel of a Linear or Conv2d is a *slot*; so is every channel of a
 every input column of a Linear or Conv2d. Following each tensor's channel dimension (dim 1)
 through the traced graph, slots that must go together are joined (union-find):
 
-- a BatchNorm or depthwise conv channel with the channel it reads;
+- a BatchNorm channel with the channel it reads;
 - the channels an addition, subtraction or multiplication combines (a residual stream);
+- a grouped conv's input and output channels of one group (a depthwise conv's channel with the
+  channel it reads), so that groups are cut whole and stay of equal widths;
 - a layer's input column with every channel that reaches it (a layer used twice reads two);
 - concatenation, channel slicing, zero padding of channels (a padded shortcut) and flattening
   into a Linear (each channel a block of H*W columns) move channels without joining them.
@@ -24,6 +26,7 @@ import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,14 +58,28 @@ class TraceError(TicketlabError):
     """A model whose graph cannot be traced, so its channel groups cannot be derived."""
 
 
+@dataclass(frozen=True)
+class ChannelPad:
+    """Zero channels that `module`'s forward pads a tensor with: `lo` before its channels, `hi`
+    after. `sides` names, for each padded channel before and after, one layer output of the unit
+    it was joined with (a residual add joins it to the block's output), or None where it is never
+    cut; surgery keeps as many padded channels on each side as those units keep."""
+
+    module: str  # "" for the model itself
+    lo: int
+    hi: int
+    sides: tuple[tuple[Slot | None, ...], tuple[Slot | None, ...]]
+
+
 class _Units:
-    """Union-find over slots, with the pinned ones."""
+    """Union-find over slots, with the pinned ones and the channel pads met."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
-        self.slots: list[Slot | None] = []  # None: a channel that is no layer's (the model's input)
+        self.slots: list[Slot | None] = []  # None: a channel that is no layer's (the model's input, a pad)
         self.ids: dict[Slot, int] = {}
         self.pinned: set[int] = set()
+        self.pads: list[tuple[str, list[int], list[int]]] = []  # (module, ids of the lo and hi channels)
 
     def slot(self, slot: Slot | None) -> int:
         if slot is not None and slot in self.ids:
@@ -94,6 +111,11 @@ class _Units:
 def derive_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
     """The channel groups of `model` traced on `example` (one batch of its input), in the order of
     their first layer; raises TraceError (one line) where tracing cannot follow the model."""
+    return derive(model, example)[0]
+
+
+def derive(model: nn.Module, example: torch.Tensor) -> tuple[list[ChannelGroup], list[ChannelPad]]:
+    """The channel groups of `model` traced on `example`, and the channel pads its forward makes."""
     try:
         graph = fx.symbolic_trace(model)
     except Exception as error:  # torch.fx raises many kinds; all mean the same to the user
@@ -113,7 +135,7 @@ def derive_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]
     channels: dict[fx.Node, Channels | None] = {}
     for node in graph.graph.nodes:
         channels[node] = _channels_of(node, channels, units, modules)
-    return _groups(units, modules)
+    return _groups(units, modules), _pads(units)
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -216,7 +238,8 @@ def _same(node: fx.Node, inputs: list[Channels | None], units: _Units) -> Any:
 def _layer(name: str, module: nn.Linear | nn.Conv2d, node: fx.Node, inputs: list[Channels | None],
            units: _Units) -> Any:
     """A Linear or Conv2d: each input channel joins the column that reads it; its outputs are its
-    own slots. A depthwise conv's channel j is the channel j it reads (one unit)."""
+    own slots. A grouped conv's group g (its input block g and output block g) is one unit, so that
+    its groups stay of equal widths: a depthwise conv's channel j is the channel j it reads."""
     if len(inputs) != 1 or inputs[0] is None or len(_shape(node) or ()) not in (2, 4):
         return NotImplemented
     (read,) = inputs
@@ -226,10 +249,10 @@ def _layer(name: str, module: nn.Linear | nn.Conv2d, node: fx.Node, inputs: list
         for k, unit in enumerate(read):
             units.join(units.slot((name, "in", k)), unit)
         return out
-    if groups == len(read) == len(out):  # depthwise, one filter per channel
-        return [units.join(o, unit) if unit is not None else o for o, unit in zip(out, read)]
-    units.pin(read)  # a grouped convolution: its groups must keep equal widths, not modelled
-    units.pin(out)
+    reads, writes = len(read) // groups, len(out) // groups
+    for g in range(groups):
+        for unit in read[g * reads:(g + 1) * reads] + out[g * writes + 1:(g + 1) * writes]:
+            units.join(out[g * writes], unit)
     return out
 
 
@@ -317,7 +340,24 @@ def _pad(node: fx.Node, inputs: list[Channels | None], units: _Units) -> Any:
         return inputs[0]
     if len(pad) > 6 or value != 0:
         return NotImplemented
-    return [None] * pad[4] + inputs[0] + [None] * pad[5]
+    lo, hi = [units.slot(None) for _ in range(pad[4])], [units.slot(None) for _ in range(pad[5])]
+    if lo or hi:
+        owners = list(node.meta.get("nn_module_stack") or {})
+        units.pads.append((owners[-1] if owners else "", lo, hi))
+    return lo + inputs[0] + hi
+
+
+def _pads(units: _Units) -> list[ChannelPad]:
+    pinned = {units.find(i) for i in units.pinned}
+    outputs: dict[int, Slot] = {}  # a unit's first layer output
+    for i, slot in enumerate(units.slots):
+        if slot is not None and slot[1] == "out":
+            outputs.setdefault(units.find(i), slot)
+
+    def side(ids: list[int]) -> tuple[Slot | None, ...]:
+        return tuple(None if units.find(i) in pinned else outputs.get(units.find(i)) for i in ids)
+
+    return [ChannelPad(module, len(lo), len(hi), (side(lo), side(hi))) for module, lo, hi in units.pads]
 
 
 def _groups(units: _Units, modules: dict[str, nn.Module]) -> list[ChannelGroup]:
@@ -382,7 +422,7 @@ def _group(key: Sequence[tuple[str, str]], run: list[dict[tuple[str, str], list[
             continue
         tensors = itertools.chain(modules[module].named_parameters(recurse=False),
                                   modules[module].named_buffers(recurse=False))
-        producers += [Slice(f"{module}.{name}", 0, offset) for name, t in tensors if t.dim() > 0]
+        producers += [Slice(f"{module}.{name}", 0, offset, block) for name, t in tensors if t.dim() > 0]
     first, role = key[0]
     start = run[0][(first, role)][0]
     name = f"{first}[{start}:{start + len(run)}]" if partial else first
@@ -391,7 +431,17 @@ def _group(key: Sequence[tuple[str, str]], run: list[dict[tuple[str, str], list[
 
 # --- the groups of any model: declared, or traced once -------------------------------------------
 
-TRACED = "_ticketlab_traced"  # the attribute `trace` leaves on a model: copies of it keep it
+TRACED = "_ticketlab_traced"  # the attribute a trace is kept in on a model: copies of it keep it
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What tracing a model found, valid while its layers keep the shapes in `layout`."""
+
+    layout: tuple[Any, ...]
+    example: torch.Tensor | None  # the batch given to `trace` (None: a zoo model traced on its input shape)
+    groups: list[ChannelGroup]
+    pads: list[ChannelPad]
 
 
 def layout(model: nn.Module) -> tuple[Any, ...]:
@@ -402,24 +452,36 @@ def layout(model: nn.Module) -> tuple[Any, ...]:
 def trace(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
     """Derive `model`'s channel groups from one batch of its input and keep them on the model (with
     the batch, which surgery checks the shrunk model on) while its layers keep their shapes."""
-    groups = derive_groups(model, example)
-    object.__setattr__(model, TRACED, (layout(model), example.detach().cpu(), groups))
+    groups, pads = derive(model, example)
+    object.__setattr__(model, TRACED, Traced(layout(model), example.detach().cpu(), groups, pads))
     return groups
 
 
-def _traced(model: nn.Module) -> tuple[torch.Tensor, list[ChannelGroup]] | None:
+def traced(model: nn.Module) -> Traced | None:
+    """The model's trace: the one `trace` kept, if its layers are unchanged since; else, for a model
+    that knows its input shape (a zoo model's `input_shape`), one traced now on zeros of that shape
+    and kept; else None."""
     found = getattr(model, TRACED, None)
-    return (found[1], found[2]) if found is not None and found[0] == layout(model) else None
+    if found is not None and found.layout == layout(model):
+        return found
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        return None
+    param = next(model.parameters())
+    groups, pads = derive(model, torch.zeros((2, *shape), device=param.device, dtype=param.dtype))
+    found = Traced(layout(model), None, groups, pads)
+    object.__setattr__(model, TRACED, found)
+    return found
 
 
 def traced_input(model: nn.Module) -> torch.Tensor | None:
-    """The batch `model` was traced on, if it was (and its layers are unchanged since)."""
-    found = _traced(model)
-    return found[0] if found is not None else None
+    """The batch `model` was traced on with `trace`, if it was (and its layers are unchanged since)."""
+    found = traced(model) if hasattr(model, TRACED) else None
+    return found.example if found is not None else None
 
 
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
-    """The model's channel groups: declared (a zoo model's channel_groups()), or derived by `trace`;
+    """The model's channel groups: declared (a zoo model's channel_groups()), or traced (`traced`);
     a one-line error if neither."""
     declare = getattr(model, "channel_groups", None)
     if callable(declare):
@@ -427,8 +489,8 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
             return declare()
         except NotImplementedError:
             pass
-    found = _traced(model)
+    found = traced(model)
     if found is not None:
-        return found[1]
+        return found.groups
     raise TicketlabError(f"{type(model).__name__} declares no channel groups and was not traced; call "
                          "ticketlab.trace(model, example_inputs) first (one batch of its input)")

@@ -6,8 +6,9 @@ exactly what the masked one did (DESIGN.md, "physical pruning").
 
 The model's channel groups (declared by a zoo model, or derived by `ticketlab.trace` for any
 other) say which state_dict slices belong to each unit; every kept slice of every Linear, Conv2d
-(depthwise ones included) and BatchNorm is copied into a new, smaller module of the same kind. A
-ResNet's zero-padding shortcut (option A) gets fewer padded channels.
+(grouped and depthwise ones included: whole groups go) and BatchNorm is copied into a new, smaller module of the same kind. A
+zero padding of channels that the trace found (a ResNet's option-A shortcut) gets fewer padded
+channels. Nothing here knows a model's class.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from torch import nn
 
 from ticketlab.config import TicketlabError
 from ticketlab.models.base import ZooModel
-from ticketlab.models.resnet import Block, ZeroPadShortcut
 from ticketlab.models.structure import ChannelGroup
-from ticketlab.models.tracing import channel_groups, trace, traced_input
+from ticketlab.models.tracing import channel_groups, trace, traced, traced_input
 from ticketlab.sparsity.mask import unit_mask_to_mask
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -50,7 +50,7 @@ def shrink(model: nn.Module, units: Mapping[str, torch.Tensor],
     small = copy.deepcopy(model)
     for name in {key.rpartition(".")[0] for key in kept}:
         _replace(small, name, {key: t for key, t in state.items() if key.rpartition(".")[0] == name}, kept)
-    _shrink_zero_pads(model, small, kept)
+    _shrink_channel_pads(model, small, kept)
     small.load_state_dict({key: cut(tensor, kept.get(key, {})) for key, tensor in state.items()})
     small.train(model.training)
 
@@ -171,15 +171,17 @@ def _replace(small: nn.Module, name: str, state: Mapping[str, torch.Tensor], kep
         out_features, in_features = shapes["weight"]
         new = nn.Linear(in_features, out_features, bias=module.bias is not None, **like)
     elif isinstance(module, nn.Conv2d):
-        depthwise = module.groups == module.in_channels == module.out_channels
-        if module.groups != 1 and not depthwise:
-            raise TicketlabError(f"cannot shrink {name}: a grouped convolution ({module.groups} groups of "
-                                 f"{module.in_channels // module.groups} channels); use --backend torch-pruning")
         out_channels, in_channels, *_ = shapes["weight"]
-        if depthwise:  # its channel j is the unit it reads: in and out are cut alike
-            in_channels = out_channels
+        groups = 1
+        if module.groups > 1:  # whole groups are cut (models/tracing.py): each keeps its widths
+            writes = module.out_channels // module.groups
+            if out_channels % writes:
+                raise TicketlabError(f"cannot shrink {name}: its cut does not keep whole groups of {writes} "
+                                     "filters; use --backend torch-pruning")
+            groups = out_channels // writes
+            in_channels = groups * (module.in_channels // module.groups)
         new = nn.Conv2d(in_channels, out_channels, module.kernel_size, stride=module.stride,
-                        padding=module.padding, dilation=module.dilation, groups=out_channels if depthwise else 1,
+                        padding=module.padding, dilation=module.dilation, groups=groups,
                         bias=module.bias is not None, padding_mode=module.padding_mode, **like)
     elif isinstance(module, BATCHNORMS):
         features = next(shape[0] for shape in shapes.values() if len(shape) > 0)
@@ -192,25 +194,30 @@ def _replace(small: nn.Module, name: str, state: Mapping[str, torch.Tensor], kep
     setattr(small.get_submodule(parent), child, new)
 
 
-def _shrink_zero_pads(model: nn.Module, small: nn.Module, kept: Kept) -> None:
-    """Give each option-A shortcut as many padded channels as its block's output keeps on
-    each side; the channels in between are the block's input, which must keep the same ones."""
-    for name, pad in model.named_modules():
-        if not isinstance(pad, ZeroPadShortcut):
+def _shrink_channel_pads(model: nn.Module, small: nn.Module, kept: Kept) -> None:
+    """Give each zero padding of channels (an option-A shortcut) as many padded channels on each side
+    as the units they were joined with keep. The widths are the `lo` and `hi` attributes of the
+    module that pads (its forward must read them there, as models.resnet.ZeroPadShortcut's does)."""
+    found = traced(model)
+    for pad in found.pads if found is not None else []:
+        lo, hi = (sum(_kept(kept, slot) for slot in side) for side in pad.sides)
+        if (lo, hi) == (pad.lo, pad.hi):
             continue
-        block_name = name.rpartition(".")[0]
-        block = model.get_submodule(block_name)
-        if not isinstance(block, Block):
-            raise TicketlabError(f"cannot shrink {name}: a zero-padding shortcut outside a ResNet block")
-        width, n_in = block.bn2.num_features, block.conv1.in_channels
-        out = kept.get(f"{block_name}.bn2.weight", {}).get(0, torch.ones(width, dtype=torch.bool))
-        inputs = kept.get(f"{block_name}.conv1.weight", {}).get(1, torch.ones(n_in, dtype=torch.bool))
-        if not torch.equal(out[pad.lo:width - pad.hi], inputs):
-            raise TicketlabError(f"cannot shrink {name}: the block's output keeps other channels of its "
-                                 "input than its first convolution reads, so the identity cannot be cut")
-        small_pad = small.get_submodule(name)
-        small_pad.lo = int(out[:pad.lo].sum())
-        small_pad.hi = int(out[width - pad.hi:].sum())
+        owner = small.get_submodule(pad.module)
+        if (getattr(owner, "lo", None), getattr(owner, "hi", None)) != (pad.lo, pad.hi):
+            raise TicketlabError(f"cannot shrink {pad.module or type(model).__name__}: it pads {pad.lo} + {pad.hi} "
+                                 "zero channels whose units are cut, and surgery can only change widths a module "
+                                 "holds as its lo and hi attributes; use --backend torch-pruning")
+        owner.lo, owner.hi = lo, hi
+
+
+def _kept(kept: Kept, slot: tuple[str, str, int] | None) -> bool:
+    """Whether surgery keeps the layer output `slot` (None: a channel never cut)."""
+    if slot is None:
+        return True
+    module, _, index = slot
+    flags = next((dims[0] for key, dims in kept.items() if key.rpartition(".")[0] == module and 0 in dims), None)
+    return flags is None or bool(flags[index])
 
 
 def default_input(model: nn.Module) -> torch.Tensor:

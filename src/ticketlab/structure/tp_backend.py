@@ -23,16 +23,15 @@ Where torch-pruning cannot trace an architecture it fails loudly here. With the 
 that is the zoo's option-A ResNet: the zero-padding shortcut (F.pad of a strided slice) is
 traced as an elementwise op, so the 16-channel stream and the 32-channel one after it look
 like the same channels; any mask that prunes residual-stream channels then raises, while a
-mask that prunes only the blocks' inner channels shrinks correctly. Zoo models have their
-own surgery (surgery.shrink, `ticketlab shrink`), which handles it; `ticketlab shrink
---backend torch-pruning` runs this backend on a zoo model as a cross-check of that surgery.
+mask that prunes only the blocks' inner channels shrinks correctly. ticketlab's own surgery
+(surgery.shrink, `ticketlab shrink`) handles it, for zoo models and for any model
+ticketlab.trace can follow; `ticketlab shrink --backend torch-pruning` runs this backend on a
+zoo model as a cross-check of that surgery.
 
-Saving: the small model of a zoo model saves as a shrink run's model.safetensors (the
-zoo config and keep-flags rebuild it, ticketlab.load). A model outside the zoo has no
-architecture ticketlab can rebuild, and pickling the whole module is not weights_only-safe,
-so ticketlab writes none of it: export it with saving.export_onnx, or keep `keep` and
-small.state_dict() and reload by shrinking a freshly built dense model with the same `keep`
-and loading the state_dict into it.
+Saving: what this returns is torch-pruning's rebuild, with no record ticketlab can replay. To
+save a shrunk model of one's own, shrink it with ticketlab's surgery and use
+ticketlab.save_model(small, path, units) and ticketlab.load(path, factory=...); or export this
+one with saving.export_onnx.
 """
 
 from __future__ import annotations
