@@ -193,3 +193,32 @@ def test_bad_input_gives_one_line_errors():
     one_line_error(lambda: ScoreContext(model, []), "names is empty")
     one_line_error(lambda: ScoreContext(model, ctx.names, mask=Mask({"9.weight": torch.ones(2, dtype=torch.bool)})),
                    "9.weight")
+
+
+def test_round_to_rounds_each_groups_kept_count_up_keeping_the_best():
+    scores = {"a": torch.arange(20.0), "b": torch.arange(6.0).flip(0), "c": torch.arange(3.0)}
+    keep = select(scores, 0.6, scope="layerwise", round_to=4)
+    # a: 8 of 20 kept, already a multiple; b: 2 of 6 kept, rounded up to 4; c: 1 of 3, up to all 3
+    assert lists(keep) == {"a": [0] * 12 + [1] * 8, "b": [1, 1, 1, 1, 0, 0], "c": [1, 1, 1]}
+    keep = select(scores, 0.75, scope="layerwise", round_to=4)  # a keeps 5: up to 8, the best 8
+    assert int(keep["a"].sum()) == 8 and keep["a"][12:].all()
+
+
+def test_round_to_rounds_down_where_an_earlier_mask_leaves_too_few_and_errs_below_one_multiple():
+    scores = {"a": torch.arange(12.0)}
+    current = {"a": flags(*[0] * 2 + [1] * 10)}  # 10 kept by an earlier mask, not a multiple of 4
+    keep = select(scores, 0.25, scope="layerwise", current=current, round_to=4)  # 9 kept: up to 12 impossible
+    assert lists(keep) == {"a": [0] * 4 + [1] * 8}
+    one_line_error(lambda: select({"a": torch.arange(12.0)}, 0.5, current={"a": flags(*[0] * 9 + [1] * 3)},
+                                  round_to=4), "a keeps 3 units, and an earlier mask pruned too many")
+
+
+def test_round_to_in_score_and_select_gives_multiples_and_refuses_single_weights():
+    model = build_model(ModelConfig(name="conv2"), (1, 12, 12), 10, generator=torch.Generator().manual_seed(0))
+    ctx = ScoreContext(model, prunable_names(model))
+    from ticketlab.structure.stage import units_from_mask
+
+    units = units_from_mask(model, score_and_select(ctx, "l1_norm", 0.7, scope="layerwise", round_to=8))
+    assert units and all(int(keep.sum()) % 8 == 0 or bool(keep.all()) for keep in units.values())
+    one_line_error(lambda: score_and_select(ctx, "magnitude", 0.5, round_to=8), "round_to rounds the units")
+    one_line_error(lambda: score_and_select(ctx, "l1_norm", 0.5, round_to=0), "round_to is a number of units")

@@ -83,6 +83,8 @@ class PruneConfig:
     score_batches: int = hp(1, "validation batches that data-driven criteria (snip, grasp) score on")
     score_batch_size: int = hp(64, "size of those batches")
     seed: int = hp(0, "seed of random criteria")
+    round_to: int = hp(1, "with --structured: keep a multiple of N units in each channel group, rounding up "
+                          "(Torch-Pruning's round_to; kernels run thin layers slowly, and best at multiples of 8 or 16)")
 
 
 @dataclass(frozen=True)

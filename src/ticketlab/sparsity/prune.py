@@ -63,6 +63,11 @@ def check_prune_config(cfg: PruneConfig) -> Criterion:
         structured = ", ".join(name for name, c in CRITERIA.items() if c.structured)
         raise TicketlabError(f"criterion {cfg.criterion} scores single weights; for whole units use a structured "
                              f"criterion ({structured})")
+    if isinstance(cfg.round_to, bool) or not isinstance(cfg.round_to, int) or cfg.round_to < 1:
+        raise TicketlabError(f"round_to is a number of units, at least 1; got {cfg.round_to!r}")
+    if cfg.round_to > 1 and not criterion.structured:
+        raise TicketlabError(f"--round-to rounds the units each channel group keeps; criterion {cfg.criterion} "
+                             "prunes single weights (use a structured criterion such as l1_norm)")
     return criterion
 
 
@@ -163,8 +168,8 @@ def select_mask(train: TrainRun, cfg: PruneConfig, criterion: Criterion,
         batches=score_batches(data, cfg) if criterion.needs_data else None,
         sparsity=cfg.sparsity, generator=torch.Generator().manual_seed(cfg.seed),
     )
-    mask = score_and_select(context, criterion, cfg.sparsity, scope=cfg.scope,
-                            output_sparsity=cfg.output_sparsity, empty_layer=cfg.empty_layer)
+    mask = score_and_select(context, criterion, cfg.sparsity, scope=cfg.scope, output_sparsity=cfg.output_sparsity,
+                            empty_layer=cfg.empty_layer, round_to=cfg.round_to)
     summary = {
         "criterion": cfg.criterion, "target_sparsity": cfg.sparsity, "sparsity": mask.sparsity(),
         "kept": mask.kept(), "total": mask.total(), "at": cfg.at,

@@ -31,7 +31,8 @@ def pruned_count(total: int, sparsity: float) -> int:
 
 def select(scores: Mapping[str, torch.Tensor], sparsity: float, *, scope: str = "global",
            current: Mapping[str, torch.Tensor] | None = None, output: Sequence[str] = (),
-           output_sparsity: float | None = None, empty_layer: str = "keep") -> dict[str, torch.Tensor]:
+           output_sparsity: float | None = None, empty_layer: str = "keep",
+           round_to: int = 1) -> dict[str, torch.Tensor]:
     """Keep-flags (True = kept, on the CPU) for every tensor of `scores`; the lowest scores are pruned.
 
     Entries are ranked together in pools: all tensors (global scope) or each tensor on its own
@@ -43,8 +44,10 @@ def select(scores: Mapping[str, torch.Tensor], sparsity: float, *, scope: str = 
     deterministic. empty_layer: a tensor this selection would empty keeps its best entry
     ("keep"; under global scope the next-lowest entry elsewhere goes instead, so the count
     stays exact while the pool has entries left) or raises a TicketlabError ("error").
+    round_to > 1: each tensor then keeps a multiple of round_to entries (see `round_kept`).
     """
     check_sparsity(sparsity)
+    check_round_to(round_to)
     if output_sparsity is not None:
         check_sparsity(output_sparsity, "output sparsity")
     if scope not in SCOPES:
@@ -61,7 +64,39 @@ def select(scores: Mapping[str, torch.Tensor], sparsity: float, *, scope: str = 
     for names, rate in pools:
         if names:
             keep |= _select_pool({n: scores[n] for n in names}, alive, rate, empty_layer)
+    if round_to > 1:
+        keep = round_kept(keep, scores, alive, round_to)
     return {name: keep[name] for name in scores}
+
+
+def check_round_to(round_to: int) -> None:
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise TicketlabError(f"round_to is a number of units, at least 1; got {round_to!r}")
+
+
+def round_kept(keep: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+               alive: Mapping[str, torch.Tensor], multiple: int) -> dict[str, torch.Tensor]:
+    """Each tensor's kept count rounded up to a multiple of `multiple` (or to all its entries),
+    Torch-Pruning's round_to: CPU and GPU kernels run thin layers far below their speed per MAC,
+    and best at channel counts that are multiples of 8 or 16. The highest-scored entries this
+    selection pruned are kept again; where too few of them are left (`alive`, an earlier mask,
+    pruned the rest), the count is rounded down instead, pruning the lowest-scored kept ones."""
+    rounded = {}
+    for name, flags in keep.items():
+        flat, kept = flags.flatten().clone(), int(flags.count_nonzero())
+        if kept % multiple and kept != flat.numel():
+            score = scores[name].detach().flatten().to("cpu", torch.float64)
+            restorable = alive[name].flatten() & ~flat
+            up = min(flat.numel(), -(-kept // multiple) * multiple)
+            if up - kept <= int(restorable.count_nonzero()):
+                flat |= _lowest(-score.flip(0), restorable.flip(0), up - kept).flip(0)  # the best, the last among equals
+            elif kept > multiple:
+                flat &= ~_lowest(score, flat, kept % multiple)
+            else:
+                raise TicketlabError(f"{name} keeps {kept} units, and an earlier mask pruned too many of the others "
+                                     f"to round it up to {multiple}; lower round_to or start from a rounded mask")
+        rounded[name] = flat.reshape(flags.shape)
+    return rounded
 
 
 def _flags(scores: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -126,7 +161,7 @@ def _best(flat: torch.Tensor, candidates: torch.Tensor) -> int:
 
 def score_and_select(ctx: ScoreContext, criterion: str | Criterion, sparsity: float, *, scope: str = "global",
                      output_sparsity: float | None = None, empty_layer: str = "keep",
-                     rounds: int | None = None) -> Mask:
+                     rounds: int | None = None, round_to: int = 1) -> Mask:
     """Score the model with `criterion` and prune `sparsity` of what it scores, as a Mask.
 
     Unstructured criteria prune the entries of ctx.names; structured ones prune units of the
@@ -138,10 +173,15 @@ def score_and_select(ctx: ScoreContext, criterion: str | Criterion, sparsity: fl
     empty_layer are select's (the output layer is sparsity.mask.output_layer_names).
     rounds (default: the criterion's own, 100 for synflow, else 1): prune over that many
     rounds on the exponential schedule of cumulative_sparsities, rescoring the masked model
-    each round.
+    each round. round_to (structured criteria only): each channel group keeps a multiple of
+    that many units (select's round_to), so the sparsity reached is at most the one asked for.
     """
     chosen = get_criterion(criterion) if isinstance(criterion, str) else criterion
     check_sparsity(sparsity)
+    check_round_to(round_to)
+    if round_to > 1 and not chosen.structured:
+        raise TicketlabError(f"round_to rounds the units a channel group keeps; {chosen.name} prunes single "
+                             "weights (use a structured criterion, or round_to 1)")
     if output_sparsity is not None:
         check_sparsity(output_sparsity, "output sparsity")
     rounds = getattr(chosen, "rounds", 1) if rounds is None else rounds
@@ -156,7 +196,7 @@ def score_and_select(ctx: ScoreContext, criterion: str | Criterion, sparsity: fl
                                      _schedule(output_sparsity, rounds, flags, own)):
         scores = chosen.scores(replace(ctx, mask=mask, sparsity=target))
         flags = select(scores, target, scope=scope, current=flags, output=own,
-                       output_sparsity=output_target, empty_layer=empty_layer)
+                       output_sparsity=output_target, empty_layer=empty_layer, round_to=round_to)
         mask = _merge(mask, unit_mask_to_mask(ctx.model, flags, ctx.names) if chosen.structured else flags)
     return mask
 
