@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -127,3 +128,17 @@ def test_a_model_outside_the_zoo_is_saved_only_once_traced(tmp_path):
     with pytest.raises(TicketlabError, match="save_model saves a Sequential it can rebuild: trace the model"):
         save_model(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "small.safetensors", {})
     assert not (tmp_path / "small.safetensors").exists()
+
+
+def test_round_to_keeps_multiples_of_units_in_every_group_and_names_its_own_run(shrunk):
+    runtime, source, _ = shrunk
+    rounded = prune(source.train, dataclasses.replace(STRUCTURED, sparsity=0.7, round_to=8), runtime)
+    counts = rounded.summary["units"]
+    assert counts and all(c["kept"] % 8 == 0 or c["kept"] == c["total"] for c in counts.values())
+    plain = prune(source.train, dataclasses.replace(STRUCTURED, sparsity=0.7), runtime)
+    assert any(c["kept"] % 8 for c in plain.summary["units"].values())  # unrounded, some are not
+    assert rounded.run.name != plain.run.name
+    assert plain.run.name == prune(source.train, dataclasses.replace(STRUCTURED, sparsity=0.7, round_to=1),
+                                   runtime).run.name
+    with pytest.raises(TicketlabError, match="--round-to rounds the units .* criterion magnitude prunes single"):
+        prune(source.train, PruneConfig(criterion="magnitude", round_to=8), runtime)
