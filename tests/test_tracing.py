@@ -84,6 +84,27 @@ def test_a_users_model_is_pruned_by_each_structured_criterion_and_shrinks_exactl
     assert count_parameters(shrink(small, again)) == count_parameters(small)  # the small one is traced too
 
 
+def test_bn_scale_prunes_the_groups_a_batchnorm_scales_and_leaves_the_others_whole():
+    torch.manual_seed(0)
+    model = ResidualDepthwise()
+    trace(model, torch.randn(4, 3, 16, 16))
+    ctx = ScoreContext(model, prunable_names(model))
+    units = units_from_mask(model, score_and_select(ctx, "bn_scale", 0.5, scope="layerwise"))
+    assert {name: int(keep.sum()) for name, keep in units.items()} == {"stem": 8, "expand": 24}  # expand has no BN
+    assert check_equivalent(unit_mask_to_mask_applied(model, units), shrink(model, units),
+                            torch.randn(8, 3, 16, 16)) <= 1e-5
+    plain = SharedLayer()
+    trace(plain, torch.zeros(2, 12))
+    with pytest.raises(TicketlabError, match="bn_scale needs BatchNorm layers with a scale; SharedLayer has none"):
+        score_and_select(ScoreContext(plain, ["inp.weight"]), "bn_scale", 0.5)
+
+
+def unit_mask_to_mask_applied(model, units):
+    masked = copy.deepcopy(model)
+    unit_mask_to_mask(model, units).apply(masked)
+    return masked
+
+
 def test_a_depthwise_block_added_back_to_its_input_is_one_group_with_the_stream():
     model = ResidualDepthwise()
     groups = {g.name: g for g in derive_groups(model, torch.zeros(2, 3, 16, 16))}

@@ -1,7 +1,9 @@
 """BatchNorm scale |γ| per channel (network slimming, Liu et al. 2017; early-bird tickets).
 
 A residual group is normalised by several BatchNorms, one per layer adding into it; its
-units score the mean |γ| over them.
+units score the mean |γ| over them. A group that passes through no BatchNorm (a Linear hidden
+layer, a conv without one) has no scale to rank by: it is left whole, as Torch-Pruning's
+BNScaleImportance leaves it, and the prune run's per-group counts show it kept in full.
 """
 
 from __future__ import annotations
@@ -37,8 +39,4 @@ class BNScale(Criterion):
         if not scores:
             raise TicketlabError(f"criterion bn_scale needs BatchNorm layers with a scale; "
                                  f"{type(ctx.model).__name__} has none")
-        missing = [name for name in found if name not in scores]
-        if missing:
-            raise TicketlabError(f"channel group {missing[0]} passes through no BatchNorm; bn_scale needs "
-                                 "every group to")
         return scores
