@@ -133,7 +133,8 @@ def test_mlp_subclasses_are_judged_by_their_forward(tmp_path):
     evaluator = make_evaluator(named, weights, space, x, y)
     assert isinstance(evaluator, DeltaEvaluator)
     for keep in move_sequence(space, 6, 0.9):
-        assert evaluator.score(keep) == reference_score(tmp_path / "mlp.pt", lambda: NamedMLP((1, 28, 28), 10, [30, 20]),
-                                                        space.to_mask(keep), x, y)
+        expected = reference_score(tmp_path / "mlp.pt", lambda: NamedMLP((1, 28, 28), 10, [30, 20]),
+                                   space.to_mask(keep), x, y)
+        assert evaluator.score(keep) == expected
     shifted = ShiftedMLP((1, 28, 28), 10, [30, 20])
     assert isinstance(make_evaluator(shifted, weights, space, x, y), ForwardEvaluator)

@@ -89,7 +89,8 @@ def round_kept(keep: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tens
             restorable = alive[name].flatten() & ~flat
             up = min(flat.numel(), -(-kept // multiple) * multiple)
             if up - kept <= int(restorable.count_nonzero()):
-                flat |= _lowest(-score.flip(0), restorable.flip(0), up - kept).flip(0)  # the best, the last among equals
+                # the best ones, the last among equals (the ones a ranking prunes last)
+                flat |= _lowest(-score.flip(0), restorable.flip(0), up - kept).flip(0)
             elif kept > multiple:
                 flat &= ~_lowest(score, flat, kept % multiple)
             else:

@@ -6,9 +6,9 @@ exactly what the masked one did (DESIGN.md, "physical pruning").
 
 The model's channel groups (declared by a zoo model, or derived by `ticketlab.trace` for any
 other) say which state_dict slices belong to each unit; every kept slice of every Linear, Conv2d
-(grouped and depthwise ones included: whole groups go) and BatchNorm is copied into a new, smaller module of the same kind. A
-zero padding of channels that the trace found (a ResNet's option-A shortcut) gets fewer padded
-channels. Nothing here knows a model's class.
+(grouped and depthwise ones included: whole groups go) and BatchNorm is copied into a new,
+smaller module of the same kind. A zero padding of channels that the trace found (a ResNet's
+option-A shortcut) gets fewer padded channels. Nothing here knows a model's class.
 """
 
 from __future__ import annotations
