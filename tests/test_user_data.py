@@ -92,3 +92,25 @@ def test_bad_arrays_are_one_line_errors(digits):
         tl.dataset_from(x, y[:5])
     with pytest.raises(DataError, match="expected an \\(input, label\\) pair"):
         tl.dataset_from(torch.utils.data.TensorDataset(torch.from_numpy(x)))
+
+
+def test_the_cached_train_takes_in_memory_data_named_by_its_content(digits, tmp_path):
+    x, y = digits
+    runtime = tl.Runtime(runs_dir=str(tmp_path / "runs"), progress=False)
+    model, steps = tl.ModelConfig(name="lenet300_100"), tl.TrainConfig(steps="1ep")
+    run = tl.train((torch.from_numpy(x), torch.from_numpy(y)), model, steps, runtime)
+    assert run.summary["best"]["val_acc"] > 0.5 and run.data.name.startswith("npz:")
+    pairs = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    for same in ((x.copy(), y.copy()), pairs, torch.utils.data.DataLoader(pairs, batch_size=7)):
+        again = tl.train(same, model, steps, runtime)
+        assert again.run.name == run.run.name and again.cached
+    assert len(list((tmp_path / "runs" / "data").iterdir())) == 1  # one file for one content
+    changed = y.copy()
+    changed[0] = (changed[0] + 1) % 10
+    assert tl.train((x, changed), model, steps, runtime).run.name != run.run.name
+    from ticketlab.config import PruneConfig
+    from ticketlab.sparsity.prune import prune
+
+    assert prune(run, PruneConfig(sparsity=0.5), runtime).summary["masked"]["test_acc"] > 0.3  # later stages read it
+    with pytest.raises(DataError, match="a split Dataset is for fit"):
+        tl.train(tl.dataset_from(x, y), model, steps, runtime)

@@ -60,6 +60,14 @@ SENSITIVITY_TABLE = "sensitivity.csv"
 SIMILARITY = "similarity.json"  # labels, and a matrix per measure
 ORTHOGONALITY_TABLE = "orthogonality.csv"  # a row per mask, a column per layer
 
+# --- beside the runs, in the runs directory -------------------------------------------------
+USER_DATA = "data"  # a user's in-memory data given to a cached stage, one .npz per content
+
+
+def user_data_file(digest: str) -> str:
+    return f"{USER_DATA}/{digest}.npz"
+
+
 # --- reports over other runs (lottery, comparison, structured, valsize) -------------------
 TABLE = "table.csv"
 RUNS_TABLE = "runs.csv"  # a comparison's one row per retrained mask

@@ -6,6 +6,10 @@ DataLoader's), or an .npz file, split by the same rules as the built-in sets.
     data = ticketlab.dataset_from(my_torch_dataset)
     data = ticketlab.dataset_from("mine.npz")              # arrays x, y (and x_test, y_test)
 
+The cached stages (ticketlab.train, and through it every stage after) read data again whenever
+they run, so `store_arrays` writes in-memory data once as an .npz named by its content, and the
+stages read that file as `--dataset npz:PATH` does.
+
 Without a test split, a fixed stratified 20% is held out (never the split seed's to choose);
 validation is then drawn from what is left with `split_seed`. Inputs are normalised per channel
 (dim 1) with the mean and std of the training part alone, so no statistic comes from validation
@@ -14,6 +18,7 @@ or test. Labels must be integers 0..K-1.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ticketlab import paths
 from ticketlab.data.load import Dataset, Split
 from ticketlab.data.raw import DataError, check_labels
+from ticketlab.store import atomic_path
 from ticketlab.data.splits import HOLDOUT_SEED, split_indices
 
 TEST_SHARE = 0.2  # held out when no test split is given
@@ -60,6 +67,30 @@ def dataset_from(x: Any, y: Any = None, *, test: tuple[Any, Any] | None = None, 
                    input_shape=tuple(images.shape[1:]), num_classes=classes,
                    source=f"{name}: {len(labels)} training and validation, {len(test_y)} test inputs",
                    augment=False, black=tuple((-mean / std).tolist()))
+
+
+def store_arrays(data: Any, directory: Path) -> Path:
+    """Write a user's data (an (x, y) pair of tensors or arrays, or a torch Dataset or DataLoader)
+    as directory/data/<digest>.npz, unless that file is there already; returns its path. The
+    digest is the SHA-256 of the arrays, and the file's bytes depend on nothing else (fixed zip
+    timestamps), so the same data is one file and names the same runs every time."""
+    if isinstance(data, Dataset):
+        raise DataError("a split Dataset is for fit; the cached stages split the data themselves: give the "
+                        "(x, y) arrays, a torch Dataset, or an .npz file")
+    x, y = data if isinstance(data, tuple) and len(data) == 2 else _stack(data)
+    arrays = dict(zip(("x", "y"), _as_arrays(x, y, "the data")))
+    digest = hashlib.sha256()
+    for key, array in arrays.items():
+        digest.update(f"{key} {array.dtype.str} {array.shape}\n".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    path = directory / paths.user_data_file(digest.hexdigest()[:16])
+    if not path.exists():
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+            for key, array in arrays.items():
+                with archive.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
+                                  force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+    return path
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -17,11 +18,12 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
-from ticketlab.data import Dataset, data_digest, data_shape, load_data
+from ticketlab.data import NPZ_PREFIX, Dataset, data_digest, data_shape, load_data
+from ticketlab.data.user import store_arrays
 from ticketlab.models import build_model, state_shapes
 from ticketlab.manifest import recorded_command
 from ticketlab.stage import Stage, check_found
-from ticketlab.store import find_run
+from ticketlab.store import find_run, runs_root
 from ticketlab.training.loop import EpochCallback, Trainer
 from ticketlab.training.steps import Step, parse_steps, step_name
 
@@ -129,12 +131,25 @@ def train_run_handle(data: DataConfig, model: ModelConfig, training: TrainConfig
     return TrainRun(TrainRun.run_for(train_identity(data, model, training), runs_dir), data, model, training)
 
 
-def train(data: DataConfig = DataConfig(), model: ModelConfig = ModelConfig(),
+def train(data: DataConfig | Any = DataConfig(), model: ModelConfig = ModelConfig(),
           training: TrainConfig = TrainConfig(), runtime: Runtime = Runtime()) -> TrainRun:
-    """Train a zoo model densely, or return the finished run with the same hyperparameters."""
+    """Train a zoo model densely, or return the finished run with the same hyperparameters.
+
+    `data` is a DataConfig, or the user's own: an .npz file's path, an (x, y) pair of tensors or
+    arrays, or a torch Dataset (or a DataLoader's). In-memory data is written once under the runs
+    directory (data.user.store_arrays), and the run reads it from there as it would an .npz."""
+    if not isinstance(data, DataConfig):
+        data = user_data_config(data, runtime.runs_dir)
     result = train_run_handle(data, model, training, runtime.runs_dir)
     run_training(result, data, model, training, runtime)
     return result
+
+
+def user_data_config(data: Any, runs_dir: str | None) -> DataConfig:
+    """The DataConfig of a user's data file, or of in-memory data stored under the runs directory."""
+    if isinstance(data, (str, Path)):
+        return DataConfig(name=f"{NPZ_PREFIX}{data}")
+    return DataConfig(name=f"{NPZ_PREFIX}{store_arrays(data, runs_root(runs_dir).resolve())}")
 
 
 def run_training(made: Stage, data: DataConfig, model: ModelConfig, training: TrainConfig, runtime: Runtime, *,
