@@ -112,5 +112,6 @@ def test_the_cached_train_takes_in_memory_data_named_by_its_content(digits, tmp_
     from ticketlab.sparsity.prune import prune
 
     assert prune(run, PruneConfig(sparsity=0.5), runtime).summary["masked"]["test_acc"] > 0.3  # later stages read it
+    assert tl.user_data((x, y), runtime.runs_dir) == run.data  # what the other stages take
     with pytest.raises(DataError, match="a split Dataset is for fit"):
         tl.train(tl.dataset_from(x, y), model, steps, runtime)

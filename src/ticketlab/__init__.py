@@ -18,7 +18,7 @@ from ticketlab.structure.saving import export_onnx, load, save_model
 from ticketlab.structure.stage import units_from_mask
 from ticketlab.structure.surgery import shrink
 from ticketlab.training.loop import evaluate, fit
-from ticketlab.training.stage import TrainRun, train
+from ticketlab.training.stage import TrainRun, train, user_data
 
 __version__ = "0.1.0"
 
@@ -38,5 +38,5 @@ __all__ = [
     "TrainConfig", "TrainRun", "build_model", "channel_groups", "dataset_from", "evaluate", "export_onnx", "fit", "load",
     "load_data",
     "load_preset", "masked_fit", "prunable_names", "save_model", "score_and_select", "shrink", "trace", "train",
-    "units_from_mask",
+    "units_from_mask", "user_data",
 ]

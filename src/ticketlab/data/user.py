@@ -30,8 +30,8 @@ import torch
 from ticketlab import paths
 from ticketlab.data.load import Dataset, Split
 from ticketlab.data.raw import DataError, check_labels
-from ticketlab.store import atomic_path
 from ticketlab.data.splits import HOLDOUT_SEED, split_indices
+from ticketlab.store import atomic_path
 
 TEST_SHARE = 0.2  # held out when no test split is given
 NPZ_ARRAYS = ("x", "y", "x_test", "y_test")

@@ -139,14 +139,15 @@ def train(data: DataConfig | Any = DataConfig(), model: ModelConfig = ModelConfi
     arrays, or a torch Dataset (or a DataLoader's). In-memory data is written once under the runs
     directory (data.user.store_arrays), and the run reads it from there as it would an .npz."""
     if not isinstance(data, DataConfig):
-        data = user_data_config(data, runtime.runs_dir)
+        data = user_data(data, runtime.runs_dir)
     result = train_run_handle(data, model, training, runtime.runs_dir)
     run_training(result, data, model, training, runtime)
     return result
 
 
-def user_data_config(data: Any, runs_dir: str | None) -> DataConfig:
-    """The DataConfig of a user's data file, or of in-memory data stored under the runs directory."""
+def user_data(data: Any, runs_dir: str | None = None) -> DataConfig:
+    """The DataConfig that every cached stage takes for a user's data: an .npz file's path, or
+    in-memory data (an (x, y) pair, a torch Dataset or DataLoader) stored under the runs directory."""
     if isinstance(data, (str, Path)):
         return DataConfig(name=f"{NPZ_PREFIX}{data}")
     return DataConfig(name=f"{NPZ_PREFIX}{store_arrays(data, runs_root(runs_dir).resolve())}")
