@@ -19,8 +19,8 @@ are the seeded initialisation, saved to a temporary checkpoint.
 - reference: search.reference.reference_score per candidate: torch.load of the checkpoint,
   a model built on the meta device and loaded, the mask (space.to_mask) multiplied in,
   eval-mode forward in batches of 256.
-- fast: search.evaluator.make_evaluator, built once; then evaluator.score per candidate
-  (for LeNet a search.incremental.DeltaEvaluator: activations updated by what each move
+- fast: search.evaluators.make_evaluator, built once; then evaluator.score per candidate
+  (for LeNet a search.evaluators.delta.DeltaEvaluator: activations updated by what each move
   flips, near-tied images recounted exactly; for BasicCNN the incremental evaluator).
 
 Each round times a block of reference evaluations, then a block of fast ones (the same
@@ -45,7 +45,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig
 from ticketlab.data import load_data
 from ticketlab.models import MODELS, build_model
-from ticketlab.search.evaluator import make_evaluator
+from ticketlab.search.evaluators import make_evaluator
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 

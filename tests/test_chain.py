@@ -11,8 +11,7 @@ from ticketlab.config import ModelConfig
 from ticketlab.models import build_model
 from ticketlab.models.chain import ChainStep, layer_chain
 from ticketlab.models.mlp import MLP
-from ticketlab.search.evaluator import ForwardEvaluator, IncrementalEvaluator, make_evaluator
-from ticketlab.search.incremental import DeltaEvaluator
+from ticketlab.search.evaluators import DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, make_evaluator
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import unit_space, weight_space
 

@@ -6,8 +6,9 @@ from torch import nn
 
 from ticketlab.config import ModelConfig, TicketlabError, TrainConfig
 from ticketlab.models import MODELS, build_model
-from ticketlab.search.evaluator import ForwardEvaluator, IncrementalEvaluator, TrainedEvaluator, make_evaluator
-from ticketlab.search.incremental import TOLERANCE, DeltaEvaluator
+from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, TrainedEvaluator,
+                                        make_evaluator)
+from ticketlab.search.evaluators.delta import TOLERANCE
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 

@@ -6,6 +6,8 @@ import torch
 
 from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, SearchConfig, TicketlabError, TrainConfig
 from ticketlab.search import stage as stage_module
+from ticketlab.search.base import SamplingSearcher
+from ticketlab.search.searchers import SEARCHERS
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.prune import prune
 from ticketlab.training.stage import train
@@ -157,3 +159,42 @@ def test_validation_size_effect_table(tmp_path, capsys):
     assert [row["val_size"] for row in rows] == [20, 100, 200]
     assert rows[-1]["val_rest_acc"] is None and rows[0]["val_rest_acc"] is not None
     assert all(row["gap_to_test"] == pytest.approx(row["search_score"] - row["test_acc"]) for row in rows)
+
+
+class LayerByLayer(SamplingSearcher):
+    """A searcher as a user would add one: random masks that keep the same share of every layer."""
+
+    name = "layer-by-layer"
+    label = "layer by layer"
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.method == cls.name and cfg.layer_min:
+            raise TicketlabError("layer-by-layer keeps every layer's share; it has no layer_min")
+
+    @classmethod
+    def build(cls, evaluator, cfg, generator, features):
+        searcher = cls(evaluator, cfg.budget, generator)
+        searcher.sparsity = cfg.sparsity
+        return searcher
+
+    def sample(self):
+        keep = torch.zeros(self.evaluator.space.size, dtype=torch.bool)
+        for layer in self.evaluator.space.layers:
+            size = layer.slice.stop - layer.slice.start
+            kept = size - round(size * self.sparsity)
+            keep[layer.slice.start + torch.randperm(size, generator=self.generator)[:kept]] = True
+        return keep
+
+
+def test_a_new_searcher_is_one_class_and_one_registry_entry(mlp, runtime, monkeypatch):
+    monkeypatch.setitem(SEARCHERS, LayerByLayer.name, LayerByLayer)
+    cfg = dataclasses.replace(WEIGHTS, method="layer-by-layer", budget=12)
+    result = search(mlp, cfg, runtime)
+    assert result.summary["evaluations"] == 12 and result.summary["method"] == "layer-by-layer"
+    assert all(layer.sparsity == pytest.approx(0.8, abs=0.01) for layer in result.mask().layers())
+    assert search(mlp, cfg, runtime).cached
+    with pytest.raises(TicketlabError, match="layer-by-layer keeps every layer's share"):
+        search(mlp, dataclasses.replace(cfg, layer_min=0.1), runtime)
+    with pytest.raises(TicketlabError, match="unknown method 'other'; expected one of anneal, random, greedy"):
+        search(mlp, dataclasses.replace(cfg, method="other"), runtime)

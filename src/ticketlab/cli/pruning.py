@@ -10,6 +10,7 @@ from ticketlab.cli.flags import (Result, add_config_flags, add_run_flag, add_run
                                 runtime_from_args)
 from ticketlab.cli.report import figures_hint
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, coerce
+from ticketlab.search.searchers import SEARCHERS
 
 
 def cmd_prune(args: argparse.Namespace) -> Result:
@@ -131,7 +132,7 @@ def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
     search = commands.add_parser("search", help="search a mask: simulated annealing, REINFORCE, or random / greedy "
                                  "baselines", formatter_class=formatter)
-    search.add_argument("method", choices=["anneal", "random", "greedy", "reinforce"], help="search method")
+    search.add_argument("method", choices=list(SEARCHERS), help="search method")
     add_run_flag(search)
     add_config_flags(search, SearchConfig, "search", skip=("method",))
     search.add_argument("--val-sizes", default="",

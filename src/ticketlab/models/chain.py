@@ -7,7 +7,7 @@ the tensor needs one. Any other model (a residual add, pooling, a model torch.fx
 has no chain: None. Nothing is read from the model's class, so a subclass, a zoo model and a
 user's own model are judged alike, by what their forward computes.
 
-The search evaluators (search/evaluator.py, search/incremental.py) use the chain to compute a
+The search evaluators (search/evaluators/chain.py and delta.py) use the chain to compute a
 forward pass layer by layer with the same operations the model's forward uses.
 """
 

@@ -25,21 +25,17 @@ of its inputs and the generator, and its state can be saved and resumed exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from ticketlab.config import SearchConfig, TicketlabError
+from ticketlab.search.base import (CHECKPOINT_EVERY, Checkpoint, Evaluator, Searcher, SearchResult, SearchState,
+                                   check_common, history_row)
 from ticketlab.search.moves import Moves, Tabu, next_h
-from ticketlab.search.reference import METRICS
-from ticketlab.training.progress import Progress
 
-Checkpoint = Callable[[dict[str, Any]], None]
-CHECKPOINT_EVERY = 200  # evaluations between saved states
 CALIBRATION_MOVES = 20
 INITIAL_ACCEPTANCE = 0.1  # default mode: the probability of accepting an average worsening move at T0
 FINAL_TEMPERATURE = 1e-3  # default mode: a segment's last temperature, as a fraction of T0
@@ -72,50 +68,7 @@ THESIS = {
 }
 DEFAULT = Plan("current", t0=None, cooling=None, h_decay=None)
 
-METHODS = ("anneal", "random", "greedy", "reinforce")
-MODES = ("default", "thesis")
-GRANULARITIES = ("weight", "filter")
 NEIGHBOURHOODS = ("sawtooth", "geometric")
-
-
-def check_config(cfg: SearchConfig) -> None:
-    """Raise a one-line TicketlabError for any value a search cannot run with."""
-    for name, allowed in (("method", METHODS), ("mode", MODES), ("granularity", GRANULARITIES),
-                          ("metric", METRICS), ("neighbourhood", NEIGHBOURHOODS)):
-        if getattr(cfg, name) not in allowed:
-            raise TicketlabError(f"unknown {name} {getattr(cfg, name)!r}; expected one of {', '.join(allowed)}")
-    if not 0 < cfg.sparsity < 1:
-        raise TicketlabError(f"search sparsity must be in (0, 1), got {cfg.sparsity}")
-    if cfg.budget < 1:
-        raise TicketlabError(f"the search budget must be at least 1 evaluation, got {cfg.budget}")
-    if not 0 <= cfg.layer_min < 1:
-        raise TicketlabError(f"layer_min must be in [0, 1), got {cfg.layer_min}")
-    if cfg.t0 is not None and cfg.t0 < 0:
-        raise TicketlabError(f"the initial temperature t0 must be at least 0, got {cfg.t0}")
-    if cfg.cooling is not None and not 0 < cfg.cooling <= 1:
-        raise TicketlabError(f"cooling must be in (0, 1], got {cfg.cooling}")
-    for name in ("restarts", "tabu", "train_steps"):
-        if (getattr(cfg, name) or 0) < 0:
-            raise TicketlabError(f"{name} must be at least 0, got {getattr(cfg, name)}")
-    if cfg.restarts and cfg.mode == "thesis":
-        raise TicketlabError("restarts are not part of the thesis's algorithm; use them with --mode default")
-    if cfg.val_size is not None and cfg.val_size < 1:
-        raise TicketlabError(f"val_size must be at least 1 image, got {cfg.val_size}")
-    if not cfg.policy_lr > 0:
-        raise TicketlabError(f"policy_lr must be above 0, got {cfg.policy_lr}")
-    if not cfg.entropy >= 0:
-        raise TicketlabError(f"the entropy bonus must be at least 0, got {cfg.entropy}")
-    if not 0 <= cfg.baseline_decay < 1:
-        raise TicketlabError(f"baseline_decay must be in [0, 1), got {cfg.baseline_decay}")
-    for name in ("episodes", "hidden"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise TicketlabError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.reward_sign not in (1, -1):
-        raise TicketlabError(f"reward_sign must be 1 or -1, got {cfg.reward_sign}")
-    if cfg.reward_sign != 1 and not (cfg.method == "reinforce" and cfg.mode == "thesis"):
-        raise TicketlabError("reward_sign belongs to the earlier attempt's update; use it with reinforce --mode thesis")
-    if cfg.method == "reinforce" and cfg.mode == "thesis" and cfg.granularity != "filter":
-        raise TicketlabError("reinforce's thesis mode is the earlier attempt's filter agent; use --granularity filter")
 
 
 def plan_for(cfg: SearchConfig) -> Plan:
@@ -138,106 +91,15 @@ def accept(delta: float, temperature: float, generator: torch.Generator) -> bool
     return float(torch.rand((), generator=generator)) < math.exp(-delta / temperature)
 
 
-@dataclass
-class SearchResult:
-    """A finished search: the best mask evaluated (flat keep-vector) and its score, one
-    history row per evaluation, and, in thesis mode, the mask the thesis's rule picks."""
-
-    best: torch.Tensor
-    best_score: float
-    history: list[dict[str, Any]]
-    evaluations: int
-    best_mean: torch.Tensor | None = None  # thesis rule: the current mask when the running mean peaked
-    best_mean_score: float | None = None  # that running mean
-    t0: float | None = None
-
-
-@dataclass
-class SearchState:
-    """Everything a search needs to go on from where it is (saved as plain data)."""
-
-    step: int  # evaluations spent
-    current: torch.Tensor
-    current_score: float
-    best: torch.Tensor
-    best_score: float
-    t0: float | None = None
-    temperature: float | None = None
-    h: int | None = None
-    peak: int | None = None
-    iters: float = 1.0
-    iters_done: int = 0
-    accepted: list[float] = field(default_factory=list)  # the running mean's terms at this temperature
-    best_mean: torch.Tensor | None = None
-    best_mean_score: float | None = None
-    tabu: list[Any] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    rng: torch.Tensor | None = None
-
-
-def history_row(state: SearchState, candidate: float, accepted: bool, temperature: float | None = None,
-                h: int | None = None, mean: float | None = None, current: float | None = None) -> dict[str, Any]:
-    return {"step": state.step, "temperature": temperature, "h": h, "candidate": candidate,
-            "current": current, "mean": mean, "best": state.best_score, "accepted": accepted}
-
-
-class Searcher:
-    """The loop every searcher shares: spend the budget one evaluation at a time, with a
-    progress bar, saving the state every `checkpoint_every` evaluations."""
-
-    label = "search"
-
-    def __init__(self, evaluator: Any, budget: int, generator: torch.Generator):
-        self.evaluator, self.budget, self.generator = evaluator, budget, generator
-
-    def begin(self, start: torch.Tensor | None) -> SearchState:
-        raise NotImplementedError
-
-    def resume(self, state: SearchState) -> None:
-        """Rebuild what the searcher derives from a saved state."""
-
-    def iterate(self, state: SearchState) -> None:
-        raise NotImplementedError
-
-    def snapshot(self, state: SearchState) -> dict[str, Any]:
-        """The state as plain data. Its tensors are never changed in place and history rows never
-        after they are written, so copying the lists (not their items) is a snapshot."""
-        state.rng = self.generator.get_state()
-        values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-        return {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
-
-    def evaluate(self, keep: torch.Tensor) -> float:
-        return float(self.evaluator.score(keep))
-
-    def run(self, start: torch.Tensor | None, *, progress: bool = True, resume: dict[str, Any] | None = None,
-            checkpoint: Checkpoint | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> SearchResult:
-        if resume is not None:
-            state = SearchState(**resume)
-            self.generator.set_state(state.rng)
-            self.resume(state)
-        else:
-            state = self.begin(start)
-        bar = Progress(self.budget, self.label, progress, initial=state.step, unit="eval")
-        try:
-            while state.step < self.budget:
-                self.iterate(state)
-                bar.update()
-                bar.note(best=state.best_score)
-                if checkpoint is not None and state.step % checkpoint_every == 0 and state.step < self.budget:
-                    checkpoint(self.snapshot(state))
-        finally:
-            bar.close()
-        return SearchResult(state.best, state.best_score, state.history, state.step,
-                            state.best_mean, state.best_mean_score, state.t0)
-
-
 class Annealer(Searcher):
     """Simulated annealing (and, at zero temperature, greedy hill climbing) by swap moves."""
 
-    def __init__(self, evaluator: Any, plan: Plan, cfg: SearchConfig, generator: torch.Generator,
-                 label: str = "anneal"):
+    name = "anneal"
+    label = "anneal"
+
+    def __init__(self, evaluator: Evaluator, plan: Plan, cfg: SearchConfig, generator: torch.Generator):
         super().__init__(evaluator, cfg.budget, generator)
-        self.plan, self.label = plan, label
+        self.plan = plan
         self.moves = Moves.from_space(evaluator.space, cfg.layer_min)
         self.tabu = Tabu(plan.tabu, plan.radius)
         # Default mode spends a few evaluations on calibrating T0, then splits the rest into
@@ -247,6 +109,26 @@ class Annealer(Searcher):
         segments = plan.restarts + 1
         self.segment = max(1, (self.budget - self.first) // segments)
         self.restarts = {self.first + i * self.segment for i in range(1, segments)}
+
+    @classmethod
+    def check(cls, cfg: SearchConfig) -> None:
+        if cfg.neighbourhood not in NEIGHBOURHOODS:
+            raise TicketlabError(f"unknown neighbourhood {cfg.neighbourhood!r}; expected one of "
+                                 f"{', '.join(NEIGHBOURHOODS)}")
+        if cfg.t0 is not None and cfg.t0 < 0:
+            raise TicketlabError(f"the initial temperature t0 must be at least 0, got {cfg.t0}")
+        if cfg.cooling is not None and not 0 < cfg.cooling <= 1:
+            raise TicketlabError(f"cooling must be in (0, 1], got {cfg.cooling}")
+        for name in ("restarts", "tabu"):
+            if (getattr(cfg, name) or 0) < 0:
+                raise TicketlabError(f"{name} must be at least 0, got {getattr(cfg, name)}")
+        if cfg.restarts and cfg.mode == "thesis":
+            raise TicketlabError("restarts are not part of the thesis's algorithm; use them with --mode default")
+
+    @classmethod
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
+        return cls(evaluator, plan_for(cfg), cfg, generator)
 
     def begin(self, start: torch.Tensor | None) -> SearchState:
         start = start.to("cpu", torch.bool).clone()
@@ -357,7 +239,7 @@ def fitted_h_decay(h0: int, steps: float, sawtooth: bool) -> float:
     return math.exp(-rate / max(steps, 1.0))
 
 
-def anneal(evaluator: Any, start: torch.Tensor, cfg: SearchConfig, generator: torch.Generator, *,
+def anneal(evaluator: Evaluator, start: torch.Tensor, cfg: SearchConfig, generator: torch.Generator, *,
            progress: bool = True, resume: dict[str, Any] | None = None, checkpoint: Checkpoint | None = None,
            checkpoint_every: int = CHECKPOINT_EVERY) -> SearchResult:
     """Simulated annealing from `start` (a flat keep-vector of evaluator.space) for cfg.budget evaluations.
@@ -367,6 +249,7 @@ def anneal(evaluator: Any, start: torch.Tensor, cfg: SearchConfig, generator: to
     `checkpoint` receives the search's state every `checkpoint_every` evaluations; passing a
     saved state as `resume` goes on from it exactly as if the search had not stopped.
     """
-    check_config(cfg)
+    check_common(cfg)
+    Annealer.check(cfg)
     return Annealer(evaluator, plan_for(cfg), cfg, generator).run(
         start, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

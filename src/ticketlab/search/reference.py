@@ -3,7 +3,7 @@
 For every candidate mask the thesis reloaded the checkpoint from disk into the network,
 multiplied the mask into the weights in place, and scored the network in eval mode on a
 fixed subset of training images, in batches of 256 (its data loaders' size). The fast
-evaluator (search.evaluator) must return exactly, bit for bit, what this returns;
+evaluator (search.evaluators) must return exactly, bit for bit, what this returns;
 tests/test_search_evaluator.py checks it and bench/search_evaluator.py times both.
 
 `objective` fixes how logits become a score, for both: accuracy, or minus the mean

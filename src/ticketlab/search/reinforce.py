@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.config import SearchConfig
-from ticketlab.search.anneal import CHECKPOINT_EVERY, Checkpoint, SearchResult, SearchState, check_config
-from ticketlab.search.baselines import RandomSearch
+from ticketlab.config import SearchConfig, TicketlabError
+from ticketlab.search.base import (CHECKPOINT_EVERY, Checkpoint, Evaluator, SamplingSearcher, Searcher,
+                                   SearchResult, SearchState, check_common)
 from ticketlab.search.space import Layer
 
 DEFAULT_HIDDEN = 64
@@ -156,14 +156,16 @@ def log_prob(scores: torch.Tensor, order: torch.Tensor, layers: list[Layer],
     return total, torch.cat(entropies).mean()
 
 
-class Reinforce(RandomSearch):
-    """REINFORCE over exact-count masks (default mode), or the earlier attempt's agent (thesis mode): random
-    search whose masks come from a policy that learns from their scores."""
+class Reinforce(SamplingSearcher):
+    """REINFORCE over exact-count masks (default mode), or the earlier attempt's agent (thesis mode): masks
+    drawn from a policy that learns from their scores."""
 
+    name = "reinforce"
     label = "reinforce"
+    needs_features = True
 
-    def __init__(self, evaluator: Any, cfg: SearchConfig, generator: torch.Generator, features: torch.Tensor):
-        super().__init__(evaluator, cfg, generator)
+    def __init__(self, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, features: torch.Tensor):
+        super().__init__(evaluator, cfg.budget, generator)
         space = evaluator.space
         if features.shape[0] != space.size:
             raise ValueError(f"features for {features.shape[0]} units, but the space has {space.size}")
@@ -182,6 +184,41 @@ class Reinforce(RandomSearch):
         self.baseline: float | None = None
         self.pending: list[tuple[torch.Tensor, float]] = []  # (order, reward) of this batch's episodes so far
         self.saved: dict[str, Any] | None = None
+
+    @classmethod
+    def check(cls, cfg: SearchConfig) -> None:
+        if not cfg.policy_lr > 0:
+            raise TicketlabError(f"policy_lr must be above 0, got {cfg.policy_lr}")
+        if not cfg.entropy >= 0:
+            raise TicketlabError(f"the entropy bonus must be at least 0, got {cfg.entropy}")
+        if not 0 <= cfg.baseline_decay < 1:
+            raise TicketlabError(f"baseline_decay must be in [0, 1), got {cfg.baseline_decay}")
+        for name in ("episodes", "hidden"):
+            if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+                raise TicketlabError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+        if cfg.reward_sign not in (1, -1):
+            raise TicketlabError(f"reward_sign must be 1 or -1, got {cfg.reward_sign}")
+        thesis = cfg.method == cls.name and cfg.mode == "thesis"
+        if cfg.reward_sign != 1 and not thesis:
+            raise TicketlabError("reward_sign belongs to the earlier attempt's update; use it with reinforce "
+                                 "--mode thesis")
+        if thesis and cfg.granularity != "filter":
+            raise TicketlabError("reinforce's thesis mode is the earlier attempt's filter agent; use --granularity "
+                                 "filter")
+
+    @classmethod
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
+        if features is None:
+            raise TicketlabError("reinforce needs the units' features (search.features.unit_features)")
+        return cls(evaluator, cfg, generator, features)
+
+    @classmethod
+    def summarise(cls, found: SearchResult) -> dict[str, Any]:
+        """Where the policy ended: its entropy, from the first episode's, and the reward baseline."""
+        first, last = found.history[0], found.history[-1]
+        return {"policy": {"first_entropy": first["entropy"], "final_entropy": last["entropy"],
+                           "final_baseline": last["baseline"]}}
 
     # --- resume: the agent's own state travels beside the SearchState fields --------------
 
@@ -258,12 +295,13 @@ class Reinforce(RandomSearch):
         self.pending = []
 
 
-def reinforce(evaluator: Any, features: torch.Tensor, cfg: SearchConfig, generator: torch.Generator, *,
+def reinforce(evaluator: Evaluator, features: torch.Tensor, cfg: SearchConfig, generator: torch.Generator, *,
               progress: bool = True, resume: dict[str, Any] | None = None, checkpoint: Checkpoint | None = None,
               checkpoint_every: int = CHECKPOINT_EVERY) -> SearchResult:
     """cfg.budget episodes of the REINFORCE agent (cfg.mode default) or of the earlier attempt's agent
     (thesis) over evaluator.space at cfg.sparsity, `features` one row per unit (search.features);
     `accepted` in the history marks a new best. Resumes exactly from a saved state, as annealing does."""
-    check_config(cfg)
+    check_common(cfg)
+    Reinforce.check(cfg)
     return Reinforce(evaluator, cfg, generator, features).run(
         None, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

@@ -12,8 +12,8 @@ the mask the thesis's rule picks (the current mask when the running mean of acce
 peaked): that mean is an average over several masks, so the mask it credits may itself
 never have scored that high. Both are scored on the held-out data in summary.json.
 
-REINFORCE (search.reinforce) starts from no mask; its search.png is the agent's learning
-curve. An interrupted search resumes exactly: its state is saved every CHECKPOINT_EVERY
+REINFORCE (search.reinforce) and random search start from no mask; the report draws each
+search's history (for REINFORCE, the agent's learning curve). An interrupted search resumes exactly: its state is saved every CHECKPOINT_EVERY
 evaluations (state.pt), and a rerun goes on from it as if it had never stopped.
 """
 
@@ -33,14 +33,13 @@ from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError, non_default
 from ticketlab.data import load_data
 from ticketlab.data.load import Dataset, Split
-from ticketlab.search.anneal import CHECKPOINT_EVERY, SearchResult, anneal, check_config
-from ticketlab.search.baselines import greedy, random_search
-from ticketlab.search.evaluator import make_evaluator
+from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, SearchResult
+from ticketlab.search.evaluators import make_evaluator
 from ticketlab.search.features import unit_features
 from ticketlab.search.history import read_history, write_history
 from ticketlab.search.moves import Moves
 from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
-from ticketlab.search.reinforce import reinforce
+from ticketlab.search.searchers import check_config
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -127,7 +126,7 @@ def _start_from_run(cfg: SearchConfig, model: nn.Module, space: SearchSpace, run
     return keep
 
 
-def held_out_scores(evaluator_on: Callable[[Split, str], Any], keep: torch.Tensor,
+def held_out_scores(evaluator_on: Callable[[Split, str], Evaluator], keep: torch.Tensor,
                     splits: dict[str, Split]) -> dict[str, dict[str, float] | None]:
     """Accuracy and loss of a mask, scored as the objective is (same checkpoint and training), on each split."""
     scores: dict[str, dict[str, float] | None] = {}
@@ -195,29 +194,30 @@ class SearchSetup:
     start: torch.Tensor | None
     features: torch.Tensor | None
     generator: torch.Generator
-    evaluator: Any
-    evaluator_on: Callable[[Split, str], Any]
+    evaluator: Evaluator
+    evaluator_on: Callable[[Split, str], Evaluator]
 
 
 def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup:
     device, data, model, weights, objective, rest = _at_checkpoint(train, cfg, runtime)
     space = weight_space(model) if cfg.granularity == "weight" else unit_space(model)
     generator = torch.Generator().manual_seed(cfg.seed)
+    searcher = check_config(cfg)
     # Every input is checked before anything is written.
-    if cfg.method in ("random", "reinforce"):  # they start from no mask
+    if not searcher.starts_from_mask:
         start = None
         space.random(cfg.sparsity, torch.Generator(), cfg.layer_min)  # a throwaway draw: do the floors fit?
     else:
         start = start_mask(cfg, model, space, train, objective, generator, runtime.runs_dir)
         Moves.from_space(space, cfg.layer_min).check(start, f"the {cfg.start} start mask")
 
-    def evaluator_on(split: Split, metric: str) -> Any:
+    def evaluator_on(split: Split, metric: str) -> Evaluator:
         # Candidates that train first do so on the training images, with the run's optimiser and batch size.
         return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
                               train_config=train.training, train_data=data.train, exact=cfg.exact)
 
     # The agent's state, read before the evaluator takes the model over.
-    features = unit_features(model, space) if cfg.method == "reinforce" else None
+    features = unit_features(model, space) if searcher.needs_features else None
     return SearchSetup(device, data, space, objective, rest, start, features, generator,
                        evaluator_on(objective, cfg.metric), evaluator_on)
 
@@ -227,8 +227,9 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     state = run.file(paths.SEARCH_STATE)
     resume = load_checkpoint(state) if state.exists() else None
     started = time.perf_counter()
-    found = _run_method(setup.evaluator, setup.start, setup.features, cfg, setup.generator, runtime.progress, resume,
-                        lambda snapshot: atomic_torch_save(snapshot, state))
+    searcher = check_config(cfg).build(setup.evaluator, cfg, setup.generator, setup.features)
+    found = searcher.run(setup.start, progress=runtime.progress, resume=resume, checkpoint_every=CHECKPOINT_EVERY,
+                         checkpoint=lambda snapshot: atomic_torch_save(snapshot, state))
     seconds = time.perf_counter() - started
     space = setup.space
     summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
@@ -247,18 +248,6 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     return summary
 
 
-def _run_method(evaluator: Any, start: torch.Tensor | None, features: torch.Tensor | None, cfg: SearchConfig,
-                generator: torch.Generator, progress: bool, resume: dict[str, Any] | None,
-                checkpoint: Any) -> SearchResult:
-    common = dict(progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY)
-    if cfg.method == "random":
-        return random_search(evaluator, cfg, generator, **common)
-    if cfg.method == "reinforce":
-        return reinforce(evaluator, features, cfg, generator, **common)
-    method = greedy if cfg.method == "greedy" else anneal
-    return method(evaluator, start, cfg, generator, **common)
-
-
 def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds: float, *, resumed_from: int,
              objective_images: int, held_out_images: int) -> dict[str, Any]:
     summary: dict[str, Any] = {
@@ -273,8 +262,4 @@ def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds
     }
     if found.best_mean is not None:
         summary["best_running_mean"] = {"score": found.best_mean_score}
-    if cfg.method == "reinforce":  # where the policy ended: its entropy, from the first episode's
-        first, last = found.history[0], found.history[-1]
-        summary["policy"] = {"first_entropy": first["entropy"], "final_entropy": last["entropy"],
-                             "final_baseline": last["baseline"]}
-    return summary
+    return summary | check_config(cfg).summarise(found)

@@ -19,7 +19,7 @@ from ticketlab.experiments.sections.base import Context, Described, Section, as_
 from ticketlab.experiments.study import Node
 from ticketlab.lottery.levels import check_settings, level_run
 from ticketlab.lottery.retrain import Setting
-from ticketlab.search.anneal import check_config
+from ticketlab.search.searchers import check_config
 from ticketlab.search.stage import search_run_handle
 from ticketlab.sparsity.prune import check_prune_config, prune_run_handle
 from ticketlab.sparsity.schedules import check_sparsity

@@ -41,7 +41,7 @@ the reference's only if its two largest delta logits are within 2 * TOLERANCE of
 other (each logit is within TOLERANCE of the reference's), and such images are predicted
 again by an exact forward pass of their batch of SCORE_BATCH images, computed as the
 reference computes it. The loss has no such certificate: with exact=True a loss objective
-gets the bit-exact search.evaluator.IncrementalEvaluator instead.
+gets the bit-exact search.evaluators.chain.IncrementalEvaluator instead.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from torch import nn
 
 from ticketlab.config import TicketlabError
 from ticketlab.models.chain import ChainStep
-from ticketlab.search.evaluator import Evaluator
+from ticketlab.search.evaluators.base import Evaluator
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask

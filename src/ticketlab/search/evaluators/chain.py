@@ -1,0 +1,182 @@
+"""The incremental evaluator: a chain of layers (models/chain.py) recomputed from the first layer a
+mask changes, and there only for the units it changed (see search/evaluators/__init__.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.config import TicketlabError
+from ticketlab.models.chain import ChainStep
+from ticketlab.search.evaluators.base import Evaluator
+from ticketlab.search.reference import objective
+from ticketlab.search.space import SearchSpace
+from ticketlab.sparsity.mask import Mask
+
+# Subsets of a layer's output units are computed in multiples of 16 (the channel blocks of
+# oneDNN's convolutions: a thinner one is no faster) and at least 32 (MKL computes a Linear
+# layer of fewer than 12 outputs with another kernel, whose sums round differently).
+ROW_BLOCK, MIN_ROWS = 16, 32
+
+
+class ChainLayer:
+    """A stage's tensors from the checkpoint, and its output units computed under a mask."""
+
+    def __init__(self, model: nn.Module, stage: ChainStep, weights: dict[str, torch.Tensor], device: torch.device):
+        modules = dict(model.named_modules())
+        self.stage, self.module = stage, modules[stage.layer]
+        if isinstance(self.module, nn.Conv2d) and self.module.padding_mode != "zeros":
+            raise TicketlabError(f"{stage.layer}: padding mode {self.module.padding_mode} is not supported")
+        self.norm = modules[stage.norm] if stage.norm else None
+        roles = {"weight": f"{stage.layer}.weight", "bias": f"{stage.layer}.bias"}
+        if stage.norm:
+            roles |= {"norm_weight": f"{stage.norm}.weight", "norm_bias": f"{stage.norm}.bias"}
+        self.names = {role: name for role, name in roles.items() if name in weights}  # role -> parameter
+        self.tensors = {role: weights[name].to(device) for role, name in self.names.items()}
+        if self.norm is not None:
+            self.running = (weights[f"{stage.norm}.running_mean"].to(device),
+                            weights[f"{stage.norm}.running_var"].to(device))
+        self.rows = self.tensors["weight"].shape[0]
+
+    def changed_rows(self, new: Mask, old: Mask) -> torch.Tensor:
+        """Which output units the two masks treat differently (their weights, bias or BatchNorm)."""
+        changed = torch.zeros(self.rows, dtype=torch.bool)
+        for name in self.names.values():
+            if name in new and not torch.equal(new[name], old[name]):
+                changed |= (new[name] != old[name]).reshape(self.rows, -1).any(1)
+        return changed
+
+    def live_rows(self, mask: Mask) -> torch.Tensor:
+        """The output units that can be nonzero under the mask: a unit whose weights, bias and
+        BatchNorm scale and shift are all pruned outputs exact zeros."""
+        def kept(role: str, absent: bool) -> torch.Tensor:
+            name = self.names.get(role)
+            if name is None:
+                return torch.full((self.rows,), absent)
+            return mask[name].reshape(self.rows, -1).any(1) if name in mask else torch.ones(self.rows, dtype=torch.bool)
+
+        live = kept("weight", False) | kept("bias", False)
+        if self.norm is not None:
+            # BatchNorm maps a zero to -mean / std * scale + shift; without scale or shift it cannot be zeroed.
+            live |= kept("norm_weight", True) | kept("norm_bias", True)
+        return live
+
+    def rows_to_compute(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Indices of `rows`, padded with others to a multiple of ROW_BLOCK and at least
+        MIN_ROWS; None when that is all of them."""
+        wanted = max(MIN_ROWS, -(-int(rows.sum()) // ROW_BLOCK) * ROW_BLOCK)
+        if wanted >= self.rows:
+            return None
+        rows = rows.clone()
+        rows[(~rows).nonzero().flatten()[:wanted - int(rows.sum())]] = True
+        return rows.nonzero().flatten()
+
+    def forward(self, inputs: list[torch.Tensor], mask: Mask, rows: torch.Tensor | None) -> list[torch.Tensor]:
+        """The stage's output on each batch, for the output units `rows` (None: all)."""
+        def masked(role: str) -> torch.Tensor | None:
+            if role not in self.tensors:
+                return None
+            tensor = self.tensors[role] if rows is None else self.tensors[role][rows]
+            keep = mask.get(self.names[role])
+            if keep is None:
+                return tensor
+            return tensor * (keep if rows is None else keep[rows]).to(tensor.device)
+
+        weight, bias = masked("weight"), masked("bias")
+        if self.norm is not None:
+            mean, var = self.running if rows is None else (self.running[0][rows], self.running[1][rows])
+            scale, shift = masked("norm_weight"), masked("norm_bias")
+        outputs = []
+        for x in inputs:
+            if self.stage.flatten:
+                x = x.flatten(1)
+            if isinstance(self.module, nn.Conv2d):
+                m = self.module
+                out = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+            else:
+                out = F.linear(x, weight, bias)
+            if self.norm is not None and self.stage.norm_first:
+                out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
+            if self.stage.relu:
+                out = F.relu(out)
+            if self.norm is not None and not self.stage.norm_first:
+                out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
+            outputs.append(out)
+        return outputs
+
+
+@dataclass
+class Snapshot:
+    """A mask scored, with every stage's output on every batch under it."""
+
+    mask: Mask
+    outputs: list[list[torch.Tensor]]
+    score: float
+
+
+class IncrementalEvaluator(Evaluator):
+    """Recomputes only what a mask changed since one of the last two masks scored (see the module doc)."""
+
+    KEEP = 2  # snapshots kept: a search's current mask and its latest candidate
+
+    def __init__(self, model: nn.Module, stages: list[ChainStep], weights: dict[str, torch.Tensor],
+                 space: SearchSpace, x: torch.Tensor, y: torch.Tensor, metric: str):
+        super().__init__(space, x, y, metric)
+        self.layers = [ChainLayer(model, stage, weights, x.device) for stage in stages]
+        self.snapshots: list[Snapshot] = []
+
+    def first_change(self, snapshot: Snapshot, mask: Mask) -> int:
+        """The first stage whose output the mask changes (len(stages) if none)."""
+        for k, layer in enumerate(self.layers):
+            if any(name in mask and not torch.equal(mask[name], snapshot.mask[name]) for name in layer.names.values()):
+                return k
+        return len(self.layers)
+
+    @torch.inference_mode()
+    def _score(self, mask: Mask) -> float:
+        base, first = None, 0
+        for snapshot in self.snapshots:  # most recent first: it wins ties
+            k = self.first_change(snapshot, mask)
+            if base is None or k > first:
+                base, first = snapshot, k
+        if base is not None and first == len(self.layers):  # scored before
+            self.snapshots = [base, *(s for s in self.snapshots if s is not base)]
+            return base.score
+        inputs = [xb for xb, _ in self.batches]
+        outputs = []
+        for k, layer in enumerate(self.layers):
+            if base is not None and k < first:
+                out = base.outputs[k]
+            elif base is not None and k == first:
+                out = self.update(layer, inputs, mask, base, k)
+            else:
+                out = self.recompute(layer, inputs, mask)
+            outputs.append(out)
+            inputs = out
+        score = objective(zip(outputs[-1], (yb for _, yb in self.batches)), self.metric)
+        self.snapshots = [Snapshot(mask, outputs, score), *([base] if base is not None else [])][:self.KEEP]
+        return score
+
+    @staticmethod
+    def update(layer: ChainLayer, inputs: list[torch.Tensor], mask: Mask, base: Snapshot, k: int) -> list[torch.Tensor]:
+        """The base snapshot's output of stage k with the units whose weights changed recomputed."""
+        rows = layer.rows_to_compute(layer.changed_rows(mask, base.mask))
+        if rows is None:
+            return layer.forward(inputs, mask, None)
+        return [old.clone().index_copy_(1, rows.to(old.device), new)
+                for old, new in zip(base.outputs[k], layer.forward(inputs, mask, rows))]
+
+    @staticmethod
+    def recompute(layer: ChainLayer, inputs: list[torch.Tensor], mask: Mask) -> list[torch.Tensor]:
+        """Stage output from new inputs: only the units that can be nonzero are computed."""
+        rows = layer.rows_to_compute(layer.live_rows(mask))
+        if rows is None:
+            return layer.forward(inputs, mask, None)
+        outputs = []
+        for new in layer.forward(inputs, mask, rows):
+            shape = (new.shape[0], layer.rows, *new.shape[2:])
+            outputs.append(new.new_zeros(shape).index_copy_(1, rows.to(new.device), new))
+        return outputs

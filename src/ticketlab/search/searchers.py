@@ -1,0 +1,32 @@
+"""Mask searchers, by name. Adding one is a new file (a search.base.Searcher) and one line in SEARCHERS."""
+
+from __future__ import annotations
+
+from ticketlab.config import SearchConfig, TicketlabError
+from ticketlab.search.anneal import Annealer
+from ticketlab.search.base import Searcher, check_common
+from ticketlab.search.baselines import Greedy, RandomSearch
+from ticketlab.search.reinforce import Reinforce
+
+SEARCHERS: dict[str, type[Searcher]] = {searcher.name: searcher for searcher in (
+    Annealer,
+    RandomSearch,
+    Greedy,
+    Reinforce,
+)}
+
+
+def get_searcher(name: str) -> type[Searcher]:
+    if name not in SEARCHERS:
+        raise TicketlabError(f"unknown method {name!r}; expected one of {', '.join(SEARCHERS)}")
+    return SEARCHERS[name]
+
+
+def check_config(cfg: SearchConfig) -> type[Searcher]:
+    """The searcher cfg.method names, once every option of cfg is checked (one-line TicketlabErrors):
+    the shared ones, then each searcher's own."""
+    searcher = get_searcher(cfg.method)
+    check_common(cfg)
+    for each in SEARCHERS.values():
+        each.check(cfg)
+    return searcher
