@@ -158,6 +158,8 @@ def test_the_budget_is_spent_exactly(cfg, method, budget):
 @pytest.mark.parametrize("method, cfg", [(anneal, SearchConfig(granularity="filter", budget=90, restarts=1)),
                                          (anneal, SearchConfig(granularity="weight", budget=90, mode="thesis")),
                                          (greedy, SearchConfig(granularity="filter", budget=90)),
+                                         (anneal, SearchConfig(granularity="filter", budget=90,
+                                                               neighbourhood="adaptive", start="magnitude")),
                                          (random_search, SearchConfig(granularity="filter", budget=90))])
 def test_a_search_resumes_exactly_from_a_saved_state(method, cfg):
     saved = []
@@ -166,6 +168,30 @@ def test_a_search_resumes_exactly_from_a_saved_state(method, cfg):
     resumed = run(cfg, seed=99, method=method, resume=saved[1])  # the seed is overridden by the saved stream
     assert resumed.history == whole.history and torch.equal(resumed.best, whole.best)
     assert resumed.best_mean_score == whole.best_mean_score
+
+
+def test_an_adaptive_neighbourhood_follows_the_share_of_improving_moves():
+    space = toy_space(200, 200)
+    target = space.random(0.8, torch.Generator().manual_seed(1))
+    # From a random start h begins at its largest and shrinks as improvements get rare.
+    cfg = SearchConfig(granularity="filter", budget=400, neighbourhood="adaptive")
+    found = run(cfg, evaluator=Overlap(space, target))
+    h = [row["h"] for row in found.history[21:]]  # after the 20 calibration moves
+    assert h[0] == 78 and h[-1] < 10  # 80 kept, one per layer held back
+    assert found.best_score > 0.5  # random search: 0.36 at this budget
+    # From a mask of the search's choosing it begins with single swaps; h grows by e^0.08 per
+    # improving move and shrinks by e^-0.02 per other one.
+    space = toy_space(100, 100)
+    cfg = SearchConfig(granularity="filter", budget=60, neighbourhood="adaptive", start="magnitude")
+    scores = [0.5] * 6 + [0.5 + 0.01 * k for k in range(1, 31)] + [0.0] * 24  # start, 5 probes, 30 better, 24 worse
+    seeded = run(cfg, evaluator=Scripted(space, scores))
+    h = [row["h"] for row in seeded.history[6:]]
+    expected, real = [], 1.0
+    for score in scores[6:]:
+        expected.append(max(1, round(real)))
+        real = min(38.0, max(1.0, real * math.exp(0.1 * ((score > 0.5) - 0.2))))
+    assert h == expected and h[0] == 1 and max(h) == h[30] == 11 and h[-1] == 7
+    assert run(cfg, evaluator=Scripted(space, scores)).history == seeded.history  # reproducible
 
 
 @pytest.mark.parametrize("cfg, message", [

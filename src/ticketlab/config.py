@@ -112,7 +112,9 @@ class SearchConfig:
                                     "(default: 1024, or all of validation where it holds fewer)")
     start: str = hp("random", "initial mask: random, a criterion's mask at the searched checkpoint (magnitude, "
                               "snip, ...), or a finished prune or search run's mask (its name or directory)")
-    neighbourhood: str = hp("sawtooth", "schedule of h (units swapped per move): sawtooth (thesis) or geometric")
+    neighbourhood: str = hp("sawtooth", "schedule of h (units swapped per move): sawtooth (thesis), geometric, or "
+                                        "adaptive (h follows the share of moves that improve; single swaps first "
+                                        "from a --start mask)")
     layer_min: float = hp(0.0, "fraction of each layer's units every mask keeps (0: none; 1 unit is always kept)")
     t0: float | None = hp(None, "initial temperature (default: thesis constant, or calibrated from random moves)")
     cooling: float | None = hp(None, "temperature factor per step (default: per mode)")

@@ -18,6 +18,10 @@ and accepting it by the Metropolis rule, until the budget of evaluations is spen
   h shrinks to 1 halfway, leaving the rest of the budget to single swaps. Restarts split
   the budget into equal segments, each starting again from the best mask so far with both
   schedules reset (and fitted to the segment's length).
+- neighbourhood "adaptive" (either mode): no schedule for h; after each move h grows if the
+  move improved on the current mask and shrinks if not, so that about a fifth of the moves
+  improve (Rechenberg's 1/5 success rule). From a random start h begins at its largest; from
+  a start mask of the search's choosing (a criterion's, a run's) at 1.
 
 Every mode also tracks the best single mask evaluated (`best`). A search is a pure function
 of its inputs and the generator, and its state can be saved and resumed exactly.
@@ -40,6 +44,9 @@ CALIBRATION_MOVES = 20
 INITIAL_ACCEPTANCE = 0.1  # default mode: the probability of accepting an average worsening move at T0
 FINAL_TEMPERATURE = 1e-3  # default mode: a segment's last temperature, as a fraction of T0
 H_FALLS_TO_ONE_AT = 0.5  # default mode: the fraction of a segment by which h has shrunk to 1
+# The adaptive neighbourhood (Rechenberg's 1/5 success rule): h grows while more than a fifth of
+# the moves improve on the current mask and shrinks while fewer do, by e^(RATE * (success - 1/5)).
+SUCCESS_TARGET, ADAPT_RATE = 0.2, 0.1
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Plan:
     cooling: float | None  # temperature factor per temperature step
     h_decay: float | None  # factor of h per temperature step
     sawtooth: bool = True
+    adaptive: bool = False  # h follows the success rate of the moves instead of a schedule
     iters: float = 1.0  # evaluations at the first temperature ...
     iters_growth: float = 1.0  # ... times this at each next temperature ...
     iters_cap: float = 1.0  # ... up to this
@@ -68,7 +76,7 @@ THESIS = {
 }
 DEFAULT = Plan("current", t0=None, cooling=None, h_decay=None)
 
-NEIGHBOURHOODS = ("sawtooth", "geometric")
+NEIGHBOURHOODS = ("sawtooth", "geometric", "adaptive")
 
 
 def plan_for(cfg: SearchConfig) -> Plan:
@@ -77,7 +85,8 @@ def plan_for(cfg: SearchConfig) -> Plan:
     return replace(base, t0=base.t0 if cfg.t0 is None else cfg.t0,
                    cooling=base.cooling if cfg.cooling is None else cfg.cooling,
                    tabu=base.tabu if cfg.tabu is None else cfg.tabu,
-                   sawtooth=cfg.neighbourhood == "sawtooth", restarts=cfg.restarts)
+                   sawtooth=cfg.neighbourhood == "sawtooth", adaptive=cfg.neighbourhood == "adaptive",
+                   restarts=cfg.restarts)
 
 
 def accept(delta: float, temperature: float, generator: torch.Generator) -> bool:
@@ -100,6 +109,9 @@ class Annealer(Searcher):
     def __init__(self, evaluator: Evaluator, plan: Plan, cfg: SearchConfig, generator: torch.Generator):
         super().__init__(evaluator, cfg.budget, generator)
         self.plan = plan
+        # An adaptive neighbourhood starts from single swaps when the search starts from a mask of
+        # its own choosing (a criterion's, a run's): big moves from a good mask are all rejected.
+        self.small_first = plan.adaptive and cfg.start != "random"
         self.moves = Moves.from_space(evaluator.space, cfg.layer_min)
         self.tabu = Tabu(plan.tabu, plan.radius)
         # Default mode spends a few evaluations on calibrating T0, then splits the rest into
@@ -153,8 +165,10 @@ class Annealer(Searcher):
         return super().snapshot(state)
 
     def fit(self, keep: torch.Tensor) -> None:
-        """The largest move, h0, and the schedules' factors where the plan leaves them to the budget."""
-        self.h0 = self.moves.max_h(keep)
+        """The largest move, the first one (h0), and the schedules' factors where the plan leaves them
+        to the budget."""
+        self.h_max = self.moves.max_h(keep)
+        self.h0 = 1 if self.small_first else self.h_max
         self.cooling = self.plan.cooling or FINAL_TEMPERATURE ** (1 / self.segment)
         self.h_decay = self.plan.h_decay or fitted_h_decay(self.h0, H_FALLS_TO_ONE_AT * self.segment,
                                                            self.plan.sawtooth)
@@ -180,10 +194,15 @@ class Annealer(Searcher):
     def mean(self, state: SearchState) -> float | None:
         return sum(state.accepted) / len(state.accepted) if self.plan.acceptance == "mean" else None
 
+    def h(self, state: SearchState) -> int:
+        """The units the next move swaps (an adaptive neighbourhood keeps h as a real number)."""
+        return max(1, min(self.h_max, round(state.h)))
+
     def propose(self, state: SearchState) -> torch.Tensor:
+        h = self.h(state)
         for _ in range(max(1, self.plan.tries)):
-            candidate = self.moves.neighbour(state.current, state.h, self.generator)
-            if not self.tabu.seen(candidate, state.h):
+            candidate = self.moves.neighbour(state.current, h, self.generator)
+            if not self.tabu.seen(candidate, h):
                 break
         self.tabu.add(candidate)  # the thesis's rule: after `tries` seen draws, the last one is evaluated anyway
         return candidate
@@ -196,14 +215,18 @@ class Annealer(Searcher):
         state.step += 1
         reference = self.mean(state) if self.plan.acceptance == "mean" else state.current_score
         accepted = accept(reference - score, state.temperature, self.generator)
+        h, improved = self.h(state), score > state.current_score
         if accepted:
             state.current, state.current_score = candidate, score
             if self.plan.acceptance == "mean":
                 state.accepted.append(score)
         if score > state.best_score:
             state.best, state.best_score = candidate, score
-        state.history.append(history_row(state, score, accepted, state.temperature, state.h, self.mean(state),
+        state.history.append(history_row(state, score, accepted, state.temperature, h, self.mean(state),
                                          state.current_score))
+        if self.plan.adaptive:
+            grown = state.h * math.exp(ADAPT_RATE * (float(improved) - SUCCESS_TARGET))
+            state.h = min(float(self.h_max), max(1.0, grown))
         state.iters_done += 1
         if state.iters_done >= int(state.iters):
             self.next_temperature(state)
@@ -214,7 +237,8 @@ class Annealer(Searcher):
             if mean > state.best_mean_score:
                 state.best_mean, state.best_mean_score = state.current, mean
             state.accepted = [mean]
-        state.h, state.peak = next_h(state.h, state.peak, self.h_decay, self.plan.sawtooth)
+        if not self.plan.adaptive:
+            state.h, state.peak = next_h(state.h, state.peak, self.h_decay, self.plan.sawtooth)
         state.temperature *= self.cooling
         state.iters = min(self.plan.iters_cap, state.iters * self.plan.iters_growth)
         state.iters_done = 0
