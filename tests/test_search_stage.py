@@ -198,3 +198,13 @@ def test_a_new_searcher_is_one_class_and_one_registry_entry(mlp, runtime, monkey
         search(mlp, dataclasses.replace(cfg, layer_min=0.1), runtime)
     with pytest.raises(TicketlabError, match="unknown method 'other'; expected one of anneal, random, greedy"):
         search(mlp, dataclasses.replace(cfg, method="other"), runtime)
+
+
+def test_the_best_mask_is_tracked_on_held_out_validation_along_the_search(mlp, runtime):
+    result = search(mlp, dataclasses.replace(WEIGHTS, budget=250, seed=4), runtime)
+    history = result.history()
+    tracked = {row["step"]: row["held_out_best"] for row in history if row["held_out_best"] is not None}
+    assert sorted(tracked) == [100, 200, 250]  # every TRACK_EVERY evaluations, and at the last
+    # the last is the best mask's accuracy on the rest of validation, as the summary reports it
+    assert tracked[250] == result.summary["best"]["held_out"]["val_rest"]["accuracy"]
+    assert all(0 <= value <= 1 for value in tracked.values())

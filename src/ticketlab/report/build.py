@@ -27,6 +27,7 @@ from ticketlab.lottery.report import TICKET, level_row
 from ticketlab.manifest import problem, repair_hint, verified_bytes
 from ticketlab.report import figures
 from ticketlab.report.html import Figure, Section, Table, render
+from ticketlab.search.history import HELD_OUT
 from ticketlab.sparsity.mask import Mask
 from ticketlab.stage import describe, import_stage_kinds
 from ticketlab.store import list_runs, load_checkpoint, read_json, run_status, runs_root
@@ -470,6 +471,10 @@ def _search_figure(history: list[dict[str, str]], metric: str, units: int) -> by
                 "best so far": (steps, column("best"), None)}
         right = ("relative Hamming distance of a move (2h / units)", {"move": (steps, column("h", 2 / units), None)})
         xlabel, dots = "evaluation", ("candidate",)
+    tracked = [row for row in history if row.get(HELD_OUT)]
+    if tracked:  # the best mask so far on validation images the search never saw
+        left["best mask on held-out validation"] = ([_float(row["step"]) for row in tracked],
+                                                    [_float(row[HELD_OUT]) for row in tracked], None)
     return figures.panels({f"objective ({metric}, search images)": left, right[0]: right[1]}, xlabel=xlabel,
                           dots=dots)
 

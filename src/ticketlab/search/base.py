@@ -25,6 +25,7 @@ from ticketlab.search.space import SearchSpace
 from ticketlab.training.progress import Progress
 
 Checkpoint = Callable[[dict[str, Any]], None]
+Observer = Callable[["SearchState"], None]  # sees the state after every step; may add to its last history row
 CHECKPOINT_EVERY = 200  # evaluations between saved states
 MODES = ("default", "thesis")
 GRANULARITIES = ("weight", "filter")
@@ -133,17 +134,22 @@ class Searcher:
         return float(self.evaluator.score(keep))
 
     def run(self, start: torch.Tensor | None, *, progress: bool = True, resume: dict[str, Any] | None = None,
-            checkpoint: Checkpoint | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> SearchResult:
+            checkpoint: Checkpoint | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
+            observe: Observer | None = None) -> SearchResult:
         if resume is not None:
             state = SearchState(**resume)
             self.generator.set_state(state.rng)
             self.resume(state)
         else:
             state = self.begin(start)
+            if observe is not None:
+                observe(state)
         bar = Progress(self.budget, self.label, progress, initial=state.step, unit="eval")
         try:
             while state.step < self.budget:
                 self.iterate(state)
+                if observe is not None:
+                    observe(state)
                 bar.update()
                 bar.note(best=state.best_score)
                 if checkpoint is not None and state.step % checkpoint_every == 0 and state.step < self.budget:

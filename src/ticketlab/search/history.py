@@ -6,6 +6,10 @@ decision), mean (thesis mode: the running mean of accepted scores), best (the be
 so far) and accepted. Cells a searcher has no value for are empty (random search has no
 temperature or h; calibration probes have no temperature).
 
+held_out_best, every TRACK_EVERY evaluations (search.stage): the best mask so far scored on the
+validation images the search never saw, so the report can draw how far the objective and
+held-out accuracy part (the thesis saw its search fit its small validation set).
+
 REINFORCE adds episode (= step: one evaluation per episode), reward, baseline (the moving
 average its advantage was taken against; empty for the first batch, which uses its own
 mean) and entropy (of the policy for that episode); these columns are written only when
@@ -21,13 +25,15 @@ from typing import Any
 from ticketlab.store import atomic_write_text, csv_text, read_csv
 
 COLUMNS = ("step", "temperature", "h", "candidate", "current", "mean", "best", "accepted")
+HELD_OUT = "held_out_best"
 AGENT_COLUMNS = ("episode", "reward", "baseline", "entropy")
 _TYPES = {"step": int, "h": int, "episode": int, "accepted": lambda text: text == "True"}
 
 
 def write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    columns = COLUMNS + (AGENT_COLUMNS if history and AGENT_COLUMNS[0] in history[0] else ())
-    atomic_write_text(path, csv_text([{k: "" if row[k] is None else row[k] for k in columns} for row in history],
+    columns = COLUMNS + ((HELD_OUT,) if any(HELD_OUT in row for row in history) else ()) + \
+        (AGENT_COLUMNS if history and AGENT_COLUMNS[0] in history[0] else ())
+    atomic_write_text(path, csv_text([{k: "" if row.get(k) is None else row[k] for k in columns} for row in history],
                                      columns))
 
 

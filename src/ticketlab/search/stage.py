@@ -19,6 +19,7 @@ evaluations (state.pt), and a rerun goes on from it as if it had never stopped.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -33,10 +34,10 @@ from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError, non_default
 from ticketlab.data import load_data
 from ticketlab.data.load import Dataset, Split
-from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, SearchResult
+from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, SearchResult, SearchState
 from ticketlab.search.evaluators import make_evaluator
 from ticketlab.search.features import unit_features
-from ticketlab.search.history import read_history, write_history
+from ticketlab.search.history import HELD_OUT, read_history, write_history
 from ticketlab.search.moves import Moves
 from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
 from ticketlab.search.searchers import check_config
@@ -50,6 +51,7 @@ from ticketlab.manifest import remove_artifact
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
 CRITERION_BATCH = 64  # validation images a data-driven start criterion scores on
+TRACK_EVERY = 100  # evaluations between scores of the best mask so far on held-out validation
 START_RUN_KINDS = ("prune", "search")  # runs whose mask a search can start from
 
 
@@ -196,6 +198,7 @@ class SearchSetup:
     generator: torch.Generator
     evaluator: Evaluator
     evaluator_on: Callable[[Split, str], Evaluator]
+    tracker: Evaluator | None  # the objective's metric on the rest of validation (None: no images left)
 
 
 def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup:
@@ -216,10 +219,13 @@ def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup
         return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
                               train_config=train.training, train_data=data.train, exact=cfg.exact)
 
-    # The agent's state, read before the evaluator takes the model over.
+    # The agent's state, and the tracker's own copy of the model, before the evaluator takes it over.
     features = unit_features(model, space) if searcher.needs_features else None
+    tracker = make_evaluator(copy.deepcopy(model), weights, space, rest.x, rest.y, metric=cfg.metric,
+                             train_steps=cfg.train_steps, train_config=train.training, train_data=data.train,
+                             incremental=False) if len(rest.y) else None
     return SearchSetup(device, data, space, objective, rest, start, features, generator,
-                       evaluator_on(objective, cfg.metric), evaluator_on)
+                       evaluator_on(objective, cfg.metric), evaluator_on, tracker)
 
 
 def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> dict[str, Any]:
@@ -229,7 +235,8 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     started = time.perf_counter()
     searcher = check_config(cfg).build(setup.evaluator, cfg, setup.generator, setup.features)
     found = searcher.run(setup.start, progress=runtime.progress, resume=resume, checkpoint_every=CHECKPOINT_EVERY,
-                         checkpoint=lambda snapshot: atomic_torch_save(snapshot, state))
+                         checkpoint=lambda snapshot: atomic_torch_save(snapshot, state),
+                         observe=held_out_tracking(setup.tracker, cfg.budget))
     seconds = time.perf_counter() - started
     space = setup.space
     summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
@@ -246,6 +253,24 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     summary.update(device=str(setup.device), threads=runtime.threads)
     remove_artifact(state)  # done with: a kill from here on redoes the search from its start
     return summary
+
+
+def held_out_tracking(tracker: Evaluator | None, budget: int) -> Observer | None:
+    """An observer that, every TRACK_EVERY evaluations and at the last, scores the best mask so
+    far on the held-out images into the step's history row (`held_out_best`). Reported only:
+    nothing is selected on it."""
+    if tracker is None:
+        return None
+    last: list[Any] = [None, None]  # the best mask scored last, and its score
+
+    def observe(state: SearchState) -> None:
+        if state.step % TRACK_EVERY and state.step != budget:
+            return
+        if last[0] is not state.best:
+            last[:] = [state.best, tracker.score(state.best)]
+        state.history[-1][HELD_OUT] = last[1]
+
+    return observe
 
 
 def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds: float, *, resumed_from: int,

@@ -59,7 +59,7 @@ from ticketlab.search.space import SearchSpace
 def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: SearchSpace, x: torch.Tensor,
                    y: torch.Tensor, *, metric: str = "accuracy", train_steps: int = 0,
                    train_config: TrainConfig | None = None, train_data: Split | None = None,
-                   exact: bool = True) -> Evaluator:
+                   exact: bool = True, incremental: bool = True) -> Evaluator:
     """An Evaluator of masks of `space` over `model` at the checkpoint `weights` (a state_dict,
     read, never written), scored on (x, y) (on the model's device).
 
@@ -72,7 +72,8 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     way exists: the loss of a chain of Linear layers on the CPU is then scored by a
     search.evaluators.delta.DeltaEvaluator (within float rounding of the reference's); accuracy
     always is (it certifies its accuracies equal to the reference's); any other model gets
-    the exact evaluator it gets anyway.
+    the exact evaluator it gets anyway. incremental=False: a forward pass per score, keeping no
+    activations (for a few scores on many images, beside a search's own evaluator).
     """
     if train_steps < 0:
         raise TicketlabError(f"train_steps is a number of iterations, at least 0; got {train_steps}")
@@ -85,7 +86,7 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
     if train_steps:
         data = train_data if train_data is not None else Split(x, y)
         return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data)
-    stages = layer_chain(model, x.dim())
+    stages = layer_chain(model, x.dim()) if incremental else None
     if stages is not None and is_perceptron(model, stages) and x.device.type == "cpu" and \
             (metric == "accuracy" or not exact):
         return DeltaEvaluator(model, stages, weights, space, x, y, metric)
