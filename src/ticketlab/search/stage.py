@@ -13,8 +13,10 @@ peaked): that mean is an average over several masks, so the mask it credits may 
 never have scored that high. Both are scored on the held-out data in summary.json.
 
 REINFORCE (search.reinforce) and random search start from no mask; the report draws each
-search's history (for REINFORCE, the agent's learning curve). An interrupted search resumes exactly: its state is saved every CHECKPOINT_EVERY
-evaluations (state.pt), and a rerun goes on from it as if it had never stopped.
+search's history (for REINFORCE, the agent's learning curve), with the best mask so far on the
+rest of validation every TRACK_EVERY evaluations. An interrupted search resumes exactly: its
+state is saved every CHECKPOINT_EVERY evaluations (state.pt), and a rerun goes on from it as if
+it had never stopped. The searchers are search.searchers.SEARCHERS; this stage knows none by name.
 """
 
 from __future__ import annotations
