@@ -208,3 +208,20 @@ def test_the_best_mask_is_tracked_on_held_out_validation_along_the_search(mlp, r
     # the last is the best mask's accuracy on the rest of validation, as the summary reports it
     assert tracked[250] == result.summary["best"]["held_out"]["val_rest"]["accuracy"]
     assert all(0 <= value <= 1 for value in tracked.values())
+
+
+def test_each_searchers_own_options_are_config_fields_under_its_own_help_heading(capsys):
+    from ticketlab.cli import main
+    from ticketlab.search.searchers import option_sections
+
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    assert all(set(searcher.options) <= fields for searcher in SEARCHERS.values())
+    assert option_sections() == {"options of anneal, greedy": ["neighbourhood", "t0", "cooling", "restarts", "tabu"],
+                                 "options of reinforce": ["policy_lr", "entropy", "baseline_decay", "episodes",
+                                                          "hidden", "reward_sign"]}
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = capsys.readouterr().out
+    help_lines = text[text.index("\nsearch:"):]  # past the usage lines
+    assert help_lines.index("options of anneal, greedy:") < help_lines.index("\n  --t0") \
+        < help_lines.index("options of reinforce:") < help_lines.index("\n  --policy-lr")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ticketlab.config import DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, coerce
@@ -31,8 +31,15 @@ def typed(annotation: Any, flag: str) -> Callable[[str], Any]:
     return lambda text: coerce(text, annotation, flag)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = (),
+                     sections: Mapping[str, Sequence[str]] | None = None) -> None:
+    """A flag per field of the config dataclass `cls`, under `title`; the fields a section names
+    go under that section's title instead (e.g. the options of one searcher)."""
     group = parser.add_argument_group(title)
+    section_of = {}
+    for heading, names in (sections or {}).items():
+        section = parser.add_argument_group(heading)
+        section_of.update(dict.fromkeys(names, section))
     types = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:  # set another way, e.g. a positional argument
@@ -45,7 +52,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, ski
         else:
             kwargs["type"] = typed(annotation, flag)
             kwargs["metavar"] = flag.removeprefix("--").upper().replace("-", "_")
-        group.add_argument(flag, **kwargs)
+        section_of.get(f.name, group).add_argument(flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, cls: type, **values: Any) -> Any:

@@ -10,7 +10,7 @@ from ticketlab.cli.flags import (Result, add_config_flags, add_run_flag, add_run
                                 runtime_from_args)
 from ticketlab.cli.report import figures_hint
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, coerce
-from ticketlab.search.searchers import SEARCHERS
+from ticketlab.search.searchers import SEARCHERS, option_sections
 
 
 def cmd_prune(args: argparse.Namespace) -> Result:
@@ -134,7 +134,7 @@ def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
                                  "baselines", formatter_class=formatter)
     search.add_argument("method", choices=list(SEARCHERS), help="search method")
     add_run_flag(search)
-    add_config_flags(search, SearchConfig, "search", skip=("method",))
+    add_config_flags(search, SearchConfig, "search", skip=("method",), sections=option_sections())
     search.add_argument("--val-sizes", default="",
                         help="run one search per objective size, e.g. 512,2048,8192,all, and tabulate the overfitting gap")
     add_runtime_flags(search)

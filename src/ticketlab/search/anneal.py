@@ -105,6 +105,7 @@ class Annealer(Searcher):
 
     name = "anneal"
     label = "anneal"
+    options = ("neighbourhood", "t0", "cooling", "restarts", "tabu")
 
     def __init__(self, evaluator: Evaluator, plan: Plan, cfg: SearchConfig, generator: torch.Generator):
         super().__init__(evaluator, cfg.budget, generator)

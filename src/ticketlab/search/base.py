@@ -93,6 +93,7 @@ class Searcher:
     label: ClassVar[str] = "search"  # the progress bar's
     starts_from_mask: ClassVar[bool] = True  # False: it draws its own masks (SearchConfig.start is unused)
     needs_features: ClassVar[bool] = False  # it reads search.features' per-unit features
+    options: ClassVar[tuple[str, ...]] = ()  # the SearchConfig fields only it reads (its `check` checks them)
 
     def __init__(self, evaluator: Evaluator, budget: int, generator: torch.Generator):
         self.evaluator, self.budget, self.generator = evaluator, budget, generator

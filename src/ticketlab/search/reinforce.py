@@ -163,6 +163,7 @@ class Reinforce(SamplingSearcher):
     name = "reinforce"
     label = "reinforce"
     needs_features = True
+    options = ("policy_lr", "entropy", "baseline_decay", "episodes", "hidden", "reward_sign")
 
     def __init__(self, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, features: torch.Tensor):
         super().__init__(evaluator, cfg.budget, generator)

@@ -22,6 +22,19 @@ def get_searcher(name: str) -> type[Searcher]:
     return SEARCHERS[name]
 
 
+def option_sections() -> dict[str, list[str]]:
+    """The SearchConfig fields each searcher alone reads, under a heading naming those searchers
+    (greedy shares annealing's): the sections of `ticketlab search --help`."""
+    owners: dict[str, list[str]] = {}
+    for searcher in SEARCHERS.values():
+        for option in searcher.options:
+            owners.setdefault(option, []).append(searcher.name)
+    sections: dict[str, list[str]] = {}
+    for option, names in owners.items():
+        sections.setdefault(f"options of {', '.join(names)}", []).append(option)
+    return sections
+
+
 def check_config(cfg: SearchConfig) -> type[Searcher]:
     """The searcher cfg.method names, once every option of cfg is checked (one-line TicketlabErrors):
     the shared ones, then each searcher's own."""
