@@ -475,9 +475,10 @@ def traced(model: nn.Module) -> Traced | None:
 
 
 def traced_input(model: nn.Module) -> torch.Tensor | None:
-    """The batch `model` was traced on with `trace`, if it was (and its layers are unchanged since)."""
-    found = traced(model) if hasattr(model, TRACED) else None
-    return found.example if found is not None else None
+    """The batch `model` was traced on with `trace`, if it was (and its layers are unchanged since);
+    never traces it."""
+    found = getattr(model, TRACED, None)
+    return found.example if found is not None and found.layout == layout(model) else None
 
 
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:

@@ -42,7 +42,7 @@ from ticketlab.search.features import unit_features
 from ticketlab.search.history import HELD_OUT, read_history, write_history
 from ticketlab.search.moves import Moves
 from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
-from ticketlab.search.searchers import check_config
+from ticketlab.search.searchers import check_config, get_searcher
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -207,7 +207,7 @@ def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup
     device, data, model, weights, objective, rest = _at_checkpoint(train, cfg, runtime)
     space = weight_space(model) if cfg.granularity == "weight" else unit_space(model)
     generator = torch.Generator().manual_seed(cfg.seed)
-    searcher = check_config(cfg)
+    searcher = get_searcher(cfg.method)  # its config was checked by `search`
     # Every input is checked before anything is written.
     if not searcher.starts_from_mask:
         start = None
@@ -235,7 +235,7 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     state = run.file(paths.SEARCH_STATE)
     resume = load_checkpoint(state) if state.exists() else None
     started = time.perf_counter()
-    searcher = check_config(cfg).build(setup.evaluator, cfg, setup.generator, setup.features)
+    searcher = get_searcher(cfg.method).build(setup.evaluator, cfg, setup.generator, setup.features)
     found = searcher.run(setup.start, progress=runtime.progress, resume=resume, checkpoint_every=CHECKPOINT_EVERY,
                          checkpoint=lambda snapshot: atomic_torch_save(snapshot, state),
                          observe=held_out_tracking(setup.tracker, cfg.budget))
@@ -289,4 +289,4 @@ def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds
     }
     if found.best_mean is not None:
         summary["best_running_mean"] = {"score": found.best_mean_score}
-    return summary | check_config(cfg).summarise(found)
+    return summary | get_searcher(cfg.method).summarise(found)
