@@ -22,11 +22,13 @@ are the seeded initialisation, saved to a temporary checkpoint.
 - fast: search.evaluators.make_evaluator, built once; then evaluator.score per candidate
   (for LeNet a search.evaluators.delta.DeltaEvaluator: activations updated by what each move
   flips, near-tied images recounted exactly; for BasicCNN the incremental evaluator).
+- hinted: another such evaluator, given each candidate's search.moves.Move as searchers give
+  it (the units the move flipped, from the mask it was drawn from).
 
-Each round times a block of reference evaluations, then a block of fast ones (the same
-candidates first) continuing the walk; the report gives evaluations/s of each (median over
-rounds), the median per-round ratio, and whether fast returned identical scores on every
-candidate both scored.
+Each round times a block of reference evaluations, then a block of fast ones and of hinted
+ones (the same candidates first) continuing the walk; the report gives evaluations/s of
+each (median over rounds), the median per-round ratios to the reference, and whether both
+fast evaluators returned the reference's scores on every candidate it scored.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ticketlab.config import DataConfig, ModelConfig
 from ticketlab.data import load_data
 from ticketlab.models import MODELS, build_model
 from ticketlab.search.evaluators import make_evaluator
+from ticketlab.search.moves import Move
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 
@@ -80,21 +83,25 @@ def scoring_images(name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, in
 
 
 def walk(space: SearchSpace, keep: torch.Tensor, max_h: int, generator: torch.Generator):
-    """Candidates of an annealing-like walk: swap h kept and h pruned units; accept half of them."""
+    """Candidates of an annealing-like walk, each with its Move from the mask it was drawn from:
+    swap h kept and h pruned units; accept half of them."""
     while True:
         h = int(torch.randint(1, max_h + 1, (), generator=generator))
         kept, pruned = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+        out = kept[torch.randperm(len(kept), generator=generator)[:h]]
+        into = pruned[torch.randperm(len(pruned), generator=generator)[:h]]
         candidate = keep.clone()
-        candidate[kept[torch.randperm(len(kept), generator=generator)[:h]]] = False
-        candidate[pruned[torch.randperm(len(pruned), generator=generator)[:h]]] = True
-        yield candidate
+        candidate[out] = False
+        candidate[into] = True
+        yield candidate, Move(keep, torch.cat([out, into]))
         if bool(torch.rand((), generator=generator) < 0.5):
             keep = candidate
 
 
-def timed(score: Callable[[torch.Tensor], float], candidates: list[torch.Tensor]) -> tuple[float, list[float]]:
+def timed(score: Callable[[torch.Tensor, Move], float], candidates: list[tuple[torch.Tensor, Move]],
+          ) -> tuple[float, list[float]]:
     started = time.perf_counter()
-    scores = [score(keep) for keep in candidates]
+    scores = [score(keep, move) for keep, move in candidates]
     return len(candidates) / (time.perf_counter() - started), scores
 
 
@@ -113,22 +120,30 @@ def run_case(name: str, case: Case, rounds: int, max_h: int, directory: Path) ->
     space = weight_space(model) if case.granularity == "weight" else unit_space(model)
     generator = torch.Generator().manual_seed(1)
     start = space.random(case.sparsity, generator)
-    evaluator = make_evaluator(model, weights, space, x, y)
-    evaluator.score(start)  # the first score is a whole forward pass, as every later one is for the reference
+    # Two fast evaluators walk the same candidates, one told each candidate's Move, one not.
+    plain = make_evaluator(model, weights, space, x, y)
+    hinted = make_evaluator(build_model(config, shape, 10), weights, space, x, y)
+    for evaluator in (plain, hinted):  # the first score is a whole forward pass, as every one is for the reference
+        evaluator.score(start)
     candidates = walk(space, start, max_h, generator)
-    reference_rates, fast_rates, ratios, identical = [], [], [], True
+    rates: dict[str, list[float]] = {"reference": [], "plain": [], "hinted": []}
+    identical = True
     for _ in range(rounds):
         block = [next(candidates) for _ in range(case.fast_evals)]
         reference_rate, expected = timed(
-            lambda keep: reference_score(checkpoint, builder, space.to_mask(keep), x, y), block[:case.reference_evals])
-        fast_rate, scores = timed(evaluator.score, block)
-        identical &= scores[:case.reference_evals] == expected
-        reference_rates.append(reference_rate)
-        fast_rates.append(fast_rate)
-        ratios.append(fast_rate / reference_rate)
-    print(f"{name:<10} {type(evaluator).__name__:<21} {space.size:>9} {case.sparsity:>5.2f} "
-          f"{statistics.median(reference_rates):>10.2f} {statistics.median(fast_rates):>10.2f} "
-          f"{statistics.median(ratios):>8.1f}x  {'yes' if identical else 'NO'}", flush=True)
+            lambda keep, _: reference_score(checkpoint, builder, space.to_mask(keep), x, y),
+            block[:case.reference_evals])
+        plain_rate, plain_scores = timed(lambda keep, _: plain.score(keep), block)
+        hinted_rate, hinted_scores = timed(hinted.score, block)
+        identical &= plain_scores[:case.reference_evals] == expected == hinted_scores[:case.reference_evals]
+        for key, rate in (("reference", reference_rate), ("plain", plain_rate), ("hinted", hinted_rate)):
+            rates[key].append(rate)
+    reference = statistics.median(rates["reference"])
+    ratios = {key: statistics.median(r / q for r, q in zip(rates[key], rates["reference"]))
+              for key in ("plain", "hinted")}
+    print(f"{name:<10} {type(plain).__name__:<21} {space.size:>9} {case.sparsity:>5.2f} {reference:>10.2f} "
+          + "".join(f"{statistics.median(rates[key]):>10.2f} {ratios[key]:>6.1f}x" for key in ("plain", "hinted"))
+          + f"  {'yes' if identical else 'NO'}", flush=True)
 
 
 def main() -> None:
@@ -140,7 +155,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"moves swap 1 to {args.max_h} units each way; {IMAGES} images; 1 thread")
     print(f"{'case':<10} {'evaluator':<21} {'units':>9} {'spars':>5} {'ref ev/s':>10} {'fast ev/s':>10} "
-          f"{'speedup':>9}  same")
+          f"{'ratio':>7} {'hinted':>10} {'ratio':>7}  same")
     with tempfile.TemporaryDirectory() as directory:
         for name in args.cases.split(","):
             run_case(name, CASES[name], args.rounds, args.max_h, Path(directory))

@@ -26,11 +26,11 @@ class Overlap:
     def __init__(self, space, target):
         self.space, self.target, self.evaluations = space, target, 0
 
-    def score(self, keep):
+    def score(self, keep, move=None):
         self.evaluations += 1
         return float((keep & self.target).sum()) / float(self.target.sum())
 
-    def score_many(self, keeps):
+    def score_many(self, keeps, moves=None):
         return [self.score(keep) for keep in keeps]
 
 
@@ -41,7 +41,7 @@ class Scripted(Overlap):
         super().__init__(space, None)
         self.scores = list(scores)
 
-    def score(self, keep):
+    def score(self, keep, move=None):
         self.evaluations += 1
         return self.scores[self.evaluations - 1]
 
@@ -174,7 +174,7 @@ def test_an_adaptive_neighbourhood_follows_the_share_of_improving_moves():
     space = toy_space(200, 200)
     target = space.random(0.8, torch.Generator().manual_seed(1))
     # From a random start h begins at its largest and shrinks as improvements get rare.
-    cfg = SearchConfig(granularity="filter", budget=400, neighbourhood="adaptive")
+    cfg = SearchConfig(granularity="filter", budget=400, neighbourhood="adaptive", start="random")
     found = run(cfg, evaluator=Overlap(space, target))
     h = [row["h"] for row in found.history[21:]]  # after the 20 calibration moves
     assert h[0] == 78 and h[-1] < 10  # 80 kept, one per layer held back

@@ -102,7 +102,7 @@ class Bandit:
     def __init__(self, space, best):
         self.space, self.best, self.evaluations, self.seen = space, best, 0, []
 
-    def score(self, keep):
+    def score(self, keep, move=None):
         self.evaluations += 1
         self.seen.append(keep.clone())
         return float((keep & self.best).sum()) / float(self.best.sum())

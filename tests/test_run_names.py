@@ -38,7 +38,29 @@ def test_prune_names_are_those_of_earlier_versions(cfg, name):
     assert prune_run_handle(trained(), cfg, None).run.name == name
 
 
-@pytest.mark.parametrize("cfg, name", [(SearchConfig(), "search-ec2e7a9174d2"),
-                                       (SearchConfig(sparsity=0.8, budget=300), "search-369ee91a3045")])
+OLD_SEARCH_DEFAULTS = {"start": "random", "neighbourhood": "sawtooth"}  # the defaults before issue 15
+
+
+@pytest.mark.parametrize("cfg, name", [
+    # Searches asked for with what were the defaults keep the names they had then,
+    (SearchConfig(**OLD_SEARCH_DEFAULTS), "search-ec2e7a9174d2"),
+    (SearchConfig(sparsity=0.8, budget=300, **OLD_SEARCH_DEFAULTS), "search-369ee91a3045"),
+    # and so do searchers that read neither option: their unset values are the old defaults.
+    (SearchConfig(method="reinforce"), "search-62b5aa7ab3e7"),
+    (SearchConfig(method="random", sparsity=0.5), "search-136bb5d79365"),
+])
 def test_search_names_are_those_of_earlier_versions(cfg, name):
     assert search_run_handle(trained(), cfg, None).run.name == name
+
+
+def test_the_default_search_is_named_by_what_it_does():
+    # Annealing's defaults now start from magnitude-sign's trained mask with an adaptive neighbourhood:
+    # another search than the old defaults' run, so another name, the same as when asked for by value.
+    new = search_run_handle(trained(), SearchConfig(), None)
+    assert new.run.name != "search-ec2e7a9174d2"
+    assert new.config.start == "magnitude_sign@final" and new.config.neighbourhood == "adaptive"
+    explicit = SearchConfig(start="magnitude_sign@final", neighbourhood="adaptive")
+    assert search_run_handle(trained(), explicit, None).run.name == new.run.name
+    thesis = SearchConfig(mode="thesis")
+    assert search_run_handle(trained(), thesis, None).run.name == search_run_handle(
+        trained(), SearchConfig(mode="thesis", **OLD_SEARCH_DEFAULTS), None).run.name

@@ -9,6 +9,7 @@ from ticketlab.models import MODELS, build_model
 from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, TrainedEvaluator,
                                         make_evaluator)
 from ticketlab.search.evaluators.delta import TOLERANCE
+from ticketlab.search.moves import Move
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 
@@ -46,6 +47,11 @@ def setting(spec, tmp_path):
 def move_sequence(space: SearchSpace, count: int, sparsity: float, seed: int = 0) -> list[torch.Tensor]:
     """Candidates of an annealing-like walk: h random kept and h pruned units swapped, half of
     them accepted; every fourth move stays inside one layer, so each layer is the first changed one."""
+    return [candidate for candidate, _ in walk_with_moves(space, count, sparsity, seed)]
+
+
+def walk_with_moves(space: SearchSpace, count: int, sparsity: float, seed: int = 0) -> list[tuple[torch.Tensor, Move]]:
+    """move_sequence's candidates, each with its Move from the mask it was drawn from."""
     generator = torch.Generator().manual_seed(seed)
     keep = space.random(sparsity, generator)
     candidates = []
@@ -55,10 +61,12 @@ def move_sequence(space: SearchSpace, count: int, sparsity: float, seed: int = 0
         part = keep[within]
         kept, pruned = part.nonzero().flatten(), (~part).nonzero().flatten()
         h = min(h, len(kept) - 1, len(pruned))
+        out = within.start + kept[torch.randperm(len(kept), generator=generator)[:h]]
+        into = within.start + pruned[torch.randperm(len(pruned), generator=generator)[:h]]
         candidate = keep.clone()
-        candidate[within.start + kept[torch.randperm(len(kept), generator=generator)[:h]]] = False
-        candidate[within.start + pruned[torch.randperm(len(pruned), generator=generator)[:h]]] = True
-        candidates.append(candidate)
+        candidate[out] = False
+        candidate[into] = True
+        candidates.append((candidate, Move(keep, torch.cat([out, into]))))
         if bool(torch.rand((), generator=generator) < 0.5):
             keep = candidate
     return candidates
@@ -81,6 +89,32 @@ def test_scores_equal_the_thesis_evaluator_bit_for_bit(spec, granularity, sparsi
         expected = [reference_score(path, builder, space.to_mask(keep), x, y, metric) for keep in candidates]
         assert scores == expected
         assert evaluator.evaluations == count
+
+
+@pytest.mark.parametrize("spec, granularity, sparsity", [
+    (LENET, "weight", 0.9), (LENET, "filter", 0.7), (BASICCNN, "filter", 0.7),
+])
+def test_a_move_hint_changes_no_score_and_spares_the_search_for_flips(spec, granularity, sparsity, tmp_path):
+    model, weights, path, builder, x, y = setting(spec, tmp_path)
+    space = weight_space(model) if granularity == "weight" else unit_space(model)
+    plain = make_evaluator(copy.deepcopy(model), weights, space, x, y)
+    hinted = make_evaluator(model, weights, space, x, y)
+    searches = []
+    if isinstance(hinted, DeltaEvaluator):
+        nearest = hinted.nearest
+        hinted.nearest = lambda *args: searches.append(1) or nearest(*args)
+    walk = walk_with_moves(space, 40, sparsity, seed=7)
+    for i, (keep, move) in enumerate(walk):
+        score = hinted.score(keep, move)
+        assert score == plain.score(keep)
+        if i % 5 == 0:
+            assert score == reference_score(path, builder, space.to_mask(keep), x, y)
+    if isinstance(hinted, DeltaEvaluator):
+        # Only the moves from the walk's start (never scored itself) had to be searched for their flips.
+        assert len(searches) == sum(move.base is walk[0][1].base for _, move in walk)
+    # A hint naming a mask the evaluator no longer holds is no hint: the score is found as without one.
+    old, move = walk_with_moves(space, 1, sparsity, seed=8)[0]
+    assert hinted.score(old, move) == reference_score(path, builder, space.to_mask(old), x, y)
 
 
 def test_layers_before_the_first_changed_one_are_reused(tmp_path):

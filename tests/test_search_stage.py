@@ -53,6 +53,17 @@ def test_a_weight_search_is_cached_reproducible_and_writes_its_files(mlp, runtim
     assert not redone.cached and redone.mask() == mask and redone.history() == history
 
 
+def test_the_default_search_starts_from_magnitude_signs_trained_mask(mlp, runtime):
+    result = search(mlp, WEIGHTS, runtime)
+    assert result.config.start == "magnitude_sign@final" and result.config.neighbourhood == "adaptive"
+    ticket = prune(mlp, PruneConfig(criterion="magnitude_sign", sparsity=WEIGHTS.sparsity), runtime).mask()
+    summary = result.summary
+    assert summary["start_score"] == objective_score(mlp, WEIGHTS, ticket)  # the same mask, at the searched step
+    assert summary["best"]["score"] >= summary["start_score"]
+    assert set(summary["start_held_out"]) == {"val_rest", "test"}
+    assert [row["h"] for row in result.history()[1:4]] == [1, 1, 1]  # single swaps first from a start mask
+
+
 def test_a_filter_search_in_thesis_mode_masks_whole_filters(conv, runtime):
     cfg = SearchConfig(granularity="filter", mode="thesis", sparsity=0.5, budget=40, val_size=100, layer_min=0.25)
     result = search(conv, cfg, runtime)
@@ -102,10 +113,10 @@ def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path
         evaluator = real(*args, **kwargs)
         score = evaluator.score
 
-        def score_until_killed(keep):
+        def score_until_killed(keep, move=None):
             if evaluator.evaluations == 35:
                 raise KeyboardInterrupt
-            return score(keep)
+            return score(keep, move)
 
         evaluator.score = score_until_killed
         return evaluator
@@ -128,7 +139,9 @@ def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path
     (SearchConfig(at="3ep", val_size=100), "step 3ep is after the end of training"),
     (SearchConfig(at="2ep", val_size=100), "no checkpoint '2ep'"),
     (SearchConfig(val_size=500), "asks for 500 validation images but digits holds 200"),
-    (SearchConfig(val_size=100, layer_min=0.5), "fewer than the .* floors need"),
+    (SearchConfig(val_size=100, layer_min=0.5, start="random"), "fewer than the .* floors need"),
+    (SearchConfig(val_size=100, layer_min=0.5), "magnitude_sign@final start mask keeps .* below its floor"),
+    (SearchConfig(val_size=100, start="magnitude@9ep"), "step 9ep is after the end of training"),
     (SearchConfig(val_size=100, start="l1_norm"), "scores units, but the search is per weight"),
     (SearchConfig(val_size=100, start="oracle"), "unknown criterion 'oracle'"),
     (SearchConfig(val_size=100, start="magnitude", layer_min=0.1), "magnitude start mask keeps .* below its floor"),

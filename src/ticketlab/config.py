@@ -110,11 +110,15 @@ class SearchConfig:
     metric: str = hp("accuracy", "objective: accuracy or loss of the masked network on the search subset")
     val_size: int | None = hp(1024, "validation images the objective is computed on: the first N of validation "
                                     "(default: 1024, or all of validation where it holds fewer)")
-    start: str = hp("random", "initial mask: random, a criterion's mask at the searched checkpoint (magnitude, "
-                              "snip, ...), or a finished prune or search run's mask (its name or directory)")
-    neighbourhood: str = hp("sawtooth", "schedule of h (units swapped per move): sawtooth (thesis), geometric, or "
-                                        "adaptive (h follows the share of moves that improve; single swaps first "
-                                        "from a --start mask)")
+    start: str | None = hp(None, "initial mask: random; a criterion's mask (magnitude, snip, ...) at the searched "
+                                 "checkpoint, or at another as CRITERION@STEP (magnitude_sign@final); or a finished "
+                                 "prune or search run's mask (its name or directory). Default: magnitude-sign's mask "
+                                 "of the trained weights (magnitude_sign@final; per filter magnitude_sign_units@final); "
+                                 "random in thesis mode")
+    neighbourhood: str | None = hp(None, "schedule of h (units swapped per move): sawtooth (thesis), geometric, or "
+                                         "adaptive (h follows the share of moves that improve; single swaps first "
+                                         "from a start mask other than random). Default: adaptive; sawtooth in "
+                                         "thesis mode")
     layer_min: float = hp(0.0, "fraction of each layer's units every mask keeps (0: none; 1 unit is always kept)")
     t0: float | None = hp(None, "initial temperature (default: thesis constant, or calibrated from random moves)")
     cooling: float | None = hp(None, "temperature factor per step (default: per mode)")

@@ -7,7 +7,8 @@ whether it starts from a mask, checks its own options in `check`, and implements
 criteria; nothing else needs to know a searcher exists.
 
 An Evaluator is anything with a search space, a count of evaluations and `score` / `score_many`
-of flat keep-vectors (search/evaluators).
+of flat keep-vectors (search/evaluators). A searcher that moves from a mask it scored passes
+the search.moves.Move as a hint: which units it flipped, so that no evaluator has to find them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ticketlab.config import SearchConfig, TicketlabError
+from ticketlab.search.moves import Move
 from ticketlab.search.reference import METRICS
 from ticketlab.search.space import SearchSpace
 from ticketlab.training.progress import Progress
@@ -37,9 +39,9 @@ class Evaluator(Protocol):
     space: SearchSpace
     evaluations: int
 
-    def score(self, keep: torch.Tensor) -> float: ...
+    def score(self, keep: torch.Tensor, move: Move | None = None) -> float: ...
 
-    def score_many(self, keeps: Sequence[torch.Tensor]) -> list[float]: ...
+    def score_many(self, keeps: Sequence[torch.Tensor], moves: Sequence[Move | None] | None = None) -> list[float]: ...
 
 
 @dataclass
@@ -105,9 +107,16 @@ class Searcher:
         `cfg.method` says whether this searcher is the one that runs."""
 
     @classmethod
+    def defaults(cls, cfg: SearchConfig) -> dict[str, Any]:
+        """Values for the options of cfg that are left unset (None) and whose default depends on the
+        searcher (and its mode): search.searchers.resolve fills them in before a search runs."""
+        return {}
+
+    @classmethod
     def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
               features: torch.Tensor | None) -> Searcher:
-        """The searcher a config asks for (the search stage's one way to make any of them)."""
+        """The searcher a config asks for (the search stage's one way to make any of them), from a
+        resolved config (search.searchers.resolve)."""
         raise NotImplementedError
 
     @classmethod
@@ -131,8 +140,8 @@ class Searcher:
         values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
         return {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
 
-    def evaluate(self, keep: torch.Tensor) -> float:
-        return float(self.evaluator.score(keep))
+    def evaluate(self, keep: torch.Tensor, move: Move | None = None) -> float:
+        return float(self.evaluator.score(keep, move))
 
     def run(self, start: torch.Tensor | None, *, progress: bool = True, resume: dict[str, Any] | None = None,
             checkpoint: Checkpoint | None = None, checkpoint_every: int = CHECKPOINT_EVERY,

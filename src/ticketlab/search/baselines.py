@@ -44,6 +44,10 @@ class Greedy(Annealer):
     label = "greedy"
 
     @classmethod
+    def defaults(cls, cfg: SearchConfig) -> dict[str, Any]:
+        return Annealer.defaults(replace(cfg, mode="default"))  # greedy has no thesis mode
+
+    @classmethod
     def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
               features: torch.Tensor | None) -> Searcher:
         plan = replace(plan_for(replace(cfg, mode="default", t0=None, cooling=None)), t0=0.0, cooling=1.0)
@@ -67,5 +71,6 @@ def greedy(evaluator: Evaluator, start: torch.Tensor, cfg: SearchConfig, generat
     ignored: the default-mode neighbourhood schedule, tabu memory and restarts, at T = 0)."""
     check_common(cfg)
     Annealer.check(cfg)
+    cfg = replace(cfg, **{k: v for k, v in Greedy.defaults(cfg).items() if getattr(cfg, k) is None})
     return Greedy.build(evaluator, cfg, generator, None).run(
         start, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

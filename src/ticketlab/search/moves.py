@@ -11,11 +11,23 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ticketlab.config import TicketlabError
 from ticketlab.search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Move:
+    """How a candidate differs from a keep-vector scored before: it equals `base` except at the
+    indices `flipped` (each listed once). A searcher passes it to Evaluator.score as a hint, so
+    that an evaluator which updates a recent mask need not find the flipped units itself;
+    `base` must be the very tensor an earlier `score` call received, unchanged since."""
+
+    base: torch.Tensor
+    flipped: torch.Tensor  # int64 indices into the keep-vector
 
 
 class Moves:
@@ -55,6 +67,10 @@ class Moves:
     def neighbour(self, keep: torch.Tensor, h: int, generator: torch.Generator) -> torch.Tensor:
         """A copy of `keep` with h random pruned units kept and h random kept units pruned
         (only from layers above their floor)."""
+        return self.move(keep, h, generator)[0]
+
+    def move(self, keep: torch.Tensor, h: int, generator: torch.Generator) -> tuple[torch.Tensor, Move]:
+        """The neighbour `neighbour` draws (the same draws), and the Move from `keep` to it."""
         limit = self.max_h(keep)
         if not 1 <= h <= limit:
             raise TicketlabError(f"a move cannot swap h = {h} units here: 1 to {limit} can be (the pruned units, and "
@@ -70,7 +86,7 @@ class Moves:
         new = keep.clone()
         new[out] = False
         new[into] = True
-        return new
+        return new, Move(keep, torch.cat([out, into]))
 
 
 def _sample(members: torch.Tensor, count: int, h: int, generator: torch.Generator) -> torch.Tensor:

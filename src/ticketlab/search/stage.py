@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ticketlab import paths
-from ticketlab.config import Runtime, SearchConfig, TicketlabError, non_default
+from ticketlab.config import Runtime, SearchConfig, TicketlabError
 from ticketlab.data import load_data
 from ticketlab.data.load import Dataset, Split
 from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, SearchResult, SearchState
@@ -42,7 +42,7 @@ from ticketlab.search.features import unit_features
 from ticketlab.search.history import HELD_OUT, read_history, write_history
 from ticketlab.search.moves import Moves
 from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
-from ticketlab.search.searchers import check_config, get_searcher
+from ticketlab.search.searchers import check_config, get_searcher, identity, resolve
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
 from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -98,16 +98,20 @@ def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: T
                generator: torch.Generator, runs_dir: str | None = None) -> torch.Tensor:
     """A random keep-vector, the mask of the finished prune or search run cfg.start names (at
     the same sparsity), or the mask of the criterion cfg.start at the same sparsity (global),
-    scored at the search's checkpoint."""
+    scored at the search's checkpoint (`model`) or, for CRITERION@STEP, at that step."""
     if cfg.start == "random":
         return space.random(cfg.sparsity, generator, cfg.layer_min)
     if cfg.start.partition("-")[0] in START_RUN_KINDS or Path(cfg.start).is_dir():
         return _start_from_run(cfg, model, space, runs_dir)
-    criterion = get_criterion(cfg.start)
+    name, _, step = cfg.start.partition("@")
+    criterion = get_criterion(name)
     if criterion.structured != (cfg.granularity == "filter"):
-        raise TicketlabError(f"criterion {cfg.start} scores {'units' if criterion.structured else 'single weights'}, "
+        raise TicketlabError(f"criterion {name} scores {'units' if criterion.structured else 'single weights'}, "
                              f"but the search is per {cfg.granularity}; start from a criterion of that granularity")
     device = next(model.parameters()).device
+    if step:
+        model = copy.deepcopy(model)
+        model.load_state_dict(train.state_dict(step))
     context = ScoreContext(
         model=model, names=prunable_names(model), sparsity=cfg.sparsity, generator=generator,
         init={k: v.to(device) for k, v in train.state_dict("0it").items()} if criterion.needs_init else None,
@@ -170,14 +174,16 @@ def objective_score(train: TrainRun, cfg: SearchConfig, mask: Mask, runtime: Run
 
 def search_run_handle(train: TrainRun, cfg: SearchConfig, runs_dir: str | None) -> SearchRun:
     """The search run these inputs name, finished or not."""
-    return SearchRun(SearchRun.run_for({"train": train.run.name, "search": non_default(cfg)}, runs_dir), train, cfg)
+    return SearchRun(SearchRun.run_for({"train": train.run.name, "search": identity(cfg)}, runs_dir), train,
+                     resolve(cfg))
 
 
 def search(train: TrainRun, cfg: SearchConfig = SearchConfig(), runtime: Runtime = Runtime()) -> SearchRun:
     """Search masks of the trained run's weights at cfg.at with cfg.method, or return the finished
     search with the same inputs. Writes mask.safetensors (the best mask), history.csv, search.png,
-    report.txt and summary.json."""
+    report.txt and summary.json. Options left unset take their searcher's defaults (search.searchers.resolve)."""
     check_config(cfg)
+    cfg = resolve(cfg)
     result = search_run_handle(train, cfg, runtime.runs_dir)
     result.produce(
         runtime.force, lambda: ({"train": train.run.name, "search": dataclasses.asdict(cfg)},
@@ -245,6 +251,8 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
                        objective_images=len(setup.objective.y), held_out_images=len(setup.rest.y))
     splits = {"val_rest": setup.rest, "test": setup.data.test}
     summary["best"]["held_out"] = held_out_scores(setup.evaluator_on, found.best, splits)
+    if setup.start is not None:  # what the search improved on, on the same held-out images
+        summary["start_held_out"] = held_out_scores(setup.evaluator_on, setup.start, splits)
     mask = space.to_mask(found.best)
     mask.save(run.file(paths.MASK))
     atomic_write_text(run.file(paths.MASK_REPORT), mask.report() + "\n")

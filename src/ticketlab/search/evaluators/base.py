@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ticketlab.config import TicketlabError
+from ticketlab.search.moves import Move
 from ticketlab.search.reference import SCORE_BATCH, check_metric, objective
 from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask
@@ -25,15 +26,17 @@ class Evaluator:
         self.batches = list(zip(x.split(SCORE_BATCH), y.split(SCORE_BATCH)))
         self.evaluations = 0  # how many scores were computed
 
-    def score(self, keep: torch.Tensor) -> float:
-        """Accuracy in [0, 1] of the network under the mask `keep` stands for, or -loss when metric == "loss"."""
+    def score(self, keep: torch.Tensor, move: Move | None = None) -> float:
+        """Accuracy in [0, 1] of the network under the mask `keep` stands for, or -loss when metric == "loss".
+        `move` (optional) says how `keep` differs from a keep-vector scored before; an evaluator
+        may use it, never needs it, and scores the same either way."""
         mask = self.space.to_mask(keep)
         self.evaluations += 1
         return self._score(mask)
 
-    def score_many(self, keeps: Sequence[torch.Tensor]) -> list[float]:
+    def score_many(self, keeps: Sequence[torch.Tensor], moves: Sequence[Move | None] | None = None) -> list[float]:
         """The scores of several masks (a loop of `score`: see the module doc)."""
-        return [self.score(keep) for keep in keeps]
+        return [self.score(keep, move) for keep, move in zip(keeps, moves or [None] * len(keeps))]
 
     def _score(self, mask: Mask) -> float:
         raise NotImplementedError

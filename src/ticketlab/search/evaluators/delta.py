@@ -55,12 +55,14 @@ from torch import nn
 from ticketlab.config import TicketlabError
 from ticketlab.models.chain import ChainStep
 from ticketlab.search.evaluators.base import Evaluator
+from ticketlab.search.moves import Move
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask
 
 RESYNC = 200  # chained delta updates after which a snapshot is recomputed exactly
 DENSE_FRACTION = 0.125  # a layer with more of its weights flipped is recomputed whole
+FRESH_FRACTION = 0.5  # ... and one with more of its inputs changed
 # Near-tied images are predicted again in blocks of this many images of their batch: an
 # image's logits are the same bits in any block of at least 4 images on the CPUs tested
 # (1 or 2 take other kernels); tests/test_search_evaluator.py checks it.
@@ -85,6 +87,7 @@ class DeltaSnapshot:
     score: float
     depth: int  # delta updates since the last exact forward
     packed: torch.Tensor | None = None  # the flat keep-vector, 8 entries a byte-word (weight spaces)
+    source: torch.Tensor | None = None  # the keep-vector scored, as the caller passed it (what a Move's base names)
 
 
 EIGHT = torch.arange(8)
@@ -149,26 +152,16 @@ class DeltaEvaluator(Evaluator):
         post = [self.inputs.new_empty(z.shape) if layer.relu else z for z, layer in zip(pre, self.layers)]
         return Slot(pre, post)
 
-    def score(self, keep: torch.Tensor) -> float:
+    def score(self, keep: torch.Tensor, move: Move | None = None) -> float:
         mask = self.space.to_mask(keep)
         self.evaluations += 1
-        packed = pack(keep) if self.flat else None
         with torch.inference_mode():
-            best, flips, fewest = None, None, None
-            for snapshot in self.snapshots:  # most recent first: it wins ties
-                if self.flat:  # differing words of 8 entries: enough to choose the base
-                    found = packed ^ snapshot.packed
-                    count = int(torch.count_nonzero(found))
-                else:
-                    found = self.mask_flips(mask, snapshot.mask)
-                    count = sum(len(local) for local, _ in found.values())
-                if fewest is None or count < fewest:
-                    best, flips, fewest = snapshot, found, count
-            if best is not None and fewest == 0:
+            best, flips, packed = self.hinted(keep, move) if move is not None else (None, None, None)
+            if best is None:
+                best, flips, packed = self.nearest(keep, mask)
+            if best is not None and not flips:
                 self.snapshots = [best, *(s for s in self.snapshots if s is not best)]
                 return best.score
-            if self.flat and best is not None:
-                flips = self.flat_flips(flips, packed)
             slot = self.slots[1] if best is not None and best.slot is self.slots[0] else self.slots[0]
             if best is None:
                 snapshot = self.full(mask, slot)
@@ -177,10 +170,40 @@ class DeltaEvaluator(Evaluator):
             else:
                 self.update(mask, best, flips, slot)
                 snapshot = DeltaSnapshot(mask, slot, self.certified_score(mask, slot), best.depth + 1)
-            snapshot.packed = packed
+            snapshot.packed, snapshot.source = packed, keep
             self.snapshots = [snapshot, *([best] if best is not None else [])]
             return snapshot.score
 
+    def nearest(self, keep: torch.Tensor, mask: Mask) -> tuple[DeltaSnapshot | None, Flips | None, torch.Tensor | None]:
+        """The snapshot `keep` differs from in the fewest entries (None: there is none yet), the
+        flips from it, and the packed keep-vector (weight spaces)."""
+        packed = pack(keep) if self.flat else None
+        best, flips, fewest = None, None, None
+        for snapshot in self.snapshots:  # most recent first: it wins ties
+            if self.flat:  # differing words of 8 entries: enough to choose the base
+                found = packed ^ snapshot.packed
+                count = int(torch.count_nonzero(found))
+            else:
+                found = self.mask_flips(mask, snapshot.mask)
+                count = sum(len(local) for local, _ in found.values())
+            if fewest is None or count < fewest:
+                best, flips, fewest = snapshot, found, count
+        if self.flat and best is not None:
+            flips = self.flat_flips(flips, packed) if fewest else {}
+        return best, flips, packed
+
+    def hinted(self, keep: torch.Tensor, move: Move) -> tuple[DeltaSnapshot | None, Flips | None, torch.Tensor | None]:
+        """The same from a searcher's hint, when its base is a snapshot's (None otherwise)."""
+        base = next((s for s in self.snapshots if s.source is move.base), None)
+        if base is None:
+            return None, None, None
+        if not self.flat:
+            return base, self.mask_flips(self.space.to_mask(keep), base.mask), None
+        positions = move.flipped.sort().values
+        packed = base.packed.clone()
+        packed.view(torch.uint8)[positions] ^= 1  # a bool byte is 0 or 1
+        signs = keep.index_select(0, positions).to(self.dtype) * 2 - 1
+        return base, self.split_flips(positions, signs), packed
     def _score(self, mask: Mask) -> float:
         raise NotImplementedError  # score() is overridden
 
@@ -188,11 +211,13 @@ class DeltaEvaluator(Evaluator):
         """Per parameter, the flat indices of the entries two packed keep-vectors (of a weight
         space) disagree on, and +1/-1 where the new one keeps/prunes them, from their xor."""
         changed = words.nonzero().flatten()
-        if not len(changed):
-            return {}
         positions = (changed[:, None] * 8 + EIGHT).flatten()
         positions = positions[words.view(torch.uint8).index_select(0, positions) != 0]
         signs = new.view(torch.uint8).index_select(0, positions).to(self.dtype) * 2 - 1
+        return self.split_flips(positions, signs)
+
+    def split_flips(self, positions: torch.Tensor, signs: torch.Tensor) -> Flips:
+        """Sorted flat positions of a weight space's keep-vector, and their signs, per parameter."""
         bounds = torch.searchsorted(positions, self.starts).tolist()
         return {layer.name: (positions[a:b] - layer.slice.start, signs[a:b])
                 for layer, a, b in zip(self.space.layers, bounds, bounds[1:]) if b > a}
@@ -284,7 +309,7 @@ class DeltaEvaluator(Evaluator):
             z, a = new.pre[k], new.post[k]
             weight_flips, bias_flips = flips.get(layer.weight_name), flips.get(layer.bias_name)
             rows: torch.Tensor | None  # the rows of z that changed (None: any)
-            if weight_flips is not None and len(weight_flips[0]) > DENSE_FRACTION * layer.weight.numel():
+            if self.recomputed(k, flips, rows_in):
                 weight, bias = layer.masked(mask)
                 if bias is not None:
                     torch.addmm(bias[:, None], weight, new_in, out=z)
@@ -292,7 +317,7 @@ class DeltaEvaluator(Evaluator):
                     torch.mm(weight, new_in, out=z)
                 rows = None
             else:
-                if rows_in is not None and len(rows_in):  # every output unit may change
+                if rows_in is not None:  # every output unit may change
                     columns = layer.weight.index_select(1, rows_in)
                     keep = mask.get(layer.weight_name)
                     if keep is not None:
@@ -317,16 +342,29 @@ class DeltaEvaluator(Evaluator):
             self.differ[k] = rows
             if not layer.relu:
                 break
+            # The next layer takes the change of this one's activations only if it is not recomputed whole.
+            wants_delta = not self.recomputed(k + 1, flips, rows)
             if rows is None:
                 torch.clamp_min(z, 0, out=a)  # relu has no out=; clamp_min(0) is what it computes
-                delta = a - old.post[k]
+                delta = a - old.post[k] if wants_delta else None
                 rows = torch.arange(z.shape[0])
             else:
                 fresh = F.relu(z.index_select(0, rows))
-                delta = fresh - old.post[k].index_select(0, rows)
+                delta = fresh - old.post[k].index_select(0, rows) if wants_delta else None
                 a.index_copy_(0, rows, fresh)
             old_in, new_in = old.post[k], a
             rows_in, delta_in = rows, delta
+
+    def recomputed(self, k: int, flips: Flips, rows_in: torch.Tensor | None) -> bool:
+        """Whether layer k is computed whole from its new input rather than updated: when more
+        than a DENSE_FRACTION of its weights flipped, or more than FRESH_FRACTION of its inputs
+        changed (a rank-|changed| update then costs about as much, plus the inputs' change).
+        rows_in: the input units that changed (None for layer 0, whose input never does)."""
+        layer = self.layers[k]
+        weight_flips = flips.get(layer.weight_name)
+        if weight_flips is not None and len(weight_flips[0]) > DENSE_FRACTION * layer.weight.numel():
+            return True
+        return rows_in is not None and k > 0 and len(rows_in) > FRESH_FRACTION * layer.weight.shape[1]
 
     def copy_rows(self, source: Slot, target: Slot, k: int) -> None:
         """Make layer k of `target` equal to the source's, copying only the rows they may differ in."""
