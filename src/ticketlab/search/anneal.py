@@ -41,7 +41,7 @@ import torch
 
 from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.base import (CHECKPOINT_EVERY, Checkpoint, Evaluator, Searcher, SearchResult, SearchState,
-                                   check_common, history_row)
+                                   UnitData, check_common, history_row)
 from ticketlab.search.moves import Move, Moves, Tabu, next_h
 
 CALIBRATION_MOVES = 20
@@ -154,8 +154,7 @@ class Annealer(Searcher):
             raise TicketlabError("restarts are not part of the thesis's algorithm; use them with --mode default")
 
     @classmethod
-    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
-              features: torch.Tensor | None) -> Searcher:
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, units: UnitData) -> Searcher:
         return cls(evaluator, plan_for(cfg), cfg, generator)
 
     def begin(self, start: torch.Tensor | None) -> SearchState:
@@ -192,7 +191,7 @@ class Annealer(Searcher):
     def calibrate(self, state: SearchState) -> float:
         """T0 at which a move as bad as the average score change of random moves from the start
         is accepted with probability INITIAL_ACCEPTANCE (0, i.e. greedy, if they all scored the same)."""
-        drawn = [self.moves.move(state.current, self.h0, self.generator) for _ in range(self.first - 1)]
+        drawn = [self.draw(state.current, self.h0) for _ in range(self.first - 1)]
         if not drawn:
             return 0.0
         probes = [keep for keep, _ in drawn]
@@ -215,10 +214,15 @@ class Annealer(Searcher):
         """The units the next move swaps (an adaptive neighbourhood keeps h as a real number)."""
         return max(1, min(self.h_max, round(state.h)))
 
+    def draw(self, keep: torch.Tensor, h: int) -> tuple[torch.Tensor, Move]:
+        """A random neighbour of `keep` at move size h, and the Move to it: h kept and h pruned
+        units swapped (a searcher over another neighbourhood overrides this alone)."""
+        return self.moves.move(keep, h, self.generator)
+
     def propose(self, state: SearchState) -> tuple[torch.Tensor, Move]:
         h = self.h(state)
         for _ in range(max(1, self.plan.tries)):
-            candidate, move = self.moves.move(state.current, h, self.generator)
+            candidate, move = self.draw(state.current, h)
             if not self.tabu.seen(candidate, h):
                 break
         self.tabu.add(candidate)  # the thesis's rule: after `tries` seen draws, the last one is evaluated anyway
