@@ -64,16 +64,6 @@ def test_the_default_search_starts_from_magnitude_signs_trained_mask(mlp, runtim
     assert [row["h"] for row in result.history()[1:4]] == [1, 1, 1]  # single swaps first from a start mask
 
 
-def test_a_layer_budget_search_keeps_the_best_ranked_weights_of_each_layer(mlp, runtime):
-    result = search(mlp, dataclasses.replace(WEIGHTS, method="layer-budget"), runtime)
-    summary, mask = result.summary, result.mask()
-    assert summary["best"]["score"] >= summary["start_score"] and summary["kept"] == round(0.2 * summary["units"])
-    start = prune(mlp, PruneConfig(criterion="magnitude_sign", sparsity=WEIGHTS.sparsity), runtime).mask()
-    for name, keep in mask.items():  # within a layer, magnitude-sign's order: the kept sets are nested
-        fewer, more = sorted([keep, start[name]], key=lambda m: int(m.sum()))
-        assert not (fewer & ~more).any()
-
-
 def test_a_filter_search_in_thesis_mode_masks_whole_filters(conv, runtime):
     cfg = SearchConfig(granularity="filter", mode="thesis", sparsity=0.5, budget=40, val_size=100, layer_min=0.25)
     result = search(conv, cfg, runtime)
@@ -152,7 +142,6 @@ def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path
     (SearchConfig(val_size=100, layer_min=0.5, start="random"), "fewer than the .* floors need"),
     (SearchConfig(val_size=100, layer_min=0.5), "magnitude_sign@final start mask keeps .* below its floor"),
     (SearchConfig(val_size=100, start="magnitude@9ep"), "step 9ep is after the end of training"),
-    (SearchConfig(method="layer-budget", val_size=100, start="random"), "ranks units by the criterion of --start"),
     (SearchConfig(val_size=100, start="l1_norm"), "scores units, but the search is per weight"),
     (SearchConfig(val_size=100, start="oracle"), "unknown criterion 'oracle'"),
     (SearchConfig(val_size=100, start="magnitude", layer_min=0.1), "magnitude start mask keeps .* below its floor"),
@@ -197,7 +186,7 @@ class LayerByLayer(SamplingSearcher):
             raise TicketlabError("layer-by-layer keeps every layer's share; it has no layer_min")
 
     @classmethod
-    def build(cls, evaluator, cfg, generator, units):
+    def build(cls, evaluator, cfg, generator, features):
         searcher = cls(evaluator, cfg.budget, generator)
         searcher.sparsity = cfg.sparsity
         return searcher
@@ -240,12 +229,12 @@ def test_each_searchers_own_options_are_config_fields_under_its_own_help_heading
 
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     assert all(set(searcher.options) <= fields for searcher in SEARCHERS.values())
-    assert option_sections() == {"options of anneal, greedy, layer-budget": ["neighbourhood", "t0", "cooling", "restarts", "tabu"],
+    assert option_sections() == {"options of anneal, greedy": ["neighbourhood", "t0", "cooling", "restarts", "tabu"],
                                  "options of reinforce": ["policy_lr", "entropy", "baseline_decay", "episodes",
                                                           "hidden", "reward_sign"]}
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     text = capsys.readouterr().out
     help_lines = text[text.index("\nsearch:"):]  # past the usage lines
-    assert help_lines.index("options of anneal, greedy, layer-budget:") < help_lines.index("\n  --t0") \
+    assert help_lines.index("options of anneal, greedy:") < help_lines.index("\n  --t0") \
         < help_lines.index("options of reinforce:") < help_lines.index("\n  --policy-lr")

@@ -41,7 +41,7 @@ import torch
 
 from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.base import (CHECKPOINT_EVERY, Checkpoint, Evaluator, Searcher, SearchResult, SearchState,
-                                   UnitData, check_common, history_row)
+                                   check_common, history_row)
 from ticketlab.search.moves import Move, Moves, Tabu, next_h
 
 CALIBRATION_MOVES = 20
@@ -154,7 +154,8 @@ class Annealer(Searcher):
             raise TicketlabError("restarts are not part of the thesis's algorithm; use them with --mode default")
 
     @classmethod
-    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, units: UnitData) -> Searcher:
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
         return cls(evaluator, plan_for(cfg), cfg, generator)
 
     def begin(self, start: torch.Tensor | None) -> SearchState:

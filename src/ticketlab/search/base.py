@@ -87,15 +87,6 @@ def history_row(state: SearchState, candidate: float, accepted: bool, temperatur
             "current": current, "mean": mean, "best": state.best_score, "accepted": accepted}
 
 
-@dataclass
-class UnitData:
-    """What some searchers need to know of each unit, beside its score: the search stage computes
-    a field only for a searcher that asks for it (Searcher.needs_features, needs_scores)."""
-
-    features: torch.Tensor | None = None  # one row of search.features per unit (REINFORCE's state)
-    scores: torch.Tensor | None = None  # the --start criterion's score of each unit, flat over the space
-
-
 class Searcher:
     """The loop every searcher shares: spend the budget one evaluation at a time, with a
     progress bar, saving the state every `checkpoint_every` evaluations."""
@@ -103,8 +94,7 @@ class Searcher:
     name: ClassVar[str]  # as `ticketlab search METHOD` and SearchConfig.method name it
     label: ClassVar[str] = "search"  # the progress bar's
     starts_from_mask: ClassVar[bool] = True  # False: it draws its own masks (SearchConfig.start is unused)
-    needs_features: ClassVar[bool] = False  # it reads search.features' per-unit features (UnitData.features)
-    needs_scores: ClassVar[bool] = False  # it reads the start criterion's per-unit scores (UnitData.scores)
+    needs_features: ClassVar[bool] = False  # it reads search.features' per-unit features
     options: ClassVar[tuple[str, ...]] = ()  # the SearchConfig fields only it reads (its `check` checks them)
 
     def __init__(self, evaluator: Evaluator, budget: int, generator: torch.Generator):
@@ -123,7 +113,8 @@ class Searcher:
         return {}
 
     @classmethod
-    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, units: UnitData) -> Searcher:
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
         """The searcher a config asks for (the search stage's one way to make any of them), from a
         resolved config (search.searchers.resolve)."""
         raise NotImplementedError

@@ -16,7 +16,7 @@ import torch
 from ticketlab.config import SearchConfig
 from ticketlab.search.anneal import Annealer, plan_for
 from ticketlab.search.base import (CHECKPOINT_EVERY, Checkpoint, Evaluator, SamplingSearcher, Searcher,
-                                   SearchResult, UnitData, check_common)
+                                   SearchResult, check_common)
 
 
 class RandomSearch(SamplingSearcher):
@@ -28,7 +28,8 @@ class RandomSearch(SamplingSearcher):
         self.sparsity, self.layer_min = cfg.sparsity, cfg.layer_min
 
     @classmethod
-    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, units: UnitData) -> Searcher:
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
         return cls(evaluator, cfg, generator)
 
     def sample(self) -> torch.Tensor:
@@ -47,7 +48,8 @@ class Greedy(Annealer):
         return Annealer.defaults(replace(cfg, mode="default"))  # greedy has no thesis mode
 
     @classmethod
-    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, units: UnitData) -> Searcher:
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
         plan = replace(plan_for(replace(cfg, mode="default", t0=None, cooling=None)), t0=0.0, cooling=1.0)
         return cls(evaluator, plan, cfg, generator)
 
@@ -70,5 +72,5 @@ def greedy(evaluator: Evaluator, start: torch.Tensor, cfg: SearchConfig, generat
     check_common(cfg)
     Annealer.check(cfg)
     cfg = replace(cfg, **{k: v for k, v in Greedy.defaults(cfg).items() if getattr(cfg, k) is None})
-    return Greedy.build(evaluator, cfg, generator, UnitData()).run(
+    return Greedy.build(evaluator, cfg, generator, None).run(
         start, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

@@ -52,7 +52,7 @@ from torch import nn
 
 from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.base import (CHECKPOINT_EVERY, Checkpoint, Evaluator, SamplingSearcher, Searcher,
-                                   SearchResult, SearchState, UnitData, check_common)
+                                   SearchResult, SearchState, check_common)
 from ticketlab.search.space import Layer
 
 DEFAULT_HIDDEN = 64
@@ -208,10 +208,11 @@ class Reinforce(SamplingSearcher):
                                  "filter")
 
     @classmethod
-    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator, units: UnitData) -> Searcher:
-        if units.features is None:
+    def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,
+              features: torch.Tensor | None) -> Searcher:
+        if features is None:
             raise TicketlabError("reinforce needs the units' features (search.features.unit_features)")
-        return cls(evaluator, cfg, generator, units.features)
+        return cls(evaluator, cfg, generator, features)
 
     @classmethod
     def summarise(cls, found: SearchResult) -> dict[str, Any]:

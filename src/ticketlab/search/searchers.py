@@ -9,7 +9,6 @@ from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.anneal import Annealer
 from ticketlab.search.base import Searcher, check_common
 from ticketlab.search.baselines import Greedy, RandomSearch
-from ticketlab.search.layers import LayerBudget
 from ticketlab.search.reinforce import Reinforce
 
 SEARCHERS: dict[str, type[Searcher]] = {searcher.name: searcher for searcher in (
@@ -17,7 +16,6 @@ SEARCHERS: dict[str, type[Searcher]] = {searcher.name: searcher for searcher in 
     RandomSearch,
     Greedy,
     Reinforce,
-    LayerBudget,
 )}
 
 

@@ -36,7 +36,7 @@ from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
 from ticketlab.data import load_data
 from ticketlab.data.load import Dataset, Split
-from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, SearchResult, SearchState, UnitData
+from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, SearchResult, SearchState
 from ticketlab.search.evaluators import make_evaluator
 from ticketlab.search.features import unit_features
 from ticketlab.search.history import HELD_OUT, read_history, write_history
@@ -44,7 +44,7 @@ from ticketlab.search.moves import Moves
 from ticketlab.search.reference import SCORE_BATCH, objective as score_batches
 from ticketlab.search.searchers import check_config, get_searcher, identity, resolve
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
-from ticketlab.sparsity.criteria import Criterion, ScoreContext, get_criterion
+from ticketlab.sparsity.criteria import ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.stage import Stage
@@ -101,32 +101,8 @@ def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: T
     scored at the search's checkpoint (`model`) or, for CRITERION@STEP, at that step."""
     if cfg.start == "random":
         return space.random(cfg.sparsity, generator, cfg.layer_min)
-    if starts_from_run(cfg):
+    if cfg.start.partition("-")[0] in START_RUN_KINDS or Path(cfg.start).is_dir():
         return _start_from_run(cfg, model, space, runs_dir)
-    criterion, context = _start_criterion(cfg, model, train, objective, generator)
-    return space.from_mask(score_and_select(context, criterion, cfg.sparsity))
-
-
-def start_scores(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: TrainRun, objective: Split,
-                 generator: torch.Generator) -> torch.Tensor:
-    """The score the criterion cfg.start gives each unit of the space (flat, as keep-vectors are):
-    what start_mask selects from."""
-    if cfg.start == "random" or starts_from_run(cfg):
-        raise TicketlabError(f"{cfg.method} ranks units by the criterion of --start, but the start is {cfg.start}; "
-                             "start from a criterion (magnitude_sign@final, snip, ...)")
-    criterion, context = _start_criterion(cfg, model, train, objective, generator)
-    scores = criterion.scores(dataclasses.replace(context, sparsity=cfg.sparsity))
-    return torch.cat([scores[layer.name].flatten().float().cpu() for layer in space.layers])
-
-
-def starts_from_run(cfg: SearchConfig) -> bool:
-    return cfg.start.partition("-")[0] in START_RUN_KINDS or Path(cfg.start).is_dir()
-
-
-def _start_criterion(cfg: SearchConfig, model: nn.Module, train: TrainRun, objective: Split,
-                     generator: torch.Generator) -> tuple[Criterion, ScoreContext]:
-    """The criterion cfg.start names, and the context it scores: the weights at its @STEP (default:
-    the searched ones), the initialisation, the objective's first images."""
     name, _, step = cfg.start.partition("@")
     criterion = get_criterion(name)
     if criterion.structured != (cfg.granularity == "filter"):
@@ -136,11 +112,12 @@ def _start_criterion(cfg: SearchConfig, model: nn.Module, train: TrainRun, objec
     if step:
         model = copy.deepcopy(model)
         model.load_state_dict(train.state_dict(step))
-    return criterion, ScoreContext(
+    context = ScoreContext(
         model=model, names=prunable_names(model), sparsity=cfg.sparsity, generator=generator,
         init={k: v.to(device) for k, v in train.state_dict("0it").items()} if criterion.needs_init else None,
         batches=[(objective.x[:CRITERION_BATCH], objective.y[:CRITERION_BATCH])] if criterion.needs_data else None,
     )
+    return space.from_mask(score_and_select(context, criterion, cfg.sparsity))
 
 
 def _start_from_run(cfg: SearchConfig, model: nn.Module, space: SearchSpace, runs_dir: str | None) -> torch.Tensor:
@@ -225,7 +202,7 @@ class SearchSetup:
     objective: Split
     rest: Split
     start: torch.Tensor | None
-    units: UnitData
+    features: torch.Tensor | None
     generator: torch.Generator
     evaluator: Evaluator
     evaluator_on: Callable[[Split, str], Evaluator]
@@ -250,15 +227,12 @@ def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup
         return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
                               train_config=train.training, train_data=data.train, exact=cfg.exact)
 
-    # What the searcher reads of the units, and the tracker's own copy of the model, before the
-    # evaluator takes it over.
-    units = UnitData(
-        features=unit_features(model, space) if searcher.needs_features else None,
-        scores=start_scores(cfg, model, space, train, objective, generator) if searcher.needs_scores else None)
+    # The agent's state, and the tracker's own copy of the model, before the evaluator takes it over.
+    features = unit_features(model, space) if searcher.needs_features else None
     tracker = make_evaluator(copy.deepcopy(model), weights, space, rest.x, rest.y, metric=cfg.metric,
                              train_steps=cfg.train_steps, train_config=train.training, train_data=data.train,
                              incremental=False) if len(rest.y) else None
-    return SearchSetup(device, data, space, objective, rest, start, units, generator,
+    return SearchSetup(device, data, space, objective, rest, start, features, generator,
                        evaluator_on(objective, cfg.metric), evaluator_on, tracker)
 
 
@@ -267,7 +241,7 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     state = run.file(paths.SEARCH_STATE)
     resume = load_checkpoint(state) if state.exists() else None
     started = time.perf_counter()
-    searcher = get_searcher(cfg.method).build(setup.evaluator, cfg, setup.generator, setup.units)
+    searcher = get_searcher(cfg.method).build(setup.evaluator, cfg, setup.generator, setup.features)
     found = searcher.run(setup.start, progress=runtime.progress, resume=resume, checkpoint_every=CHECKPOINT_EVERY,
                          checkpoint=lambda snapshot: atomic_torch_save(snapshot, state),
                          observe=held_out_tracking(setup.tracker, cfg.budget))
