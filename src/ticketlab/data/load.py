@@ -14,12 +14,14 @@ import torch
 from ticketlab.config import DataConfig
 from ticketlab.data.cache import read_cached
 from ticketlab.data.download import REMOTE, DownloadError, download as download_files
+from ticketlab.data.identity import user_fingerprint
 from ticketlab.data.local import IncompleteData
 from ticketlab.data.raw import DataError, Found, RawData
 from ticketlab.data.registry import DatasetSpec, get_spec
 from ticketlab.data.splits import split_indices
 
 NPZ_PREFIX = "npz:"  # a dataset name "npz:PATH": the user's arrays x, y (and x_test, y_test) in PATH
+_FINGERPRINTS: dict[tuple, str | None] = {}  # data_digest of files in a data folder, per version of them
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Dataset:
     source: str  # where the data came from, in words
     augment: bool  # whether training batches should go through augment_batch
     black: tuple[float, ...]  # a black pixel after normalisation, per channel: the crop's padding
+    fingerprint: str | None = None  # a user's copy of a built-in data set: its arrays' SHA-256 (data.identity)
 
 
 def data_root(data_dir: str | Path | None) -> Path | None:
@@ -58,24 +61,26 @@ def data_cache(cache_dir: str | Path | None) -> Path:
     return Path(base).expanduser() / "data"
 
 
-def _find(spec: DatasetSpec, data_dir: str | Path | None, cache: Path, download: bool) -> Found:
+def _find(spec: DatasetSpec, data_dir: str | Path | None, cache: Path, download: bool) -> tuple[Found, bool]:
+    """The data found, and whether it is files in a data folder (data_dir or the cache), which
+    may be anyone's copy, rather than an installed package's or generated data."""
     if spec.find_files:
         root = data_root(data_dir)
         found = spec.find_files(root) if root else None
         if found:
-            return found
+            return found, True
         try:
             found = spec.find_files(cache)
         except IncompleteData:
             found = None  # an interrupted download, completed below
         if found:
-            return found
+            return found, True
     # Installed packages come before downloads: an installed, checksum-verified local copy
     # should never cost a network attempt.
     if spec.find_bundled:
         found = spec.find_bundled()
         if found:
-            return found
+            return found, False
     reason = ""
     if spec.name in REMOTE:
         if not download:
@@ -85,7 +90,7 @@ def _find(spec: DatasetSpec, data_dir: str | Path | None, cache: Path, download:
                 download_files(spec.name, cache)
                 found = spec.find_files(cache) if spec.find_files else None
                 if found:
-                    return found
+                    return found, True
             except DownloadError as error:
                 reason = f" and {error}"
     raise DataError(f"{spec.name}: no data found{reason}; {spec.help}")
@@ -128,9 +133,10 @@ def load_data(
         return _user_npz(cfg, torch.device(device))
     spec = get_spec(cfg.name)
     cache = data_cache(cache_dir) / spec.name
-    found = _find(spec, data_dir, cache, download)
+    found, in_folder = _find(spec, data_dir, cache, download)
     raw = read_cached(found, cache)
     _check(raw, spec, found.source)
+    copy = user_fingerprint(spec.name, found, lambda: raw) if in_folder else None
     val_size = spec.val_size if cfg.val_size is None else cfg.val_size
     train, val = split_indices(len(raw.train_y), val_size, cfg.split_seed, cfg.train_size)
     device = torch.device(device)
@@ -141,9 +147,10 @@ def load_data(
         test=_split(raw.test_x, raw.test_y, spec, device),
         input_shape=spec.input_shape,
         num_classes=spec.num_classes,
-        source=found.source,
+        source=found.source if copy is None else f"{found.source} (user copy, sha256 {copy})",
         augment=spec.augment if cfg.augment is None else cfg.augment,
         black=tuple(-m / s for m, s in zip(spec.mean, spec.std)),
+        fingerprint=copy,
     )
 
 
@@ -163,17 +170,35 @@ def _user_npz(cfg: DataConfig, device: torch.device) -> Dataset:
     return replace(data, **moved, source=f"{data.source}, sha256 {data_digest(cfg)}")
 
 
-def data_digest(cfg: DataConfig) -> str | None:
-    """The SHA-256 of a user's data file (an npz: name), which names the runs trained on it, so a
-    changed file is new data; None for the built-in sets (their files are verified as they are read)."""
+def data_digest(cfg: DataConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> str | None:
+    """What names the runs trained on this data beside its config: the SHA-256 of a user's data
+    file (an npz: name), or of a user's copy of a built-in data set (data.identity), so changed
+    data is new data; None for a built-in set's canonical data, and for data not found (it
+    cannot be trained on, and is named as canonical until it is there)."""
     if not cfg.name.startswith(NPZ_PREFIX):
-        return None
+        spec = get_spec(cfg.name)
+        cache = data_cache(cache_dir) / spec.name
+        try:
+            found, in_folder = _find(spec, data_dir, cache, download=False)
+        except DataError:
+            return None
+        if not in_folder:
+            return None
+        key = (spec.name, tuple(_version(path) for path in found.files))
+        if key not in _FINGERPRINTS:  # once per version of the files: a study names every run from them
+            _FINGERPRINTS[key] = user_fingerprint(spec.name, found, lambda: read_cached(found, cache))
+        return _FINGERPRINTS[key]
     path = _npz_path(cfg)
     try:
         stat = path.stat()
     except OSError:
         raise DataError(f"{path} cannot be read; expected an .npz file with arrays x and y") from None
     return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=64)

@@ -176,10 +176,11 @@ class TicketTraining(TrainRun):
 
 def earlybird_run(data: DataConfig, model: ModelConfig, training: TrainConfig, ratios: Sequence[float],
                   runs_dir: str | None = None, criterion: str = "bn_scale", threshold: float = THRESHOLD,
-                  stop: bool = False) -> Run:
-    """The early-bird run these inputs name, finished or not."""
+                  stop: bool = False, data_dir: str | None = None) -> Run:
+    """The early-bird run these inputs (and the data found for them in data_dir) name, finished or not."""
     settings = {"ratios": [float(r) for r in ratios], "criterion": criterion, "threshold": threshold, "stop": stop}
-    return EarlyBirdResult.run_for({**train_identity(data, model, training), "earlybird": settings}, runs_dir)
+    return EarlyBirdResult.run_for({**train_identity(data, model, training, data_dir), "earlybird": settings},
+                                   runs_dir)
 
 
 def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratios: Sequence[float],
@@ -191,7 +192,8 @@ def earlybird(data: DataConfig, model: ModelConfig, training: TrainConfig, ratio
     distances.json (the epoch × epoch mask distances per ratio, which the report draws as
     heatmaps), and checkpoints/earlybird-<ratio>.pt of each ticket.
     """
-    result = EarlyBirdResult(earlybird_run(data, model, training, ratios, runtime.runs_dir, criterion, threshold, stop))
+    result = EarlyBirdResult(earlybird_run(data, model, training, ratios, runtime.runs_dir, criterion, threshold, stop,
+                                           runtime.data_dir))
     run = result.run
     settings = run.identity["earlybird"]
 

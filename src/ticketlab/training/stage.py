@@ -52,9 +52,15 @@ def apply_runtime(runtime: Runtime) -> torch.device:
     return device
 
 
-def train_identity(data: DataConfig, model: ModelConfig, training: TrainConfig) -> dict[str, Any]:
+def train_identity(data: DataConfig, model: ModelConfig, training: TrainConfig, data_dir: str | None = None,
+                   digest: str | None | bool = True) -> dict[str, Any]:
+    """What names a training run: the configs' non-defaults, and for a user's data (their file,
+    or their copy of a built-in set in `data_dir`) its content's SHA-256, not its path.
+    digest: that SHA-256 as a finished run recorded it (None: canonical data), instead of
+    locating the data again (True)."""
     identity = {"data": non_default(data), "model": non_default(model), "train": non_default(training)}
-    digest = data_digest(data)  # a user's file: its content, not its path, is the data
+    if digest is True:
+        digest = data_digest(data, data_dir)
     return identity if digest is None else {**identity, "data_sha256": digest}
 
 
@@ -125,10 +131,11 @@ def with_checkpoints(training: TrainConfig, steps: Sequence[str]) -> TrainConfig
     return dataclasses.replace(training, save_at=",".join(filter(None, [training.save_at, *missing])))
 
 
-def train_run_handle(data: DataConfig, model: ModelConfig, training: TrainConfig,
-                     runs_dir: str | None) -> TrainRun:
-    """The run these hyperparameters name, finished or not."""
-    return TrainRun(TrainRun.run_for(train_identity(data, model, training), runs_dir), data, model, training)
+def train_run_handle(data: DataConfig, model: ModelConfig, training: TrainConfig, runs_dir: str | None,
+                     data_dir: str | None = None, digest: str | None | bool = True) -> TrainRun:
+    """The run these hyperparameters (and the data found for them in data_dir) name, finished or not."""
+    identity = train_identity(data, model, training, data_dir, digest)
+    return TrainRun(TrainRun.run_for(identity, runs_dir), data, model, training)
 
 
 def train(data: DataConfig | Any = DataConfig(), model: ModelConfig = ModelConfig(),
@@ -140,7 +147,7 @@ def train(data: DataConfig | Any = DataConfig(), model: ModelConfig = ModelConfi
     directory (data.user.store_arrays), and the run reads it from there as it would an .npz."""
     if not isinstance(data, DataConfig):
         data = user_data(data, runtime.runs_dir)
-    result = train_run_handle(data, model, training, runtime.runs_dir)
+    result = train_run_handle(data, model, training, runtime.runs_dir, runtime.data_dir)
     run_training(result, data, model, training, runtime)
     return result
 
@@ -193,6 +200,8 @@ def find_train_run(ref: str, runs_dir: str | None = None) -> TrainRun:
     data = from_dict(DataConfig, hparams["data"], f"{path}/hparams.json data")
     model = from_dict(ModelConfig, hparams["model"], f"{path}/hparams.json model")
     training = from_dict(TrainConfig, hparams["train"], f"{path}/hparams.json train")
-    result = train_run_handle(data, model, training, str(path.parent))
+    # The data's digest as the run recorded it: the run is found wherever its data now is.
+    result = train_run_handle(data, model, training, str(path.parent),
+                              digest=hparams.get("identity", {}).get("data_sha256"))
     check_found(result, path)
     return result

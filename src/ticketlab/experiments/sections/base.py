@@ -57,7 +57,7 @@ class Context:
         if self.dense_by is not None:
             section, value = self.dense_by
             return section.dense_handle(value, self)
-        return train_run_handle(self.data, self.model, self.training, self.runtime.runs_dir)
+        return train_run_handle(self.data, self.model, self.training, self.runtime.runs_dir, self.runtime.data_dir)
 
     def dense_node(self) -> Node:
         handle = self.dense_handle()

@@ -91,7 +91,8 @@ class CompareSection(Section):
         for replicate in range(context.replicates):
             made: dict[float, list[tuple[str, str, str]]] = {}  # sparsity -> (method, mask run, its node)
             seeded = dense_training(context.training, value.methods, value.rewind, replicate)
-            dense = train_run_handle(context.data, context.model, seeded, context.runtime.runs_dir)
+            dense = train_run_handle(context.data, context.model, seeded, context.runtime.runs_dir,
+                                     context.runtime.data_dir)
             nodes.append(Node(dense.run.name, train, (context.data, context.model, seeded, context.node_runtime),
                               kind="train", runs=(dense.run.name,), trainings=1))
             for sparsity in value.sparsities:

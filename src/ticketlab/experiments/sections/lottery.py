@@ -70,7 +70,7 @@ class LotterySection(Section):
         nodes = []
         for replicate in range(context.replicates):
             seeded = replicate_training(context.training, cfg, replicate)
-            dense = train_run_handle(context.data, context.model, seeded, runs_dir)
+            dense = train_run_handle(context.data, context.model, seeded, runs_dir, context.runtime.data_dir)
             levels = [level_run(dense, cfg, number, context.runtime) for number in range(1, cfg.levels + 1)]
             chain = f"{dense.run.name}: lottery of {cfg.levels} levels"
             nodes += [Node(dense.run.name, train, (context.data, context.model, seeded, context.node_runtime),

@@ -63,9 +63,10 @@ class StructuredSection(Section):
     def dense_handle(self, value: Structured, context: Context) -> TrainRun:
         training = dense_training(context.training, value.shrink)
         if value.earlybird is None:
-            return train_run_handle(context.data, context.model, training, context.runtime.runs_dir)
+            return train_run_handle(context.data, context.model, training, context.runtime.runs_dir,
+                                    context.runtime.data_dir)
         run = earlybird_run(context.data, context.model, training, value.earlybird.ratios, context.runtime.runs_dir,
-                            **value.earlybird.options)
+                            **value.earlybird.options, data_dir=context.runtime.data_dir)
         return TrainRun(run, context.data, context.model, training)
 
     def nodes(self, value: Structured, context: Context) -> list[Node]:
