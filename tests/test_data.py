@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -318,24 +319,71 @@ def test_cifar_not_a_tar(tmp_path):
 # The parsed-array cache
 
 
+def parsed_copies(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "cache" / "data" / "parsed").glob("*.npz"))
+
+
 def test_changed_file_is_read_again(tmp_path):
     arrays = tiny_mnist()
     files = write_idx_set(tmp_path / "data", arrays)
     first = load(tmp_path, "fashion", data_dir=tmp_path / "data")
-    assert len(list((tmp_path / "cache").rglob("parsed-*.npz"))) == 1
-    arrays["test_y"] = (arrays["test_y"] + 1) % 10
-    write_idx_set(tmp_path / "data", arrays)
+    assert [p.stem for p in parsed_copies(tmp_path)] == [first.fingerprint]  # stored by content
+    changed = {**arrays, "test_y": (arrays["test_y"] + 1) % 10}
+    write_idx_set(tmp_path / "data", changed)
     stat = files[3].stat()
     os.utime(files[3], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # in case the clock is coarse
     second = load(tmp_path, "fashion", data_dir=tmp_path / "data")
     assert torch.equal(second.test.y, (first.test.y + 1) % 10)
-    assert len(list((tmp_path / "cache").rglob("parsed-*.npz"))) == 1, "the stale copy is removed"
+    assert len(parsed_copies(tmp_path)) == 2 and second.fingerprint != first.fingerprint
+    write_idx_set(tmp_path / "data", arrays)  # back to the first content: its parsed copy serves it
+    os.utime(files[3], ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
+    assert load(tmp_path, "fashion", data_dir=tmp_path / "data").fingerprint == first.fingerprint
+    assert len(parsed_copies(tmp_path)) == 2
+
+
+def test_one_parsed_copy_serves_every_source_of_the_same_arrays(tmp_path, monkeypatch):
+    arrays = tiny_mnist(seed=6)
+    write_idx_set(tmp_path / "a", arrays)
+    write_idx_set(tmp_path / "b", arrays, gz=False)
+    write_mnist_pickle(tmp_path / "c" / "mnist.pkl.gz", arrays)
+    loaded = [load(tmp_path, "mnist", data_dir=tmp_path / name) for name in "abc"]
+    assert len(parsed_copies(tmp_path)) == 1 and len({data.fingerprint for data in loaded}) == 1
+    assert len(list((tmp_path / "cache" / "data" / "parsed").glob("source-*.json"))) == 3
+    # The least recently used copies go beyond MAX_COPIES, with the records of their sources.
+    monkeypatch.setattr("ticketlab.data.cache.MAX_COPIES", 2)
+    for seed in (7, 8):
+        write_idx_set(tmp_path / f"s{seed}", tiny_mnist(seed=seed))
+        load(tmp_path, "mnist", data_dir=tmp_path / f"s{seed}")
+    kept = parsed_copies(tmp_path)
+    assert len(kept) == 2 and loaded[0].fingerprint not in {p.stem for p in kept}
+    assert len(list((tmp_path / "cache" / "data" / "parsed").glob("source-*.json"))) == 2
+    again = load(tmp_path, "mnist", data_dir=tmp_path / "a")  # evicted: parsed again, the same arrays
+    assert torch.equal(again.train.x, loaded[0].train.x)
+
+
+def test_the_cache_command_lists_and_clears_it(tmp_path, capsys):
+    from ticketlab.cli import main
+
+    write_idx_set(tmp_path / "data", tiny_mnist())
+    data = load(tmp_path, "mnist", data_dir=tmp_path / "data")
+    (tmp_path / "cache" / "data" / "fashion").mkdir(parents=True)
+    (tmp_path / "cache" / "data" / "fashion" / "train-images-idx3-ubyte.gz").write_bytes(b"x" * 100)
+    assert main(["cache", "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cache"]
+    assert [entry["content"] for entry in listed["parsed"]] == [data.fingerprint]
+    assert listed["parsed"][0]["sources"] == [{"dataset": "mnist", "source": f"IDX files in {tmp_path / 'data'}"}]
+    assert listed["downloads"] == {"fashion": 100}
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "freed" in capsys.readouterr().out
+    assert not parsed_copies(tmp_path) and (tmp_path / "cache" / "data" / "fashion").is_dir()
+    assert main(["cache", "clear", "--downloads", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert not (tmp_path / "cache" / "data" / "fashion").exists()
 
 
 def test_damaged_cache_is_parsed_again(tmp_path):
     write_idx_set(tmp_path / "data", tiny_mnist())
     first = load(tmp_path, "fashion", data_dir=tmp_path / "data")
-    for cached in (tmp_path / "cache").rglob("parsed-*.npz"):
+    for cached in parsed_copies(tmp_path):
         cached.write_bytes(b"damaged")
     second = load(tmp_path, "fashion", data_dir=tmp_path / "data")
     assert torch.equal(first.train.x, second.train.x)

@@ -166,8 +166,13 @@ def test_evaluation_every_n_iterations_finds_the_early_stop_iteration(tmp_path):
     run = train(DIGITS, LENET, TrainConfig(steps="2ep", eval_every="10it"), quiet(tmp_path))
     rows = metric_rows(run.path)
     per_epoch = run.summary["iterations_per_epoch"]
-    expected = sorted({0, *range(10, 2 * per_epoch, 10), per_epoch, 2 * per_epoch})
+    # Every 10 iterations and at each epoch end, except a point within 5 iterations before an epoch end.
+    mid = [i for i in range(10, 2 * per_epoch, 10) if -i % per_epoch >= 5]
+    expected = sorted({0, *mid, per_epoch, 2 * per_epoch})
+    assert len(mid) < len(range(10, 2 * per_epoch, 10))  # some were that close: the rule is exercised
     assert [int(r["iteration"]) for r in rows] == expected
+    # epoch: the epochs trained at the row, mid-epoch rows as fractions
+    assert [float(r["epoch"]) for r in rows] == [round(i / per_epoch, 4) for i in expected]
     best = min(rows, key=lambda r: float(r["val_loss"]))
     assert run.summary["best"]["iteration"] == int(best["iteration"])
 

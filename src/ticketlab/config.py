@@ -191,6 +191,8 @@ class Runtime:
 
     runs_dir: str | None = hp(None, "root of run directories (default: $TICKETLAB_RUNS or ./runs)")
     data_dir: str | None = hp(None, "directory with dataset files (default: $TICKETLAB_DATA)")
+    cache_dir: str | None = hp(None, "where downloads and parsed arrays are kept (default: $TICKETLAB_CACHE or "
+                                     "~/.cache/ticketlab; `ticketlab cache` lists and clears it)")
     device: str = hp("auto", "auto, cpu or cuda")
     threads: int = hp(1, "CPU threads for PyTorch (1 never collapses on a busy 2-core machine; see BENCHMARKS.md)")
     force: bool = hp(False, "redo the run even if it is finished")

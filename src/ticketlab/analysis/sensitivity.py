@@ -82,7 +82,7 @@ def sensitivity(train: TrainRun, ladder: Sequence[float] = LADDER, *, step: str 
     def prepare() -> tuple[dict[str, Any], tuple[dict[str, torch.Tensor], Dataset, nn.Module]]:
         weights = train.state_dict(step)
         device = apply_runtime(runtime)
-        data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+        data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
         model = init_model(train.model_config, data, train.training.seed).to(device)
         return {"train": train.run.name, "step": step, "ladder": ladder}, (weights, data, model)
 

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from ticketlab.cli.flags import Result, add_output_flags
-from ticketlab.config import Runtime
+from ticketlab.config import Runtime, TicketlabError
 
 
 def cmd_criteria(args: argparse.Namespace) -> Result:
@@ -71,6 +71,34 @@ def cmd_runs(args: argparse.Namespace) -> Result:
                             for row in rows]}
 
 
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
+def cmd_cache(args: argparse.Namespace) -> Result:
+    from ticketlab.data.cache import cache_entries, clear_cache
+    from ticketlab.data.load import data_cache
+
+    base = data_cache(args.cache_dir)
+    if args.action == "clear":
+        freed = clear_cache(base, downloads=args.downloads)
+        what = "parsed copies and downloads" if args.downloads else "parsed copies (downloads kept: --downloads)"
+        return [f"cleared {what} from {base}: {_megabytes(freed)} freed"], {"cache": {"path": str(base),
+                                                                                    "freed_bytes": freed}}
+    if args.downloads:
+        raise TicketlabError("--downloads is for `ticketlab cache clear`")
+    entries = cache_entries(base)
+    lines = [f"cache {base}: {_megabytes(entries['bytes'])}"]
+    for copy in entries["parsed"]:
+        seen = "; ".join(f"{s['dataset']}: {s['source']}" for s in copy["sources"]) or "no source recorded"
+        lines.append(f"  parsed {copy['content'][:12]}  {_megabytes(copy['bytes']):>9}  used {copy['last_used']}  {seen}")
+    for name, size in entries["downloads"].items():
+        lines.append(f"  downloads of {name}: {_megabytes(size)}")
+    if entries["legacy_parsed"]:
+        lines.append(f"  {len(entries['legacy_parsed'])} parsed files of an earlier version (`ticketlab cache clear`)")
+    return lines, {"cache": entries}
+
+
 def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     runs = commands.add_parser("runs", help="list runs with their status and key metrics",
                                formatter_class=formatter)
@@ -86,3 +114,11 @@ def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
                                  formatter_class=formatter)
     add_output_flags(models)
     models.set_defaults(handler=cmd_models)
+
+    cache = commands.add_parser("cache", help="the data cache: its parsed copies and downloads (list), or clear it",
+                                formatter_class=formatter)
+    cache.add_argument("action", nargs="?", choices=("list", "clear"), default="list")
+    cache.add_argument("--cache-dir", default=None, help=Runtime.__dataclass_fields__["cache_dir"].metadata["help"])
+    cache.add_argument("--downloads", action="store_true", help="clear: remove the downloaded files too")
+    add_output_flags(cache)
+    cache.set_defaults(handler=cmd_cache)

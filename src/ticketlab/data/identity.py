@@ -88,9 +88,10 @@ def file_sha256(path: Path) -> str:
     return _file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
-def user_fingerprint(name: str, found: Found, read: Callable[[], RawData]) -> str | None:
+def user_fingerprint(name: str, found: Found, digests_of: Callable[[], dict[str, str]]) -> str | None:
     """None when `found` (files in a data folder) is data set `name`'s canonical data; else the
-    fingerprint of this copy. Another data set's canonical file or arrays are refused."""
+    fingerprint of this copy (`digests_of` gives its arrays' part_digests, asked only when the
+    files' checksums do not settle it). Another data set's canonical file or arrays are refused."""
     sums = {path: file_sha256(path) for path in found.files}
     canonical = canonical_files()
     for path, sha in sums.items():
@@ -100,7 +101,7 @@ def user_fingerprint(name: str, found: Found, read: Callable[[], RawData]) -> st
                             f"{TITLES.get(name, name)}'s; put {TITLES.get(name, name)}'s files there")
     if sums and all(canonical.get(sha, ("", ""))[0] == name for sha in sums.values()):
         return None
-    digests = part_digests(read())
+    digests = digests_of()
     for other, arrays in CANONICAL_ARRAYS.items():
         same = [part for part in PARTS if digests[part] == arrays[part]]
         if other != name and same:

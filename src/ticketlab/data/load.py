@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ticketlab.config import DataConfig
-from ticketlab.data.cache import read_cached
+from ticketlab.data.cache import PARSED, known_digests, read_parsed
 from ticketlab.data.download import REMOTE, DownloadError, download as download_files
 from ticketlab.data.identity import user_fingerprint
 from ticketlab.data.local import IncompleteData
@@ -21,7 +21,6 @@ from ticketlab.data.registry import DatasetSpec, get_spec
 from ticketlab.data.splits import split_indices
 
 NPZ_PREFIX = "npz:"  # a dataset name "npz:PATH": the user's arrays x, y (and x_test, y_test) in PATH
-_FINGERPRINTS: dict[tuple, str | None] = {}  # data_digest of files in a data folder, per version of them
 
 
 @dataclass
@@ -132,11 +131,10 @@ def load_data(
     if cfg.name.startswith(NPZ_PREFIX):
         return _user_npz(cfg, torch.device(device))
     spec = get_spec(cfg.name)
-    cache = data_cache(cache_dir) / spec.name
-    found, in_folder = _find(spec, data_dir, cache, download)
-    raw = read_cached(found, cache)
+    found, in_folder = _find(spec, data_dir, data_cache(cache_dir) / spec.name, download)
+    raw, digests = read_parsed(found, data_cache(cache_dir) / PARSED, spec.name)
     _check(raw, spec, found.source)
-    copy = user_fingerprint(spec.name, found, lambda: raw) if in_folder else None
+    copy = user_fingerprint(spec.name, found, lambda: digests) if in_folder else None
     val_size = spec.val_size if cfg.val_size is None else cfg.val_size
     train, val = split_indices(len(raw.train_y), val_size, cfg.split_seed, cfg.train_size)
     device = torch.device(device)
@@ -177,28 +175,22 @@ def data_digest(cfg: DataConfig, data_dir: str | Path | None = None, cache_dir: 
     cannot be trained on, and is named as canonical until it is there)."""
     if not cfg.name.startswith(NPZ_PREFIX):
         spec = get_spec(cfg.name)
-        cache = data_cache(cache_dir) / spec.name
         try:
-            found, in_folder = _find(spec, data_dir, cache, download=False)
+            found, in_folder = _find(spec, data_dir, data_cache(cache_dir) / spec.name, download=False)
         except DataError:
             return None
         if not in_folder:
             return None
-        key = (spec.name, tuple(_version(path) for path in found.files))
-        if key not in _FINGERPRINTS:  # once per version of the files: a study names every run from them
-            _FINGERPRINTS[key] = user_fingerprint(spec.name, found, lambda: read_cached(found, cache))
-        return _FINGERPRINTS[key]
+        store = data_cache(cache_dir) / PARSED
+        # A source seen before is named from the cache's record of it, without reading its arrays.
+        return user_fingerprint(spec.name, found,
+                                lambda: known_digests(found, store) or read_parsed(found, store, spec.name).digests)
     path = _npz_path(cfg)
     try:
         stat = path.stat()
     except OSError:
         raise DataError(f"{path} cannot be read; expected an .npz file with arrays x and y") from None
     return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
-
-
-def _version(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=64)

@@ -160,7 +160,7 @@ def context_of(preset: Preset, runtime: Runtime = Runtime()) -> tuple[Context, s
     set is not here), and a note saying which data it is."""
     data, training = preset.data, preset.train
     try:
-        load_data(data, data_dir=runtime.data_dir)  # cached after the first call: cheap to ask
+        load_data(data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir)  # parsed once: cheap to ask
         note = f"data: {data.name}"
     except DataError as missing:
         if preset.fallback is None:

@@ -36,7 +36,8 @@ class Setting:
     @classmethod
     def of(cls, dense: TrainRun, runtime: Runtime) -> Setting:
         device = apply_runtime(runtime)
-        return cls(dense, load_data(dense.data, data_dir=runtime.data_dir, device=device), device, runtime)
+        data = load_data(dense.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+        return cls(dense, data, device, runtime)
 
     def model(self, seed: int | None = None) -> nn.Module:
         """A fresh model on the device, initialised by `seed` (default: the dense run's seed)."""

@@ -153,7 +153,7 @@ def _at_checkpoint(train: TrainRun, cfg: SearchConfig,
     and the rest of validation."""
     device = apply_runtime(runtime)
     weights = train.state_dict(cfg.at)
-    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+    data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
     objective, rest = split_validation(data.val, cfg.val_size, train.data.name)
     model = init_model(train.model_config, data, train.training.seed).to(device)
     model.load_state_dict(weights)

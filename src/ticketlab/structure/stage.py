@@ -151,7 +151,7 @@ def _shrink(source: PruneRun | SearchRun, step: str, backend: str,
     """The small network, its keep-flags and the shrink run's summary: cut, checked, measured."""
     train = source.train
     device = apply_runtime(runtime)
-    data = load_data(train.data, data_dir=runtime.data_dir, device=device)
+    data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
     model = init_model(train.model_config, data, train.training.seed).to(device)
     model.load_state_dict(train.state_dict(step))
     units = units_from_mask(model, source.mask())

@@ -67,9 +67,18 @@ class Schedule:
         return cls(per_epoch, total, save_at, eval_every)
 
     def evaluates_mid_epoch(self, iteration: int) -> bool:
-        """Whether `iteration` (not an epoch end: those always evaluate) gets a metrics row."""
-        return (self.eval_every > 0 and iteration % self.eval_every == 0
-                and iteration % self.iterations_per_epoch != 0 and iteration < self.total)
+        """Whether `iteration` (not an epoch end: those always evaluate) gets a metrics row: a
+        multiple of eval_every, unless the epoch's end (or training's) comes within half of
+        eval_every after it, whose row then stands for both."""
+        if self.eval_every <= 0 or iteration % self.eval_every or iteration % self.iterations_per_epoch == 0:
+            return False
+        epoch_end = min(self.total, (iteration // self.iterations_per_epoch + 1) * self.iterations_per_epoch)
+        return epoch_end - iteration >= max(1, self.eval_every // 2)
+
+    def epochs(self, iteration: int) -> float | int:
+        """metrics.csv's epoch: the epochs trained by `iteration` (5.55 at 5ep415it of 755 per epoch; 6 at 6ep)."""
+        epochs = iteration / self.iterations_per_epoch
+        return int(epochs) if epochs.is_integer() else round(epochs, 4)
 
     def name(self, iteration: int) -> str:
         return step_name(iteration, self.iterations_per_epoch)
@@ -214,12 +223,12 @@ class Trainer:
             index = int(bad[0])
             self._diverge("training loss", float(losses[index]), first_iteration + index)
 
-    def _record(self, epoch: int, train_loss: float, train_acc: float) -> None:
+    def _record(self, train_loss: float, train_acc: float) -> None:
         val_loss, val_acc = evaluate(self.model, self.data.val)
         if not math.isfinite(val_loss):  # finite training losses, and yet weights that overflow
             self._diverge("validation loss", val_loss, self.iteration)
         test_loss, test_acc = evaluate(self.model, self.data.test)
-        row = {"epoch": epoch, "iteration": self.iteration, "step": self.schedule.name(self.iteration),
+        row = {"epoch": self.schedule.epochs(self.iteration), "iteration": self.iteration, "step": self.schedule.name(self.iteration),
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
                "wall_time": round(self.wall_time, 3)}
@@ -262,7 +271,7 @@ class Trainer:
             self.constraint.enforce(self.optimizer)
         schedule, train = self.schedule, self.data.train
         if not self.rows:  # metrics before any training: the curves start at the init
-            self._record(self.iteration // schedule.iterations_per_epoch, float("nan"), float("nan"))
+            self._record(float("nan"), float("nan"))
         bar = Progress(schedule.total, self.label, enabled=self.progress, initial=self.iteration)
         self.model.train()
         while self.iteration < schedule.total and self.stopped_early_at is None:
@@ -307,11 +316,11 @@ class Trainer:
                     self.wall_time += time.perf_counter() - started  # evaluation is not training time
                     self._check_finite(losses[checked - first:self.iteration - first], checked)
                     checked = self.iteration
-                    self._record(epoch, loss_sum.item() / seen, correct.item() / seen)
+                    self._record(loss_sum.item() / seen, correct.item() / seen)
                     started = time.perf_counter()
             self.wall_time += time.perf_counter() - started
             self._check_finite(losses[checked - first:self.iteration - first], checked)
-            self._record(epoch + 1, loss_sum.item() / seen, correct.item() / seen)
+            self._record(loss_sum.item() / seen, correct.item() / seen)
             bar.note(val_acc=self.rows[-1]["val_acc"])
             if self._stop_requested(epoch + 1) and self.iteration < schedule.total:
                 self.stopped_early_at = epoch + 1

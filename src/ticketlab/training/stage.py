@@ -175,7 +175,7 @@ def run_training(made: Stage, data: DataConfig, model: ModelConfig, training: Tr
 
     def prepare() -> tuple[dict[str, Any], tuple[Trainer, Dataset, torch.device]]:
         device = apply_runtime(runtime)
-        dataset = load_data(data, data_dir=runtime.data_dir, device=device)
+        dataset = load_data(data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
         network = init_model(model, dataset, training.seed).to(device)
         # Built before anything is written: it validates every training option.
         trainer = Trainer(network, dataset, training, run.path, runtime.progress, label=run.name, callbacks=callbacks)
