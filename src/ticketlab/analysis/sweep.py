@@ -27,7 +27,7 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import Runtime, TicketlabError
-from ticketlab.data import Dataset, load_data
+from ticketlab.data import Dataset
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
@@ -140,7 +140,7 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
     def prepare() -> tuple[dict[str, Any], tuple[dict[str, torch.Tensor], Dataset, nn.Module, torch.device]]:
         trained = run.state_dict(step)
         device = apply_runtime(runtime)
-        dataset = load_data(run.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+        dataset = run.dataset(runtime, device)
         model = init_model(run.model_config, dataset, run.training.seed).to(device)
         return {"train": run.run.name, "train_path": str(run.path), "step": step, "ks": ks}, \
             (trained, dataset, model, device)

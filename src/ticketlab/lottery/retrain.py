@@ -15,7 +15,7 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import Runtime
-from ticketlab.data import Dataset, load_data
+from ticketlab.data import Dataset
 from ticketlab.sparsity.mask import Mask
 from ticketlab.sparsity.masked import MaskedTraining
 from ticketlab.stage import Stage
@@ -36,7 +36,7 @@ class Setting:
     @classmethod
     def of(cls, dense: TrainRun, runtime: Runtime) -> Setting:
         device = apply_runtime(runtime)
-        data = load_data(dense.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+        data = dense.dataset(runtime, device)
         return cls(dense, data, device, runtime)
 
     def model(self, seed: int | None = None) -> nn.Module:

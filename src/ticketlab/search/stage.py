@@ -1,7 +1,8 @@
 """The search stage: the mask a searcher finds for a trained run's weights at a checkpoint, cached.
 
 `search(...)` is named by the training run and the search hyperparameters that differ from
-their defaults, and returns at once when that search has finished. The objective is the
+their defaults (search.searchers.identity: a searcher's own defaults filled in, named against
+the defaults before they were its own), and returns at once when that search has finished. The objective is the
 score of the masked network (at checkpoint cfg.at) on the first cfg.val_size validation
 images; the best mask is also scored on the rest of validation and on the test set, which
 is reported and never used to select anything.
@@ -34,7 +35,6 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
-from ticketlab.data import load_data
 from ticketlab.data.load import Dataset, Split
 from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, SearchResult, SearchState
 from ticketlab.search.evaluators import make_evaluator
@@ -153,7 +153,7 @@ def _at_checkpoint(train: TrainRun, cfg: SearchConfig,
     and the rest of validation."""
     device = apply_runtime(runtime)
     weights = train.state_dict(cfg.at)
-    data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+    data = train.dataset(runtime, device)
     objective, rest = split_validation(data.val, cfg.val_size, train.data.name)
     model = init_model(train.model_config, data, train.training.seed).to(device)
     model.load_state_dict(weights)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import PruneConfig, Runtime, TicketlabError, non_default
-from ticketlab.data import Dataset, load_data
+from ticketlab.data import Dataset
 from ticketlab.models.tracing import channel_groups
 from ticketlab.sparsity.criteria import CRITERIA, Criterion, ScoreContext, get_criterion
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -158,7 +158,7 @@ def select_mask(train: TrainRun, cfg: PruneConfig, criterion: Criterion,
                 runtime: Runtime) -> tuple[Mask, dict[str, Any]]:
     """The mask `cfg` selects from the trained run's weights, and the prune run's summary of it."""
     device = apply_runtime(runtime)
-    data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+    data = train.dataset(runtime, device)
     model = init_model(train.model_config, data, train.training.seed).to(device)
     model.load_state_dict(train.state_dict(cfg.at))
     names = prunable_names(model, [p.strip() for p in cfg.parameters.split(",")] if cfg.parameters else None)

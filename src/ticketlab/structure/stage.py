@@ -24,7 +24,6 @@ from torch import nn
 
 from ticketlab import paths
 from ticketlab.config import PruneConfig, Runtime, SearchConfig, TicketlabError, from_dict
-from ticketlab.data import load_data
 from ticketlab.models.tracing import channel_groups
 from ticketlab.search.stage import SearchRun, search_run_handle
 from ticketlab.sparsity.mask import Mask, unit_mask_to_mask
@@ -151,7 +150,7 @@ def _shrink(source: PruneRun | SearchRun, step: str, backend: str,
     """The small network, its keep-flags and the shrink run's summary: cut, checked, measured."""
     train = source.train
     device = apply_runtime(runtime)
-    data = load_data(train.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+    data = train.dataset(runtime, device)
     model = init_model(train.model_config, data, train.training.seed).to(device)
     model.load_state_dict(train.state_dict(step))
     units = units_from_mask(model, source.mask())

@@ -89,6 +89,21 @@ class TrainRun(Stage):
             what = f"early birds: {what}"
         return what, summary.get("best", {})
 
+    def dataset(self, runtime: Runtime, device: torch.device | str = "cpu") -> Dataset:
+        """The data this run trained on, found as `runtime` says (its data folder and cache). Other
+        data is refused in one line: a stage after training must not read a user's copy the run
+        never saw, nor the canonical data for a run on a copy (a --data-dir left out)."""
+        data = load_data(self.data, data_dir=runtime.data_dir, cache_dir=runtime.cache_dir, device=device)
+        found = data_digest(self.data) if self.data.name.startswith(NPZ_PREFIX) else data.fingerprint
+        recorded = self.run.identity.get("data_sha256")
+        if found != recorded:
+            def what(digest: str | None) -> str:
+                return f"a copy of sha256 {digest[:12]}…" if digest else f"the canonical {self.data.name}"
+
+            raise TicketlabError(f"{self.run.name} was trained on {what(recorded)}, but {data.source} is "
+                                 f"{what(found)}; give the --data-dir that holds the data it was trained on")
+        return data
+
     @functools.cached_property
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every entry of this run's state_dict (built on the meta device: 12 ms for VGG-19)."""

@@ -156,7 +156,7 @@ class DeltaEvaluator(Evaluator):
         mask = self.space.to_mask(keep)
         self.evaluations += 1
         with torch.inference_mode():
-            best, flips, packed = self.hinted(keep, move) if move is not None else (None, None, None)
+            best, flips, packed = self.hinted(keep, mask, move) if move is not None else (None, None, None)
             if best is None:
                 best, flips, packed = self.nearest(keep, mask)
             if best is not None and not flips:
@@ -192,18 +192,20 @@ class DeltaEvaluator(Evaluator):
             flips = self.flat_flips(flips, packed) if fewest else {}
         return best, flips, packed
 
-    def hinted(self, keep: torch.Tensor, move: Move) -> tuple[DeltaSnapshot | None, Flips | None, torch.Tensor | None]:
+    def hinted(self, keep: torch.Tensor, mask: Mask,
+               move: Move) -> tuple[DeltaSnapshot | None, Flips | None, torch.Tensor | None]:
         """The same from a searcher's hint, when its base is a snapshot's (None otherwise)."""
         base = next((s for s in self.snapshots if s.source is move.base), None)
         if base is None:
             return None, None, None
-        if not self.flat:
-            return base, self.mask_flips(self.space.to_mask(keep), base.mask), None
+        if not self.flat:  # a unit space: its masks are compared per parameter, as without a hint
+            return base, self.mask_flips(mask, base.mask), None
         positions = move.flipped.sort().values
         packed = base.packed.clone()
         packed.view(torch.uint8)[positions] ^= 1  # a bool byte is 0 or 1
         signs = keep.index_select(0, positions).to(self.dtype) * 2 - 1
         return base, self.split_flips(positions, signs), packed
+
     def _score(self, mask: Mask) -> float:
         raise NotImplementedError  # score() is overridden
 
