@@ -45,6 +45,7 @@ def test_a_torch_dataset_and_a_dataloader_give_the_same_data(digits):
 
 def test_fit_takes_tensors_directly(digits):
     x, y = digits
+    torch.manual_seed(0)  # the layers' initialisation, whatever tests ran before
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     summary = tl.fit(model, (torch.from_numpy(x), torch.from_numpy(y)), tl.TrainConfig(steps="3ep"), progress=False)
     assert summary["best"]["val_acc"] > 0.8

