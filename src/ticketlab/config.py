@@ -113,7 +113,8 @@ class SearchConfig:
     start: str | None = hp(None, "initial mask: random; a criterion's mask (magnitude, snip, ...) at the searched "
                                  "checkpoint, or at another as CRITERION@STEP (magnitude_sign@final); or a finished "
                                  "prune or search run's mask (its name or directory). Default: magnitude-sign's mask "
-                                 "of the trained weights (magnitude_sign@final; per filter magnitude_sign_units@final); "
+                                 "of the trained weights (magnitude_sign@final; per filter "
+                                 "magnitude_sign_units@final); "
                                  "random in thesis mode")
     neighbourhood: str | None = hp(None, "schedule of h (units swapped per move): sawtooth (thesis), geometric, or "
                                          "adaptive (h follows the share of moves that improve; single swaps first "

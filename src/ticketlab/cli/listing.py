@@ -91,7 +91,8 @@ def cmd_cache(args: argparse.Namespace) -> Result:
     lines = [f"cache {base}: {_megabytes(entries['bytes'])}"]
     for copy in entries["parsed"]:
         seen = "; ".join(f"{s['dataset']}: {s['source']}" for s in copy["sources"]) or "no source recorded"
-        lines.append(f"  parsed {copy['content'][:12]}  {_megabytes(copy['bytes']):>9}  used {copy['last_used']}  {seen}")
+        size = _megabytes(copy["bytes"])
+        lines.append(f"  parsed {copy['content'][:12]}  {size:>9}  used {copy['last_used']}  {seen}")
     for name, size in entries["downloads"].items():
         lines.append(f"  downloads of {name}: {_megabytes(size)}")
     if entries["legacy_parsed"]:

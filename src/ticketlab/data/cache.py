@@ -91,7 +91,8 @@ def _load(path: Path) -> RawData | None:
         os.utime(path)  # used now: the last to be evicted
         return raw
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # missing or damaged: parse again
+        path.unlink(missing_ok=True)  # missing or damaged: parsed again, and written anew
+        return None
 
 
 def known_digests(found: Found, store: Path) -> dict[str, str] | None:
@@ -114,7 +115,7 @@ def read_parsed(found: Found, store: Path, dataset: str) -> Parsed:
     if source is None:
         return Parsed(raw, digests)
     copy = store / f"{fingerprint(digests)}.npz"
-    if _load(copy) is None:
+    if not copy.exists():  # another source of the same arrays may have written it (a damaged one is removed)
         _atomic(copy, lambda out: np.savez(out, **{name: getattr(raw, name) for name in _FIELDS}))
     entry = {"dataset": dataset, "source": found.source, "parts": digests}
     _atomic(source, lambda out: out.write(json.dumps(entry, indent=1).encode()))

@@ -38,7 +38,6 @@ PART_WORDS = {"train_x": "training images", "train_y": "training labels", "test_
               "test_y": "test labels"}
 
 
-
 def canonical_files() -> dict[str, tuple[str, str]]:
     """The SHA-256 of each canonical file, and whose file it is (the data set, the file name)."""
     files = {sha256: (name, filename) for name, remote in REMOTE.items() for filename, sha256 in remote.files.items()}

@@ -299,6 +299,6 @@ def anneal(evaluator: Evaluator, start: torch.Tensor, cfg: SearchConfig, generat
     """
     check_common(cfg)
     Annealer.check(cfg)
-    cfg = replace(cfg, **{k: v for k, v in Annealer.defaults(cfg).items() if getattr(cfg, k) is None})
+    cfg = Annealer.resolved(cfg)
     return Annealer(evaluator, plan_for(cfg), cfg, generator).run(
         start, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

@@ -29,6 +29,10 @@ from ticketlab.training.progress import Progress
 Checkpoint = Callable[[dict[str, Any]], None]
 Observer = Callable[["SearchState"], None]  # sees the state after every step; may add to its last history row
 CHECKPOINT_EVERY = 200  # evaluations between saved states
+# The options whose default is the searcher's (Searcher.defaults), and the value each had as
+# the one default before: run names are taken against these, so a run asked for with them
+# (--start random --neighbourhood sawtooth) keeps the name it had when they were the defaults.
+NAMED_AGAINST: dict[str, Any] = {"start": "random", "neighbourhood": "sawtooth"}
 MODES = ("default", "thesis")
 GRANULARITIES = ("weight", "filter")
 
@@ -109,8 +113,16 @@ class Searcher:
     @classmethod
     def defaults(cls, cfg: SearchConfig) -> dict[str, Any]:
         """Values for the options of cfg that are left unset (None) and whose default depends on the
-        searcher (and its mode): search.searchers.resolve fills them in before a search runs."""
+        searcher (and its mode): `resolved` fills them in before a search runs."""
         return {}
+
+    @classmethod
+    def resolved(cls, cfg: SearchConfig) -> SearchConfig:
+        """cfg with its unset options set: to this searcher's defaults, or where it does not read
+        them, to the values runs are named against (NAMED_AGAINST)."""
+        own = cls.defaults(cfg)
+        unset = {name: own.get(name, NAMED_AGAINST[name]) for name in NAMED_AGAINST if getattr(cfg, name) is None}
+        return dataclasses.replace(cfg, **unset)
 
     @classmethod
     def build(cls, evaluator: Evaluator, cfg: SearchConfig, generator: torch.Generator,

@@ -71,6 +71,6 @@ def greedy(evaluator: Evaluator, start: torch.Tensor, cfg: SearchConfig, generat
     ignored: the default-mode neighbourhood schedule, tabu memory and restarts, at T = 0)."""
     check_common(cfg)
     Annealer.check(cfg)
-    cfg = replace(cfg, **{k: v for k, v in Greedy.defaults(cfg).items() if getattr(cfg, k) is None})
+    cfg = Greedy.resolved(cfg)
     return Greedy.build(evaluator, cfg, generator, None).run(
         start, progress=progress, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.anneal import Annealer
-from ticketlab.search.base import Searcher, check_common
+from ticketlab.search.base import NAMED_AGAINST, Searcher, check_common
 from ticketlab.search.baselines import Greedy, RandomSearch
 from ticketlab.search.reinforce import Reinforce
 
@@ -38,18 +38,9 @@ def option_sections() -> dict[str, list[str]]:
     return sections
 
 
-# The options whose default is the searcher's (Searcher.defaults), and the value each had as
-# the one default before: run names are taken against these, so a run asked for with them
-# (--start random --neighbourhood sawtooth) keeps the name it had when they were the defaults.
-NAMED_AGAINST: dict[str, Any] = {"start": "random", "neighbourhood": "sawtooth"}
-
-
 def resolve(cfg: SearchConfig) -> SearchConfig:
-    """cfg with its unset options set: to its searcher's defaults, or where the searcher does not
-    read them, to the values runs are named against."""
-    own = get_searcher(cfg.method).defaults(cfg)
-    unset = {name: own.get(name, NAMED_AGAINST[name]) for name in NAMED_AGAINST if getattr(cfg, name) is None}
-    return dataclasses.replace(cfg, **unset)
+    """cfg with its unset options set as the searcher it names sets them (Searcher.resolved)."""
+    return get_searcher(cfg.method).resolved(cfg)
 
 
 def identity(cfg: SearchConfig) -> dict[str, Any]:

@@ -228,8 +228,8 @@ class Trainer:
         if not math.isfinite(val_loss):  # finite training losses, and yet weights that overflow
             self._diverge("validation loss", val_loss, self.iteration)
         test_loss, test_acc = evaluate(self.model, self.data.test)
-        row = {"epoch": self.schedule.epochs(self.iteration), "iteration": self.iteration, "step": self.schedule.name(self.iteration),
-               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
+        row = {"epoch": self.schedule.epochs(self.iteration), "iteration": self.iteration,
+               "step": self.schedule.name(self.iteration), "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
                "wall_time": round(self.wall_time, 3)}
         self.rows.append(row)
