@@ -11,7 +11,8 @@ from ticketlab.config import ModelConfig
 from ticketlab.models import build_model
 from ticketlab.models.chain import ChainStep, layer_chain
 from ticketlab.models.mlp import MLP
-from ticketlab.search.evaluators import DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, make_evaluator
+from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, LiveEvaluator,
+                                        make_evaluator)
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import unit_space, weight_space
 
@@ -29,6 +30,17 @@ class ConvBnRelu(nn.Module):
         x = torch.relu(self.n1(self.c1(x)))
         x = nn.functional.relu(self.n2(self.c2(x)))
         return self.head(self.flat(x))
+
+
+class ConvMLPHead(ConvBnRelu):
+    """The same convolutions under a two-layer head: a Linear reading another Linear's units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.out = nn.Linear(8 * 4 * 4, 12), nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.out(F.relu(super().forward(x)))
 
 
 class Residual(ConvBnRelu):
@@ -122,6 +134,23 @@ def test_a_users_chain_gets_the_incremental_evaluator_with_the_reference_scores(
     residual = Residual()
     trace(residual, x[:2])
     assert isinstance(make_evaluator(residual, weights, unit_space(residual), x, y), ForwardEvaluator)
+
+
+@pytest.mark.parametrize("user_model", [ConvBnRelu, ConvMLPHead])
+def test_a_users_chain_gets_live_channel_accuracy_with_the_reference_scores(user_model, tmp_path):
+    torch.manual_seed(0)
+    model = user_model()
+    weights, x, y = scoring_setting(model, (3, 12, 12))
+    torch.save(weights, tmp_path / "user.pt")
+    trace(model, x[:2])
+    space = unit_space(model)
+    evaluator = make_evaluator(model, weights, space, x, y)
+    assert isinstance(evaluator, LiveEvaluator)
+    for i, keep in enumerate(move_sequence(space, 16, 0.6)):
+        if i == 8:
+            evaluator.relative = float("inf")  # from here every prediction comes from a recount
+        assert evaluator.score(keep) == reference_score(tmp_path / "user.pt", user_model, space.to_mask(keep), x, y)
+    assert evaluator.recounted_images >= 7 * len(y)
 
 
 def test_mlp_subclasses_are_judged_by_their_forward(tmp_path):

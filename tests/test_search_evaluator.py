@@ -6,9 +6,10 @@ from torch import nn
 
 from ticketlab.config import ModelConfig, TicketlabError, TrainConfig
 from ticketlab.models import MODELS, build_model
-from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, TrainedEvaluator,
-                                        make_evaluator)
-from ticketlab.search.evaluators.delta import TOLERANCE
+from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, LiveEvaluator,
+                                        TrainedEvaluator, make_evaluator)
+from ticketlab.search.evaluators import live as live_module
+from ticketlab.search.evaluators.certificate import TOLERANCE, recount_blocks
 from ticketlab.search.moves import Move
 from ticketlab.search.reference import reference_score
 from ticketlab.search.space import SearchSpace, unit_space, weight_space
@@ -80,11 +81,12 @@ def test_scores_equal_the_thesis_evaluator_bit_for_bit(spec, granularity, sparsi
     space = weight_space(model) if granularity == "weight" else unit_space(model)
     candidates = move_sequence(space, count, sparsity)
     # The loss is the strict test for the incremental evaluator (every bit of the logits counts);
-    # an MLP's accuracy comes from the delta evaluator, whose certificate makes it the reference's too.
+    # accuracy comes from the delta evaluator (an MLP) or the live-channel one (a CNN's filters),
+    # whose certificate makes it the reference's too.
+    certified = DeltaEvaluator if spec is LENET else LiveEvaluator
     for metric in ("loss", "accuracy"):
         evaluator = make_evaluator(model, weights, space, x, y, metric=metric)
-        delta = metric == "accuracy" and spec is LENET
-        assert isinstance(evaluator, DeltaEvaluator if delta else IncrementalEvaluator)
+        assert isinstance(evaluator, certified if metric == "accuracy" else IncrementalEvaluator)
         scores = [evaluator.score(keep) for keep in candidates]
         expected = [reference_score(path, builder, space.to_mask(keep), x, y, metric) for keep in candidates]
         assert scores == expected
@@ -236,7 +238,7 @@ def test_near_tied_images_are_recounted_exactly_in_blocks(tmp_path):
         evaluator.tolerance = float("inf")
         assert evaluator.score(keep) == reference_score(path, builder, space.to_mask(keep), x, y)
     assert evaluator.recounted_images == len(y) * (len(candidates) - 1)
-    blocks = evaluator.recount_blocks(torch.arange(len(y)))
+    blocks = recount_blocks(torch.arange(len(y)), len(y))
     assert blocks.tolist() == [*range(0, 512, 32), 512]
 
 
@@ -255,7 +257,10 @@ def test_delta_resync_bounds_the_chain_of_updates(tmp_path):
 
 def test_which_evaluator_each_model_and_objective_gets(tmp_path):
     model, weights, _, _, x, y = setting(BASICCNN, tmp_path)
-    assert isinstance(make_evaluator(model, weights, unit_space(model), x, y, exact=False), IncrementalEvaluator)
+    assert isinstance(make_evaluator(model, weights, unit_space(model), x, y), LiveEvaluator)
+    assert isinstance(make_evaluator(model, weights, unit_space(model), x, y, exact=False), LiveEvaluator)
+    assert isinstance(make_evaluator(model, weights, unit_space(model), x, y, metric="loss"), IncrementalEvaluator)
+    assert isinstance(make_evaluator(model, weights, weight_space(model), x, y), IncrementalEvaluator)
     lenet, lenet_weights, _, _, x, y = setting(LENET, tmp_path)
     space = weight_space(lenet)
     assert isinstance(make_evaluator(lenet, lenet_weights, space, x, y), DeltaEvaluator)
@@ -275,3 +280,46 @@ def test_bad_settings_are_clear_errors(tmp_path):
         make_evaluator(model, weights, weight_space(other), x, y)
     with pytest.raises(TicketlabError, match="train_steps"):
         make_evaluator(model, weights, space, x, y, train_steps=-1)
+
+
+def test_live_channel_scores_stay_within_float_rounding_and_its_accuracy_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(live_module, "CHECK_EVERY", 15)
+    model, weights, path, builder, x, y = setting(BASICCNN, tmp_path)
+    space = unit_space(model)
+    candidates = move_sequence(space, 40, 0.7, seed=5)
+    exact = make_evaluator(model, weights, space, x, y, metric="loss")
+    live = make_evaluator(model, weights, space, x, y, metric="loss", exact=False)
+    accuracy = make_evaluator(model, weights, space, x, y)
+    assert isinstance(live, LiveEvaluator) and isinstance(accuracy, LiveEvaluator)
+    for i, keep in enumerate(candidates):
+        assert live.score(keep) == pytest.approx(exact.score(keep), rel=1e-5)
+        if i % 3 == 0:
+            assert accuracy.score(keep) == reference_score(path, builder, space.to_mask(keep), x, y)
+    print(f"live channels: rounding {live.drift:.2e} of the largest logit; "
+          f"{accuracy.recounted_images} near-tied images recounted")
+    assert 0 < live.drift < TOLERANCE / 4 and live.relative == TOLERANCE  # the certificate's margin held
+    assert live.exact_forwards == -(-live.computed // 15) and live.computed == len(candidates)
+    # A rounding measured near the tolerance widens it to 4 times the rounding.
+    live.relative = live.drift / 2
+    live.computed = 15 * 10
+    live.score(space.random(0.7, torch.Generator().manual_seed(9)))
+    assert live.relative == 4 * live.drift
+
+
+def test_live_channels_reuse_the_layers_before_the_first_changed_one_and_recount_near_ties(tmp_path):
+    model, weights, path, builder, x, y = setting(BASICCNN, tmp_path)
+    space = unit_space(model)
+    evaluator = make_evaluator(model, weights, space, x, y)
+    keep = space.random(0.7, torch.Generator().manual_seed(0))
+    evaluator.score(keep)  # an exact forward, the first score
+    moved = keep.clone()
+    last_conv = space.layers[-2].slice
+    moved[last_conv] = moved[last_conv].flip(0)
+    evaluator.relative = float("inf")  # every image near-tied: every prediction from a recount in blocks
+    assert evaluator.score(moved) == reference_score(path, builder, space.to_mask(moved), x, y)
+    assert evaluator.recounted_images == len(y)
+    new, old = evaluator.snapshots
+    assert all(new.outputs[k] is old.outputs[k] for k in range(len(space.layers) - 2))
+    assert new.outputs[-2] is not old.outputs[-2]
+    # Only live filters are held: the flipped layer's output has as many channels as it keeps live.
+    assert new.outputs[-2][0].shape[1] == len(new.live[-2]) < space.layers[-2].slice.stop - last_conv.start

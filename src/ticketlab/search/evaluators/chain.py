@@ -74,38 +74,51 @@ class ChainLayer:
         rows[(~rows).nonzero().flatten()[:wanted - int(rows.sum())]] = True
         return rows.nonzero().flatten()
 
+    def masked(self, role: str, mask: Mask, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """The checkpoint's tensor of a role (weight, bias, norm_weight, norm_bias) under the
+        mask, for the output units `rows` (None: all); None where the stage has no such tensor."""
+        if role not in self.tensors:
+            return None
+        tensor = self.tensors[role] if rows is None else self.tensors[role][rows]
+        keep = mask.get(self.names[role])
+        if keep is None:
+            return tensor
+        return tensor * (keep if rows is None else keep[rows]).to(tensor.device)
+
     def forward(self, inputs: list[torch.Tensor], mask: Mask, rows: torch.Tensor | None) -> list[torch.Tensor]:
         """The stage's output on each batch, for the output units `rows` (None: all)."""
-        def masked(role: str) -> torch.Tensor | None:
-            if role not in self.tensors:
-                return None
-            tensor = self.tensors[role] if rows is None else self.tensors[role][rows]
-            keep = mask.get(self.names[role])
-            if keep is None:
-                return tensor
-            return tensor * (keep if rows is None else keep[rows]).to(tensor.device)
+        weight, bias = self.masked("weight", mask, rows), self.masked("bias", mask, rows)
+        return [self.apply(x, weight, bias, mask, rows) for x in inputs]
 
-        weight, bias = masked("weight"), masked("bias")
+    def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: Mask,
+              rows: torch.Tensor | None) -> torch.Tensor:
+        """The stage on one batch, with its layer's (masked) weight and bias given, for the
+        output units `rows` (None: all), as the model's forward computes it."""
+        if self.stage.flatten:
+            x = x.flatten(1)
+        if isinstance(self.module, nn.Conv2d):
+            m = self.module
+            out = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+        else:
+            out = F.linear(x, weight, bias)
         if self.norm is not None:
             mean, var = self.running if rows is None else (self.running[0][rows], self.running[1][rows])
-            scale, shift = masked("norm_weight"), masked("norm_bias")
-        outputs = []
-        for x in inputs:
-            if self.stage.flatten:
-                x = x.flatten(1)
-            if isinstance(self.module, nn.Conv2d):
-                m = self.module
-                out = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
-            else:
-                out = F.linear(x, weight, bias)
-            if self.norm is not None and self.stage.norm_first:
-                out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
-            if self.stage.relu:
-                out = F.relu(out)
-            if self.norm is not None and not self.stage.norm_first:
-                out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
-            outputs.append(out)
-        return outputs
+            scale, shift = self.masked("norm_weight", mask, rows), self.masked("norm_bias", mask, rows)
+        if self.norm is not None and self.stage.norm_first:
+            out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
+        if self.stage.relu:
+            out = F.relu(out)
+        if self.norm is not None and not self.stage.norm_first:
+            out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, self.norm.eps)
+        return out
+
+
+def first_change(layers: list[ChainLayer], old: Mask, new: Mask) -> int:
+    """The first stage whose output `new` changes against `old` (len(layers) if none)."""
+    for k, layer in enumerate(layers):
+        if any(name in new and not torch.equal(new[name], old[name]) for name in layer.names.values()):
+            return k
+    return len(layers)
 
 
 @dataclass
@@ -128,18 +141,11 @@ class IncrementalEvaluator(Evaluator):
         self.layers = [ChainLayer(model, stage, weights, x.device) for stage in stages]
         self.snapshots: list[Snapshot] = []
 
-    def first_change(self, snapshot: Snapshot, mask: Mask) -> int:
-        """The first stage whose output the mask changes (len(stages) if none)."""
-        for k, layer in enumerate(self.layers):
-            if any(name in mask and not torch.equal(mask[name], snapshot.mask[name]) for name in layer.names.values()):
-                return k
-        return len(self.layers)
-
     @torch.inference_mode()
     def _score(self, mask: Mask) -> float:
         base, first = None, 0
         for snapshot in self.snapshots:  # most recent first: it wins ties
-            k = self.first_change(snapshot, mask)
+            k = first_change(self.layers, snapshot.mask, mask)
             if base is None or k > first:
                 base, first = snapshot, k
         if base is not None and first == len(self.layers):  # scored before

@@ -36,16 +36,17 @@ replaced by one; at that moment the drift of the chain is measured (the updated 
 against the exact ones of the same mask), and the resync interval halves if it ever
 exceeds TOLERANCE / 4. Measured: 3e-7 per weight after 400 moves, 3e-6 per neuron.
 
-Accuracy is nonetheless the reference's, exactly: an image's prediction can differ from
-the reference's only if its two largest delta logits are within 2 * TOLERANCE of each
-other (each logit is within TOLERANCE of the reference's), and such images are predicted
-again by an exact forward pass of their batch of SCORE_BATCH images, computed as the
-reference computes it. The loss has no such certificate: with exact=True a loss objective
-gets the bit-exact search.evaluators.chain.IncrementalEvaluator instead.
+Accuracy is nonetheless the reference's, exactly, by search.evaluators.certificate: an
+image's prediction can differ from the reference's only if its two largest delta logits are
+within 2 * TOLERANCE of each other (each logit is within TOLERANCE of the reference's), and
+such images are predicted again by an exact forward pass. The loss has no such certificate:
+with exact=True a loss objective gets the bit-exact
+search.evaluators.chain.IncrementalEvaluator instead.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,7 @@ from torch import nn
 from ticketlab.config import TicketlabError
 from ticketlab.models.chain import ChainStep
 from ticketlab.search.evaluators.base import Evaluator
+from ticketlab.search.evaluators.certificate import TOLERANCE, certified_predictions
 from ticketlab.search.moves import Move
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
@@ -63,11 +65,6 @@ from ticketlab.sparsity.mask import Mask
 RESYNC = 200  # chained delta updates after which a snapshot is recomputed exactly
 DENSE_FRACTION = 0.125  # a layer with more of its weights flipped is recomputed whole
 FRESH_FRACTION = 0.5  # ... and one with more of its inputs changed
-# Near-tied images are predicted again in blocks of this many images of their batch: an
-# image's logits are the same bits in any block of at least 4 images on the CPUs tested
-# (1 or 2 take other kernels); tests/test_search_evaluator.py checks it.
-RECOUNT_BLOCK = 32
-TOLERANCE = 1e-5  # the largest logit drift the accuracy certificate allows for, relative to the largest |logit|
 
 Flips = dict[str, tuple[torch.Tensor, torch.Tensor]]  # parameter -> flat indices flipped, +1 kept / -1 pruned
 
@@ -276,31 +273,14 @@ class DeltaEvaluator(Evaluator):
 
     def certified_score(self, mask: Mask, slot: Slot) -> float:
         """The score of the updated logits; for accuracy the reference's exactly (see the module doc)."""
-        logits = slot.post[-1]
+        logits = slot.post[-1].t()
         if self.metric != "accuracy":
-            return objective(zip(logits.t().split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
-        largest, predicted = logits.max(0)
-        # Another class within 2 * tolerance of the largest logit: too close to call.
-        near = ((logits >= largest - 2 * self.tolerance).sum(0) > 1).nonzero().flatten()
-        if len(near):
-            predicted = predicted.clone()
-            self.recounted_images += len(near)
-            weights = [layer.masked(mask) for layer in self.layers]
-            for start in self.recount_blocks(near).tolist():
-                end = min(start + RECOUNT_BLOCK, (start // SCORE_BATCH + 1) * SCORE_BATCH, len(self.labels))
-                logits = self.exact_layers(weights, self.images[start:end])[1][-1]
-                chosen = near[(near >= start) & (near < end)]
-                predicted[chosen] = logits.argmax(1).index_select(0, chosen - start)
+            return objective(zip(logits.split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
+        masked = functools.cache(lambda: [layer.masked(mask) for layer in self.layers])  # only if some are near-tied
+        predicted, recounted = certified_predictions(
+            logits, self.tolerance, lambda start, end: self.exact_layers(masked(), self.images[start:end])[1][-1])
+        self.recounted_images += recounted
         return int((predicted == self.labels).sum()) / len(self.labels)
-
-    def recount_blocks(self, images: torch.Tensor) -> torch.Tensor:
-        """The first image of each block of RECOUNT_BLOCK images (fewer only where the
-        reference's batch itself is smaller) that together hold `images`."""
-        n = len(self.labels)
-        batch_start = images // SCORE_BATCH * SCORE_BATCH
-        batch_end = (batch_start + SCORE_BATCH).clamp(max=n)
-        start = batch_start + (images - batch_start) // RECOUNT_BLOCK * RECOUNT_BLOCK
-        return torch.minimum(start, (batch_end - RECOUNT_BLOCK).clamp(min=0)).maximum(batch_start).unique()
 
     def update(self, mask: Mask, base: DeltaSnapshot, flips: Flips, slot: Slot) -> None:
         """Write into `slot` the base's activations moved by the flipped entries (see the module doc)."""
