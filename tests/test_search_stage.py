@@ -102,6 +102,18 @@ def test_a_search_starts_from_another_runs_trained_mask(mlp, runtime):
         search(mlp, dataclasses.replace(cfg, start="prune-000000000000"), runtime)
 
 
+def test_a_layerwise_criterion_start_is_the_mask_a_prune_of_units_makes(conv, runtime):
+    # A prune of units ranks within each layer by default; start_scope layerwise starts from that mask.
+    ticket = prune(conv, PruneConfig(criterion="l1_norm", structured=True, sparsity=0.7, at="final"), runtime).mask()
+    cfg = SearchConfig(method="greedy", granularity="filter", sparsity=0.7, budget=1, val_size=100,
+                       start="l1_norm@final", start_scope="layerwise")
+    layerwise = search(conv, cfg, runtime)  # one evaluation: the best mask is the start
+    assert layerwise.mask() == ticket
+    assert layerwise.summary["start_score"] == objective_score(conv, cfg, ticket, runtime)
+    ranked_globally = search(conv, dataclasses.replace(cfg, start_scope="global"), runtime)
+    assert ranked_globally.run.name != layerwise.run.name and ranked_globally.mask() != ticket
+
+
 def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path, monkeypatch):
     cfg = SearchConfig(budget=50, val_size=100, seed=3)
     whole = search(mlp, cfg, Runtime(runs_dir=str(tmp_path / "whole"), progress=False))
@@ -144,6 +156,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path
     (SearchConfig(val_size=100, start="magnitude@9ep"), "step 9ep is after the end of training"),
     (SearchConfig(val_size=100, start="l1_norm"), "scores units, but the search is per weight"),
     (SearchConfig(val_size=100, start="oracle"), "unknown criterion 'oracle'"),
+    (SearchConfig(val_size=100, start_scope="local"), "unknown start_scope 'local'; expected one of global, layerwise"),
     (SearchConfig(val_size=100, start="magnitude", layer_min=0.1), "magnitude start mask keeps .* below its floor"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_written(mlp, runtime, cfg, message):

@@ -116,6 +116,8 @@ class SearchConfig:
                                  "of the trained weights (magnitude_sign@final; per filter "
                                  "magnitude_sign_units@final); "
                                  "random in thesis mode")
+    start_scope: str = hp("global", "how a criterion's start mask ranks: across all layers (global) or within each "
+                                    "layer (layerwise, as a prune of units ranks by default)")
     neighbourhood: str | None = hp(None, "schedule of h (units swapped per move): sawtooth (thesis), geometric, or "
                                          "adaptive (h follows the share of moves that improve; single swaps first "
                                          "from a start mask other than random). Default: adaptive; sawtooth in "

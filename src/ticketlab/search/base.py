@@ -24,6 +24,7 @@ from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.moves import Move
 from ticketlab.search.reference import METRICS
 from ticketlab.search.space import SearchSpace
+from ticketlab.sparsity.selection import SCOPES
 from ticketlab.training.progress import Progress
 
 Checkpoint = Callable[[dict[str, Any]], None]
@@ -211,7 +212,8 @@ class SamplingSearcher(Searcher):
 
 def check_common(cfg: SearchConfig) -> None:
     """The options every searcher shares (its own are its `check`'s)."""
-    for name, allowed in (("mode", MODES), ("granularity", GRANULARITIES), ("metric", METRICS)):
+    for name, allowed in (("mode", MODES), ("granularity", GRANULARITIES), ("metric", METRICS),
+                          ("start_scope", SCOPES)):
         if getattr(cfg, name) not in allowed:
             raise TicketlabError(f"unknown {name} {getattr(cfg, name)!r}; expected one of {', '.join(allowed)}")
     if not 0 < cfg.sparsity < 1:

@@ -97,8 +97,9 @@ def split_validation(val: Split, size: int | None, dataset: str) -> tuple[Split,
 def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: TrainRun, objective: Split,
                generator: torch.Generator, runs_dir: str | None = None) -> torch.Tensor:
     """A random keep-vector, the mask of the finished prune or search run cfg.start names (at
-    the same sparsity), or the mask of the criterion cfg.start at the same sparsity (global),
-    scored at the search's checkpoint (`model`) or, for CRITERION@STEP, at that step."""
+    the same sparsity), or the mask of the criterion cfg.start at the same sparsity (ranked as
+    cfg.start_scope says), scored at the search's checkpoint (`model`) or, for
+    CRITERION@STEP, at that step."""
     if cfg.start == "random":
         return space.random(cfg.sparsity, generator, cfg.layer_min)
     if cfg.start.partition("-")[0] in START_RUN_KINDS or Path(cfg.start).is_dir():
@@ -117,7 +118,7 @@ def start_mask(cfg: SearchConfig, model: nn.Module, space: SearchSpace, train: T
         init={k: v.to(device) for k, v in train.state_dict("0it").items()} if criterion.needs_init else None,
         batches=[(objective.x[:CRITERION_BATCH], objective.y[:CRITERION_BATCH])] if criterion.needs_data else None,
     )
-    return space.from_mask(score_and_select(context, criterion, cfg.sparsity))
+    return space.from_mask(score_and_select(context, criterion, cfg.sparsity, scope=cfg.start_scope))
 
 
 def _start_from_run(cfg: SearchConfig, model: nn.Module, space: SearchSpace, runs_dir: str | None) -> torch.Tensor:
