@@ -226,16 +226,6 @@ def test_a_new_searcher_is_one_class_and_one_registry_entry(mlp, runtime, monkey
         search(mlp, dataclasses.replace(cfg, method="other"), runtime)
 
 
-def test_parallel_tempering_runs_as_a_search_stage_from_annealings_default_start(mlp, runtime):
-    cfg = dataclasses.replace(WEIGHTS, method="tempering", budget=130, replicas=2)
-    result = search(mlp, cfg, runtime)
-    assert result.config.start == "magnitude_sign@final" and result.config.neighbourhood == "adaptive"
-    assert result.summary["evaluations"] == 130 and result.summary["best"]["score"] >= result.summary["start_score"]
-    temperatures = [row["temperature"] for row in result.history()[21:]]
-    assert len(set(temperatures)) == 2  # the two replicas' turns
-    assert search(mlp, cfg, runtime).cached
-
-
 def test_the_best_mask_is_tracked_on_held_out_validation_along_the_search(mlp, runtime):
     result = search(mlp, dataclasses.replace(WEIGHTS, budget=250, seed=4), runtime)
     history = result.history()
@@ -252,11 +242,9 @@ def test_each_searchers_own_options_are_config_fields_under_its_own_help_heading
 
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     assert all(set(searcher.options) <= fields for searcher in SEARCHERS.values())
-    assert option_sections() == {"options of anneal, greedy": ["neighbourhood", "cooling", "restarts", "tabu"],
-                                 "options of anneal, greedy, tempering": ["t0"],
+    assert option_sections() == {"options of anneal, greedy": ["neighbourhood", "t0", "cooling", "restarts", "tabu"],
                                  "options of reinforce": ["policy_lr", "entropy", "baseline_decay", "episodes",
-                                                          "hidden", "reward_sign"],
-                                 "options of tempering": ["replicas"]}
+                                                          "hidden", "reward_sign"]}
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     text = capsys.readouterr().out

@@ -100,7 +100,7 @@ class LotteryConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    method: str = hp("anneal", "search method: anneal, random, greedy, reinforce or tempering")
+    method: str = hp("anneal", "search method: anneal, random, greedy or reinforce")
     granularity: str = hp("weight", "what a mask keeps or prunes: weight (single weights) or filter (units)")
     sparsity: float = hp(0.8, "fraction of the searchable units pruned, in (0, 1)")
     at: str = hp("0it", "checkpoint whose masked network is scored: 0it (init), 500it, 3ep, best, final")
@@ -131,8 +131,6 @@ class SearchConfig:
     exact: bool = hp(True, "score as the thesis evaluator would (accuracy: exactly; loss: bit for bit); "
                            "--no-exact also lets MLP searches on the loss update activations incrementally "
                            "(faster; the loss then within float rounding of the thesis evaluator's)")
-    replicas: int = hp(4, "tempering: replicas at fixed temperatures from T0 down to T0/1000, taking turns of 50 "
-                          "evaluations and exchanging masks between neighbouring temperatures after each round")
     policy_lr: float = hp(0.01, "reinforce: Adam learning rate of the policy")
     entropy: float = hp(0.001, "reinforce: weight of the entropy bonus (mean entropy of the softmax of each draw)")
     baseline_decay: float = hp(0.9, "reinforce: factor per episode of the moving-average reward baseline")

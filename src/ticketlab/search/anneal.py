@@ -247,15 +247,11 @@ class Annealer(Searcher):
         state.history.append(history_row(state, score, accepted, state.temperature, h, self.mean(state),
                                          state.current_score))
         if self.plan.adaptive:
-            self.adapt(state, improved)
+            grown = state.h * math.exp(ADAPT_RATE * (float(improved) - SUCCESS_TARGET))
+            state.h = min(float(self.h_max), max(1.0, grown))
         state.iters_done += 1
         if state.iters_done >= int(state.iters):
             self.next_temperature(state)
-
-    def adapt(self, state: SearchState, improved: bool) -> None:
-        """An adaptive neighbourhood's step: h grows after a move that improved, shrinks after one that did not."""
-        grown = state.h * math.exp(ADAPT_RATE * (float(improved) - SUCCESS_TARGET))
-        state.h = min(float(self.h_max), max(1.0, grown))
 
     def next_temperature(self, state: SearchState) -> None:
         mean = self.mean(state)

@@ -82,8 +82,6 @@ class SearchState:
     best_mean: torch.Tensor | None = None
     best_mean_score: float | None = None
     tabu: list[Any] = field(default_factory=list)
-    population: list[Any] = field(default_factory=list)  # a population's other members (search.tempering)
-    turns: int = 0  # turns of a population's members begun
     history: list[dict[str, Any]] = field(default_factory=list)
     rng: torch.Tensor | None = None
 

@@ -142,8 +142,6 @@ class Tabu:
         return hashlib.blake2b(keep.numpy().tobytes(), digest_size=16).hexdigest()
 
     def seen(self, keep: torch.Tensor, h: int) -> bool:
-        if not self.memory:
-            return False
         if self.radius == "hamming":
             return any(int((keep != other).sum()) < h for other in self.memory)
         return self._key(keep) in self.memory

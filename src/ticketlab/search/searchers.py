@@ -10,14 +10,12 @@ from ticketlab.search.anneal import Annealer
 from ticketlab.search.base import NAMED_AGAINST, Searcher, check_common
 from ticketlab.search.baselines import Greedy, RandomSearch
 from ticketlab.search.reinforce import Reinforce
-from ticketlab.search.tempering import Tempering
 
 SEARCHERS: dict[str, type[Searcher]] = {searcher.name: searcher for searcher in (
     Annealer,
     RandomSearch,
     Greedy,
     Reinforce,
-    Tempering,
 )}
 
 
