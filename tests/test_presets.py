@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,13 @@ def test_every_preset_parses_and_describes_itself():
     import ticketlab  # the public API's load_preset, imported when asked for
 
     assert ticketlab.load_preset("quickstart") == load_preset("quickstart")
+
+
+def test_every_example_file_parses_and_describes_itself():
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        assert load_preset(str(path)).description, path.name
 
 
 def test_lth_lenet_is_the_papers_setting():
