@@ -102,3 +102,19 @@ def test_bad_requests_are_clear_errors():
         weight_space(zoo("basiccnn")).from_mask(Mask({"conv1.weight": torch.ones(64, 1, 3, 3, dtype=torch.bool)}))
     with pytest.raises(TicketlabError, match="channel groups"):
         unit_space(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+
+
+@pytest.mark.parametrize("name, shape", [("basiccnn", (1, 28, 28)), ("lenet300_100", (1, 28, 28)),
+                                         ("conv2", (3, 32, 32)), ("resnet20", (3, 32, 32))])
+def test_the_soft_mask_of_ones_and_zeros_is_the_mask_and_carries_gradients(name, shape):
+    model = build_model(ModelConfig(name=name), shape, 10)
+    for space in (unit_space(model), weight_space(model)):
+        keep = space.random(0.7, torch.Generator().manual_seed(0))
+        mask, soft = space.to_mask(keep), space.to_soft_mask(keep.float())
+        assert set(mask) == set(soft)
+        assert all(torch.equal(mask[n].float(), soft[n]) for n in mask)
+        values = torch.rand(space.size, requires_grad=True)
+        sum(t.sum() for t in space.to_soft_mask(values).values()).backward()
+        assert (values.grad > 0).all()  # every unit's value reaches the loss
+    with pytest.raises(TicketlabError, match=r"a vector of this space has shape \(960,\)"):
+        unit_space(build_model(ModelConfig(name="basiccnn"), (1, 28, 28), 10)).to_soft_mask(torch.ones(3))

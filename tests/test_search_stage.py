@@ -114,8 +114,13 @@ def test_a_layerwise_criterion_start_is_the_mask_a_prune_of_units_makes(conv, ru
     assert ranked_globally.run.name != layerwise.run.name and ranked_globally.mask() != ticket
 
 
-def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path, monkeypatch):
-    cfg = SearchConfig(budget=50, val_size=100, seed=3)
+@pytest.mark.parametrize("cfg, killed_at, resumed_from", [
+    (SearchConfig(budget=50, val_size=100, seed=3), 35, 30),
+    # A step of a gradient searcher spends 4: its 20th score is at step 77, the last state saved at 73.
+    (SearchConfig(method="edgepopup", budget=150, val_size=100, seed=3), 20, 73),
+])
+def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path, monkeypatch, cfg, killed_at,
+                                                          resumed_from):
     whole = search(mlp, cfg, Runtime(runs_dir=str(tmp_path / "whole"), progress=False))
     interrupted = Runtime(runs_dir=str(tmp_path / "interrupted"), progress=False)
     monkeypatch.setattr(stage_module, "CHECKPOINT_EVERY", 10)
@@ -126,7 +131,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path
         score = evaluator.score
 
         def score_until_killed(keep, move=None):
-            if evaluator.evaluations == 35:
+            if evaluator.evaluations == killed_at:
                 raise KeyboardInterrupt
             return score(keep, move)
 
@@ -140,7 +145,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(mlp, runtime, tmp_path
     assert (path / "state.pt").exists() and not (path / "summary.json").exists()
     monkeypatch.setattr(stage_module, "make_evaluator", real)
     resumed = search(mlp, cfg, interrupted)
-    assert resumed.summary["resumed_from"] == 30
+    assert resumed.summary["resumed_from"] == resumed_from
     assert resumed.history() == whole.history() and resumed.mask() == whole.mask()
 
 
@@ -226,6 +231,21 @@ def test_a_new_searcher_is_one_class_and_one_registry_entry(mlp, runtime, monkey
         search(mlp, dataclasses.replace(cfg, method="other"), runtime)
 
 
+@pytest.mark.parametrize("method", ["edgepopup", "supermask"])
+def test_masks_learned_by_gradient_are_search_stages_with_their_cost_counted(mlp, runtime, method):
+    cfg = dataclasses.replace(WEIGHTS, method=method, budget=130)
+    result = search(mlp, cfg, runtime)
+    summary = result.summary
+    assert summary["evaluations"] == 129  # 1 + 32 steps of 4: one evaluation and a training pass of 3
+    assert summary["images_forward"] == 129 * 100 and summary["start_score"] < summary["best"]["score"]
+    assert all(layer.sparsity == pytest.approx(0.8, abs=1e-3) for layer in result.mask().layers())
+    history = result.history()
+    assert len(history) == 33 and history[-1]["loss"] < history[1]["loss"]
+    tracked = [row["step"] for row in history if row["held_out_best"] is not None]
+    assert tracked == [101, 129]  # the first step past 100, and the last one the budget allows
+    assert search(mlp, cfg, runtime).cached
+
+
 def test_the_best_mask_is_tracked_on_held_out_validation_along_the_search(mlp, runtime):
     result = search(mlp, dataclasses.replace(WEIGHTS, budget=250, seed=4), runtime)
     history = result.history()
@@ -244,7 +264,8 @@ def test_each_searchers_own_options_are_config_fields_under_its_own_help_heading
     assert all(set(searcher.options) <= fields for searcher in SEARCHERS.values())
     assert option_sections() == {"options of anneal, greedy": ["neighbourhood", "t0", "cooling", "restarts", "tabu"],
                                  "options of reinforce": ["policy_lr", "entropy", "baseline_decay", "episodes",
-                                                          "hidden", "reward_sign"]}
+                                                          "hidden", "reward_sign"],
+                                 "options of edgepopup, supermask": ["score_lr"]}
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     text = capsys.readouterr().out

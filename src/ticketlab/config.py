@@ -100,11 +100,12 @@ class LotteryConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    method: str = hp("anneal", "search method: anneal, random, greedy or reinforce")
+    method: str = hp("anneal", "search method: anneal, random, greedy, reinforce, edgepopup or supermask")
     granularity: str = hp("weight", "what a mask keeps or prunes: weight (single weights) or filter (units)")
     sparsity: float = hp(0.8, "fraction of the searchable units pruned, in (0, 1)")
     at: str = hp("0it", "checkpoint whose masked network is scored: 0it (init), 500it, 3ep, best, final")
-    budget: int = hp(2000, "evaluations the search may spend")
+    budget: int = hp(2000, "evaluations the search may spend (of the objective's images; edgepopup and supermask "
+                           "count a training pass over them as 3)")
     mode: str = hp("default", "default (improved) or thesis (the EEE 198 constants and acceptance rule; reinforce: "
                               "the earlier attempt's deterministic agent, a flawed method reproduced)")
     metric: str = hp("accuracy", "objective: accuracy or loss of the masked network on the search subset")
@@ -131,6 +132,8 @@ class SearchConfig:
     exact: bool = hp(True, "score as the thesis evaluator would (accuracy: exactly; loss: bit for bit); "
                            "--no-exact also lets MLP searches on the loss update activations incrementally "
                            "(faster; the loss then within float rounding of the thesis evaluator's)")
+    score_lr: float | None = hp(None, "edgepopup, supermask: SGD learning rate of the mask scores (default: 0.1 "
+                                      "for edgepopup, 10 for supermask)")
     policy_lr: float = hp(0.01, "reinforce: Adam learning rate of the policy")
     entropy: float = hp(0.001, "reinforce: weight of the entropy bonus (mean entropy of the softmax of each draw)")
     baseline_decay: float = hp(0.9, "reinforce: factor per episode of the moving-average reward baseline")

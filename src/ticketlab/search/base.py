@@ -1,7 +1,7 @@
 """What every mask searcher is: a loop that spends a budget of evaluations, one state that saves
 and resumes exactly, and the checks of the options that all searchers share.
 
-A searcher (anneal.py, baselines.py, reinforce.py) subclasses Searcher: it names itself, says
+A searcher (anneal.py, baselines.py, reinforce.py, gradient.py) subclasses Searcher: it names itself, says
 whether it starts from a mask, checks its own options in `check`, and implements `begin` and
 `iterate`. search/searchers.py lists them by name (SEARCHERS), as sparsity/criteria lists the
 criteria; nothing else needs to know a searcher exists.
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import nn
 
 from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.moves import Move
@@ -43,6 +44,8 @@ class Evaluator(Protocol):
 
     space: SearchSpace
     evaluations: int
+    network: tuple[nn.Module, dict[str, torch.Tensor]] | None  # the module and checkpoint scored, where known
+    batches: list[tuple[torch.Tensor, torch.Tensor]]  # the objective's images and labels, as they are scored
 
     def score(self, keep: torch.Tensor, move: Move | None = None) -> float: ...
 
@@ -146,6 +149,11 @@ class Searcher:
     def iterate(self, state: SearchState) -> None:
         raise NotImplementedError
 
+    def next_cost(self, state: SearchState) -> int:
+        """What the next `iterate` spends of the budget, in evaluations of the objective's images
+        (a searcher that also trains counts its training as the forward passes it costs)."""
+        return 1
+
     def snapshot(self, state: SearchState) -> dict[str, Any]:
         """The state as plain data. Its tensors are never changed in place and history rows never
         after they are written, so copying the lists (not their items) is a snapshot."""
@@ -169,13 +177,15 @@ class Searcher:
                 observe(state)
         bar = Progress(self.budget, self.label, progress, initial=state.step, unit="eval")
         try:
-            while state.step < self.budget:
+            while state.step + self.next_cost(state) <= self.budget:
+                before = state.step
                 self.iterate(state)
                 if observe is not None:
                     observe(state)
-                bar.update()
+                bar.update(state.step - before)
                 bar.note(best=state.best_score)
-                if checkpoint is not None and state.step % checkpoint_every == 0 and state.step < self.budget:
+                if checkpoint is not None and state.step // checkpoint_every > before // checkpoint_every \
+                        and state.step < self.budget:
                     checkpoint(self.snapshot(state))
         finally:
             bar.close()

@@ -13,7 +13,8 @@ held-out accuracy part (the thesis saw its search fit its small validation set).
 REINFORCE adds episode (= step: one evaluation per episode), reward, baseline (the moving
 average its advantage was taken against; empty for the first batch, which uses its own
 mean) and entropy (of the policy for that episode); these columns are written only when
-the rows have them, so other searches' files stay as they were.
+the rows have them, so other searches' files stay as they were. The gradient searchers
+(search.gradient) add loss: the mean training loss of the step's pass (empty for the first row).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from ticketlab.store import atomic_write_text, csv_text, read_csv
 COLUMNS = ("step", "temperature", "h", "candidate", "current", "mean", "best", "accepted")
 HELD_OUT = "held_out_best"
 AGENT_COLUMNS = ("episode", "reward", "baseline", "entropy")
+GRADIENT_COLUMNS = ("loss",)
 _TYPES = {"step": int, "h": int, "episode": int, "accepted": lambda text: text == "True"}
 
 
 def write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
     columns = COLUMNS + ((HELD_OUT,) if any(HELD_OUT in row for row in history) else ()) + \
-        (AGENT_COLUMNS if history and AGENT_COLUMNS[0] in history[0] else ())
+        (AGENT_COLUMNS if history and AGENT_COLUMNS[0] in history[0] else ()) + \
+        (GRADIENT_COLUMNS if history and GRADIENT_COLUMNS[0] in history[0] else ())
     atomic_write_text(path, csv_text([{k: "" if row.get(k) is None else row[k] for k in columns} for row in history],
                                      columns))
 

@@ -9,6 +9,7 @@ from ticketlab.config import SearchConfig, TicketlabError
 from ticketlab.search.anneal import Annealer
 from ticketlab.search.base import NAMED_AGAINST, Searcher, check_common
 from ticketlab.search.baselines import Greedy, RandomSearch
+from ticketlab.search.gradient import EdgePopup, Supermask
 from ticketlab.search.reinforce import Reinforce
 
 SEARCHERS: dict[str, type[Searcher]] = {searcher.name: searcher for searcher in (
@@ -16,6 +17,8 @@ SEARCHERS: dict[str, type[Searcher]] = {searcher.name: searcher for searcher in 
     RandomSearch,
     Greedy,
     Reinforce,
+    EdgePopup,
+    Supermask,
 )}
 
 

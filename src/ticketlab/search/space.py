@@ -35,11 +35,12 @@ class SearchSpace:
     """The searchable units of a model as one flat boolean vector (True = kept)."""
 
     def __init__(self, layers: list[Layer], expand: Callable[[dict[str, torch.Tensor]], Mask],
-                 project: Callable[[Mask, Layer], torch.Tensor], granularity: str):
+                 project: Callable[[Mask, Layer], torch.Tensor], granularity: str,
+                 soften: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None):
         self.layers = layers
         self.size = layers[-1].slice.stop if layers else 0
         self.granularity = granularity  # "weight" or "filter"
-        self._expand, self._project = expand, project
+        self._expand, self._project, self._soften = expand, project, soften
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.granularity}, {self.size} units in {len(self.layers)} layers)"
@@ -54,6 +55,16 @@ class SearchSpace:
     def to_mask(self, keep: torch.Tensor) -> Mask:
         """The Mask over the model's parameters that a flat keep-vector stands for."""
         return self._expand(self.split(keep))
+
+    def to_soft_mask(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What `to_mask` gives, for a float vector (one value per unit) and differentiable in
+        it: each parameter's entries times the values of the units that cover them (1 and 0
+        give `to_mask`'s mask as floats). For searchers that learn masks by gradient."""
+        if self._soften is None:
+            raise TicketlabError(f"{self!r} has no differentiable mask")
+        if values.shape != (self.size,):
+            raise TicketlabError(f"a vector of this space has shape ({self.size},), not {tuple(values.shape)}")
+        return self._soften({layer.name: values[layer.slice] for layer in self.layers})
 
     def from_mask(self, mask: Mask) -> torch.Tensor:
         """The flat keep-vector of a Mask (a criterion's, say); for units, a unit is kept when
@@ -113,7 +124,10 @@ def weight_space(model: nn.Module, names: list[str] | None = None) -> SearchSpac
             raise TicketlabError(f"the mask does not cover {layer.name}; expected a mask over {', '.join(names)}")
         return mask[layer.name].flatten()
 
-    return SearchSpace(_layers({n: params[n].numel() for n in names}), expand, project, "weight")
+    def soften(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: parts[n].view(shapes[n]) for n in names}
+
+    return SearchSpace(_layers({n: params[n].numel() for n in names}), expand, project, "weight", soften)
 
 
 def unit_space(model: nn.Module) -> SearchSpace:
@@ -149,4 +163,19 @@ def unit_space(model: nn.Module) -> SearchSpace:
             keep |= entries[start:start + group.size * piece.block].reshape(group.size, -1).any(1)
         return keep
 
-    return SearchSpace(_layers({name: g.size for name, g in groups.items()}), expand, project, "filter")
+    def soften(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        factors: dict[str, torch.Tensor] = {}
+        for group, piece in pieces:
+            length = params[piece.param].shape[piece.dim]
+            start, stop = piece.offset * piece.block, (piece.offset + groups[group].size) * piece.block
+            values = parts[group].repeat_interleave(piece.block)
+            along = torch.cat([values.new_ones(start), values, values.new_ones(length - stop)])
+            shape = [1] * params[piece.param].dim()
+            shape[piece.dim] = length
+            factor = along.view(shape)
+            factors[piece.param] = factor if piece.param not in factors else factors[piece.param] * factor
+        like = next(iter(parts.values()))
+        return {n: factors[n].expand(params[n].shape) if n in factors else like.new_ones(params[n].shape)
+                for n in names}
+
+    return SearchSpace(_layers({name: g.size for name, g in groups.items()}), expand, project, "filter", soften)

@@ -36,7 +36,7 @@ from torch import nn
 from ticketlab import paths
 from ticketlab.config import Runtime, SearchConfig, TicketlabError
 from ticketlab.data.load import Dataset, Split
-from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, SearchResult, SearchState
+from ticketlab.search.base import CHECKPOINT_EVERY, Evaluator, Observer, Searcher, SearchResult, SearchState
 from ticketlab.search.evaluators import make_evaluator
 from ticketlab.search.features import unit_features
 from ticketlab.search.history import HELD_OUT, read_history, write_history
@@ -245,7 +245,7 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     searcher = get_searcher(cfg.method).build(setup.evaluator, cfg, setup.generator, setup.features)
     found = searcher.run(setup.start, progress=runtime.progress, resume=resume, checkpoint_every=CHECKPOINT_EVERY,
                          checkpoint=lambda snapshot: atomic_torch_save(snapshot, state),
-                         observe=held_out_tracking(setup.tracker, cfg.budget))
+                         observe=held_out_tracking(setup.tracker, searcher))
     seconds = time.perf_counter() - started
     space = setup.space
     summary = _summary(found, cfg, space, seconds, resumed_from=resume["step"] if resume else 0,
@@ -266,16 +266,20 @@ def _search(run: Run, setup: SearchSetup, train: TrainRun, cfg: SearchConfig, ru
     return summary
 
 
-def held_out_tracking(tracker: Evaluator | None, budget: int) -> Observer | None:
-    """An observer that, every TRACK_EVERY evaluations and at the last, scores the best mask so
-    far on the held-out images into the step's history row (`held_out_best`). Reported only:
-    nothing is selected on it."""
+def held_out_tracking(tracker: Evaluator | None, searcher: Searcher) -> Observer | None:
+    """An observer that, every TRACK_EVERY evaluations and at the searcher's last step, scores
+    the best mask so far on the held-out images into the step's history row
+    (`held_out_best`). Reported only: nothing is selected on it."""
     if tracker is None:
         return None
     last: list[Any] = [None, None]  # the best mask scored last, and its score
 
     def observe(state: SearchState) -> None:
-        if state.step % TRACK_EVERY and state.step != budget:
+        # The step that crosses a multiple of TRACK_EVERY (a searcher may spend several evaluations
+        # a step), read off the history alone, so that a resumed search tracks the same steps.
+        before = state.history[-2]["step"] if len(state.history) > 1 else state.step
+        last_step = state.step + searcher.next_cost(state) > searcher.budget
+        if before // TRACK_EVERY == state.step // TRACK_EVERY and not last_step:
             return
         if last[0] is not state.best:
             last[:] = [state.best, tracker.score(state.best)]
@@ -290,7 +294,8 @@ def _summary(found: SearchResult, cfg: SearchConfig, space: SearchSpace, seconds
         "method": cfg.method, "mode": cfg.mode, "granularity": cfg.granularity, "metric": cfg.metric, "at": cfg.at,
         "units": space.size, "kept": int(found.best.sum()), "sparsity": 1 - int(found.best.sum()) / space.size,
         "objective_images": objective_images, "held_out_images": held_out_images,
-        "evaluations": found.evaluations, "resumed_from": resumed_from, "seconds": round(seconds, 3),
+        "evaluations": found.evaluations, "images_forward": found.evaluations * objective_images,
+        "resumed_from": resumed_from, "seconds": round(seconds, 3),
         "evaluations_per_s": round((found.evaluations - resumed_from) / seconds, 2) if seconds > 0 else None,
         "t0": found.t0, "start_score": found.history[0]["candidate"],
         "best": {"score": found.best_score,

@@ -91,6 +91,15 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
         raise TicketlabError(f"the checkpoint does not fit the model ({', '.join(unfit[:3])} missing or of "
                              "another shape); expected the weights of this model")
     space.to_mask(torch.ones(space.size, dtype=torch.bool)).check_fits(model)
+    evaluator = _evaluator(model, weights, space, x, y, metric, train_steps, train_config, train_data, exact,
+                           incremental)
+    evaluator.network = (model, weights)
+    return evaluator
+
+
+def _evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: SearchSpace, x: torch.Tensor,
+               y: torch.Tensor, metric: str, train_steps: int, train_config: TrainConfig | None,
+               train_data: Split | None, exact: bool, incremental: bool) -> Evaluator:
     if train_steps:
         data = train_data if train_data is not None else Split(x, y)
         return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data)

@@ -25,6 +25,9 @@ class Evaluator:
         self.space, self.metric = space, metric
         self.batches = list(zip(x.split(SCORE_BATCH), y.split(SCORE_BATCH)))
         self.evaluations = 0  # how many scores were computed
+        # The network scored: its module and the checkpoint's state_dict (never written), for
+        # searchers that compute with it themselves (search.gradient); set by make_evaluator.
+        self.network: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
 
     def score(self, keep: torch.Tensor, move: Move | None = None) -> float:
         """Accuracy in [0, 1] of the network under the mask `keep` stands for, or -loss when metric == "loss".
