@@ -4,6 +4,7 @@ mask changes, and there only for the units it changed (see search/evaluators/__i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,13 @@ from ticketlab.sparsity.mask import Mask
 # oneDNN's convolutions: a thinner one is no faster) and at least 32 (MKL computes a Linear
 # layer of fewer than 12 outputs with another kernel, whose sums round differently).
 ROW_BLOCK, MIN_ROWS = 16, 32
+
+
+class Scored(Protocol):
+    mask: Mask
+
+
+S = TypeVar("S", bound=Scored)  # a snapshot of a mask scored
 
 
 class ChainLayer:
@@ -121,6 +129,17 @@ def first_change(layers: list[ChainLayer], old: Mask, new: Mask) -> int:
     return len(layers)
 
 
+def nearest(layers: list[ChainLayer], snapshots: list[S], mask: Mask) -> tuple[S | None, int]:
+    """The snapshot (anything with a `mask`) that shares the most leading stages with `mask`,
+    the most recent on a tie, and the first stage it does not share (0 with no snapshot)."""
+    base, first = None, 0
+    for snapshot in snapshots:  # most recent first: it wins ties
+        k = first_change(layers, snapshot.mask, mask)
+        if base is None or k > first:
+            base, first = snapshot, k
+    return base, first
+
+
 @dataclass
 class Snapshot:
     """A mask scored, with every stage's output on every batch under it."""
@@ -130,8 +149,8 @@ class Snapshot:
     score: float
 
 
-class IncrementalEvaluator(Evaluator):
-    """Recomputes only what a mask changed since one of the last two masks scored (see the module doc)."""
+class ChainEvaluator(Evaluator):
+    """An evaluator of a chain's layers that keeps what it computed for the last masks it scored."""
 
     KEEP = 2  # snapshots kept: a search's current mask and its latest candidate
 
@@ -139,17 +158,24 @@ class IncrementalEvaluator(Evaluator):
                  space: SearchSpace, x: torch.Tensor, y: torch.Tensor, metric: str):
         super().__init__(space, x, y, metric)
         self.layers = [ChainLayer(model, stage, weights, x.device) for stage in stages]
-        self.snapshots: list[Snapshot] = []
+        self.snapshots: list = []  # the latest first
+
+    def base_for(self, mask: Mask) -> tuple[Any, int]:
+        """The snapshot to compute `mask` from and the first stage to compute (`nearest`); when
+        that is len(layers), the mask was scored before, and its snapshot becomes the latest."""
+        base, first = nearest(self.layers, self.snapshots, mask)
+        if base is not None and first == len(self.layers):
+            self.snapshots = [base, *(s for s in self.snapshots if s is not base)]
+        return base, first
+
+
+class IncrementalEvaluator(ChainEvaluator):
+    """Recomputes only what a mask changed since one of the last two masks scored (see the module doc)."""
 
     @torch.inference_mode()
     def _score(self, mask: Mask) -> float:
-        base, first = None, 0
-        for snapshot in self.snapshots:  # most recent first: it wins ties
-            k = first_change(self.layers, snapshot.mask, mask)
-            if base is None or k > first:
-                base, first = snapshot, k
-        if base is not None and first == len(self.layers):  # scored before
-            self.snapshots = [base, *(s for s in self.snapshots if s is not base)]
+        base, first = self.base_for(mask)
+        if first == len(self.layers):  # scored before
             return base.score
         inputs = [xb for xb, _ in self.batches]
         outputs = []

@@ -31,9 +31,8 @@ import torch
 from torch import nn
 
 from ticketlab.models.chain import ChainStep
-from ticketlab.search.evaluators.base import Evaluator
 from ticketlab.search.evaluators.certificate import TOLERANCE, certified_predictions
-from ticketlab.search.evaluators.chain import ChainLayer, first_change
+from ticketlab.search.evaluators.chain import ChainEvaluator, ChainLayer
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask
@@ -71,20 +70,16 @@ def on_inputs(layer: ChainLayer, weight: torch.Tensor, live_in: torch.Tensor | N
     return weight.contiguous(memory_format=torch.channels_last) if weight.dim() == 4 else weight
 
 
-class LiveEvaluator(Evaluator):
+class LiveEvaluator(ChainEvaluator):
     """Scores unit masks of a chain over live units only (see the module doc)."""
-
-    KEEP = 2  # snapshots kept: a search's current mask and its latest candidate
 
     def __init__(self, model: nn.Module, stages: list[ChainStep], weights: dict[str, torch.Tensor],
                  space: SearchSpace, x: torch.Tensor, y: torch.Tensor, metric: str):
-        super().__init__(space, x, y, metric)
-        self.layers = [ChainLayer(model, stage, weights, x.device) for stage in stages]
+        super().__init__(model, stages, weights, space, x, y, metric)
         self.images, self.labels = x, y
         # Channels-last maps: oneDNN's convolutions of a few hundred channels ran 1.35x faster so.
         self.inputs = [xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb
                        for xb, _ in self.batches]
-        self.snapshots: list[LiveSnapshot] = []
         self.relative = TOLERANCE  # the certificate's tolerance, relative to the largest |logit|
         self.drift = 0.0  # the largest rounding measured, relative to the largest |logit|
         self.computed = 0  # scores computed (not found among the snapshots)
@@ -93,13 +88,8 @@ class LiveEvaluator(Evaluator):
 
     @torch.inference_mode()
     def _score(self, mask: Mask) -> float:
-        base, first = None, 0
-        for snapshot in self.snapshots:  # most recent first: it wins ties
-            k = first_change(self.layers, snapshot.mask, mask)
-            if base is None or k > first:
-                base, first = snapshot, k
-        if base is not None and first == len(self.layers):  # scored before
-            self.snapshots = [base, *(s for s in self.snapshots if s is not base)]
+        base, first = self.base_for(mask)
+        if first == len(self.layers):  # scored before
             return base.score
         live = list(base.live[:first]) if base is not None else []
         outputs = list(base.outputs[:first]) if base is not None else []
