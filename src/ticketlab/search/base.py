@@ -146,6 +146,14 @@ class Searcher:
     def resume(self, state: SearchState) -> None:
         """Rebuild what the searcher derives from a saved state."""
 
+    def agent_state(self) -> dict[str, Any] | None:
+        """What the searcher learns beside the SearchState fields (a policy, mask scores, their
+        optimiser), saved with the state as its "agent"; None: nothing."""
+        return None
+
+    def load_agent(self, agent: dict[str, Any]) -> None:
+        """Take back what agent_state saved (called before `resume`)."""
+
     def iterate(self, state: SearchState) -> None:
         raise NotImplementedError
 
@@ -159,7 +167,9 @@ class Searcher:
         after they are written, so copying the lists (not their items) is a snapshot."""
         state.rng = self.generator.get_state()
         values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-        return {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
+        snapshot = {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
+        agent = self.agent_state()
+        return snapshot if agent is None else {**snapshot, "agent": agent}
 
     def evaluate(self, keep: torch.Tensor, move: Move | None = None) -> float:
         return float(self.evaluator.score(keep, move))
@@ -168,8 +178,12 @@ class Searcher:
             checkpoint: Checkpoint | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
             observe: Observer | None = None) -> SearchResult:
         if resume is not None:
+            resume = dict(resume)
+            agent = resume.pop("agent", None)
             state = SearchState(**resume)
             self.generator.set_state(state.rng)
+            if agent is not None:
+                self.load_agent(agent)
             self.resume(state)
         else:
             state = self.begin(start)

@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ticketlab.config import SearchConfig, TicketlabError
-from ticketlab.search.base import Evaluator, Searcher, SearchResult, SearchState, history_row
+from ticketlab.search.base import Evaluator, Searcher, SearchState, history_row
 from ticketlab.search.space import SearchSpace
 
 TRAIN_COST = 3  # evaluations a training pass over the objective's images costs
@@ -52,11 +52,7 @@ LEARNING_RATE = {"edgepopup": 0.1, "supermask": 10.0}
 def layer_counts(space: SearchSpace, sparsity: float, layer_min: float) -> list[int]:
     """Units each layer keeps: its share of round(size * (1 - sparsity)) by largest remainder,
     within [floor, size]."""
-    floors = space.layer_floor(layer_min)
-    kept = space.size - round(space.size * sparsity)
-    if kept < sum(floors):
-        raise TicketlabError(f"sparsity {sparsity} keeps {kept} units, fewer than the {sum(floors)} the layers' "
-                             f"floors need (layer_min {layer_min}, at least 1 unit a layer)")
+    kept, floors = space.kept_and_floors(sparsity, layer_min)
     shares = [kept * layer.size / space.size for layer in space.layers]
     counts = [min(layer.size, max(floor, math.floor(share)))
               for layer, floor, share in zip(space.layers, floors, shares)]
@@ -104,7 +100,7 @@ class GradientSearcher(Searcher):
         if evaluator.network is None:
             raise TicketlabError(f"{self.name} trains with the network itself; this evaluator does not expose it")
         module, weights = evaluator.network
-        self.module, self.space = module, evaluator.space
+        self.module, self.space = module.eval(), evaluator.space  # eval mode, as the objective scores it
         device = next(iter(weights.values())).device
         self.frozen = {name: value.to(device) for name, value in weights.items()}  # read, never written
         self.batches = evaluator.batches  # the objective's images, in the reference's batches of 256
@@ -188,21 +184,13 @@ class GradientSearcher(Searcher):
 
     # --- resume: the scores and their optimiser travel beside the SearchState fields --------
 
-    def run(self, start: torch.Tensor | None, *, resume: dict[str, Any] | None = None, **kwargs: Any) -> SearchResult:
-        self.module.eval()
-        if resume is not None:
-            resume = dict(resume)
-            self.saved = resume.pop("agent")
-        return super().run(start, resume=resume, **kwargs)
-
-    def resume(self, state: SearchState) -> None:
+    def load_agent(self, agent: dict[str, Any]) -> None:
         with torch.no_grad():
-            self.scores.copy_(self.saved["scores"])
-        self.optimizer.load_state_dict(self.saved["optimizer"])
+            self.scores.copy_(agent["scores"])
+        self.optimizer.load_state_dict(agent["optimizer"])
 
-    def snapshot(self, state: SearchState) -> dict[str, Any]:
-        agent = {"scores": self.scores.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
-        return {**super().snapshot(state), "agent": agent}
+    def agent_state(self) -> dict[str, Any]:
+        return {"scores": self.scores.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
 
 class EdgePopup(GradientSearcher):

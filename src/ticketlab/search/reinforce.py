@@ -184,7 +184,6 @@ class Reinforce(SamplingSearcher):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.policy_lr)
         self.baseline: float | None = None
         self.pending: list[tuple[torch.Tensor, float]] = []  # (order, reward) of this batch's episodes so far
-        self.saved: dict[str, Any] | None = None
 
     @classmethod
     def check(cls, cfg: SearchConfig) -> None:
@@ -223,24 +222,16 @@ class Reinforce(SamplingSearcher):
 
     # --- resume: the agent's own state travels beside the SearchState fields --------------
 
-    def run(self, start: torch.Tensor | None, *, resume: dict[str, Any] | None = None, **kwargs: Any) -> SearchResult:
-        if resume is not None:
-            resume = dict(resume)
-            self.saved = resume.pop("agent")
-        return super().run(start, resume=resume, **kwargs)
-
-    def resume(self, state: SearchState) -> None:
-        agent = self.saved
+    def load_agent(self, agent: dict[str, Any]) -> None:
         self.policy.load_state_dict(agent["policy"])
         self.optimizer.load_state_dict(agent["optimizer"])
         self.baseline = agent["baseline"]
         self.pending = list(zip(agent["orders"], agent["rewards"]))
 
-    def snapshot(self, state: SearchState) -> dict[str, Any]:
-        agent = {"policy": {k: v.clone() for k, v in self.policy.state_dict().items()},
-                 "optimizer": copy.deepcopy(self.optimizer.state_dict()), "baseline": self.baseline,
-                 "orders": [order for order, _ in self.pending], "rewards": [r for _, r in self.pending]}
-        return {**super().snapshot(state), "agent": agent}
+    def agent_state(self) -> dict[str, Any]:
+        return {"policy": {k: v.clone() for k, v in self.policy.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "baseline": self.baseline,
+                "orders": [order for order, _ in self.pending], "rewards": [r for _, r in self.pending]}
 
     # --- episodes ----------------------------------------------------------------------------
 

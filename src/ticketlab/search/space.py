@@ -77,6 +77,16 @@ class SearchSpace:
             raise TicketlabError(f"layer_min is a fraction of each layer, in [0, 1]; got {layer_min}")
         return [max(1, math.ceil(layer_min * layer.size)) for layer in self.layers]
 
+    def kept_and_floors(self, sparsity: float, layer_min: float) -> tuple[int, list[int]]:
+        """How many units a mask at `sparsity` keeps, exactly, and each layer's floor; refused
+        when the floors need more."""
+        floors = self.layer_floor(layer_min)
+        kept = self.size - round(self.size * sparsity)
+        if kept < sum(floors):
+            raise TicketlabError(f"sparsity {sparsity} keeps {kept} units, fewer than the {sum(floors)} the layers' "
+                                 f"floors need (layer_min {layer_min}, at least 1 unit a layer)")
+        return kept, floors
+
     def random(self, sparsity: float, generator: torch.Generator, layer_min: float = 0.0) -> torch.Tensor:
         """A random keep-vector with exactly round(size * sparsity) units pruned, no layer below its floor.
 
@@ -85,11 +95,7 @@ class SearchSpace:
         """
         if not 0 <= sparsity < 1:
             raise TicketlabError(f"sparsity is the fraction of units pruned, in [0, 1); got {sparsity}")
-        floors = self.layer_floor(layer_min)
-        kept = self.size - round(self.size * sparsity)
-        if kept < sum(floors):
-            raise TicketlabError(f"sparsity {sparsity} keeps {kept} units, fewer than the {sum(floors)} the layers' "
-                                 f"floors need (layer_min {layer_min}, at least 1 unit a layer)")
+        kept, floors = self.kept_and_floors(sparsity, layer_min)
         keep = torch.zeros(self.size, dtype=torch.bool)
         for layer, floor in zip(self.layers, floors):
             keep[layer.slice.start + torch.randperm(layer.size, generator=generator)[:floor]] = True

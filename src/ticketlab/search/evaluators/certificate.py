@@ -38,11 +38,11 @@ def recount_blocks(images: torch.Tensor, n: int) -> torch.Tensor:
     return torch.minimum(start, (batch_end - RECOUNT_BLOCK).clamp(min=0)).maximum(batch_start).unique()
 
 
-def certified_predictions(logits: torch.Tensor, tolerance: float,
-                          exact_logits: Callable[[int, int], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """The reference's predictions from logits (images x classes) within `tolerance` of its own:
-    near-tied images are predicted from exact_logits(start, end), the exact logits of images
-    start..end-1. Also returns how many images were recounted."""
+def certified_accuracy(logits: torch.Tensor, labels: torch.Tensor, tolerance: float,
+                       exact_logits: Callable[[int, int], torch.Tensor]) -> tuple[float, int]:
+    """The reference's accuracy from logits (images x classes) within `tolerance` of its own,
+    and how many near-tied images were predicted again from exact_logits(start, end), the
+    exact logits of images start..end-1."""
     predicted = logits.argmax(1)
     near = near_tied(logits, tolerance)
     if len(near):
@@ -51,4 +51,4 @@ def certified_predictions(logits: torch.Tensor, tolerance: float,
             end = min(start + RECOUNT_BLOCK, (start // SCORE_BATCH + 1) * SCORE_BATCH, n)
             chosen = near[(near >= start) & (near < end)]
             predicted[chosen] = exact_logits(start, end).argmax(1).index_select(0, chosen - start)
-    return predicted, len(near)
+    return int((predicted == labels).sum()) / len(labels), len(near)

@@ -56,7 +56,7 @@ from torch import nn
 from ticketlab.config import TicketlabError
 from ticketlab.models.chain import ChainStep
 from ticketlab.search.evaluators.base import Evaluator
-from ticketlab.search.evaluators.certificate import TOLERANCE, certified_predictions
+from ticketlab.search.evaluators.certificate import TOLERANCE, certified_accuracy
 from ticketlab.search.moves import Move
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
@@ -277,10 +277,11 @@ class DeltaEvaluator(Evaluator):
         if self.metric != "accuracy":
             return objective(zip(logits.split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
         masked = functools.cache(lambda: [layer.masked(mask) for layer in self.layers])  # only if some are near-tied
-        predicted, recounted = certified_predictions(
-            logits, self.tolerance, lambda start, end: self.exact_layers(masked(), self.images[start:end])[1][-1])
+        accuracy, recounted = certified_accuracy(
+            logits, self.labels, self.tolerance,
+            lambda start, end: self.exact_layers(masked(), self.images[start:end])[1][-1])
         self.recounted_images += recounted
-        return int((predicted == self.labels).sum()) / len(self.labels)
+        return accuracy
 
     def update(self, mask: Mask, base: DeltaSnapshot, flips: Flips, slot: Slot) -> None:
         """Write into `slot` the base's activations moved by the flipped entries (see the module doc)."""

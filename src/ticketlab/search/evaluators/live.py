@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ticketlab.models.chain import ChainStep
-from ticketlab.search.evaluators.certificate import TOLERANCE, certified_predictions
+from ticketlab.search.evaluators.certificate import TOLERANCE, certified_accuracy
 from ticketlab.search.evaluators.chain import ChainEvaluator, ChainLayer
 from ticketlab.search.reference import SCORE_BATCH, objective
 from ticketlab.search.space import SearchSpace
@@ -134,8 +134,8 @@ class LiveEvaluator(ChainEvaluator):
         if (self.computed - 1) % CHECK_EVERY == 0:
             self.exact_forwards += 1
             exact = [self.exact_logits(mask, xb) for xb, _ in self.batches]
-            largest = max(float(torch.cat(exact).abs().max()), 1e-30)
-            drift = float((logits - torch.cat(exact)).abs().max()) / largest
+            whole = torch.cat(exact)
+            drift = float((logits - whole).abs().max()) / max(float(whole.abs().max()), 1e-30)
             self.drift = max(self.drift, drift)
             if self.drift > self.relative / 4:  # the certificate's margin is getting thin: widen it
                 self.relative = 4 * self.drift
@@ -143,9 +143,9 @@ class LiveEvaluator(ChainEvaluator):
         if self.metric != "accuracy":
             return objective(zip(logits.split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
         tolerance = self.relative * float(logits.abs().max())
-        predicted, recounted = certified_predictions(
-            logits, tolerance, lambda start, end: self.exact_logits(mask, self.images[start:end]))
+        accuracy, recounted = certified_accuracy(
+            logits, self.labels, tolerance, lambda start, end: self.exact_logits(mask, self.images[start:end]))
         self.recounted_images += recounted
-        return int((predicted == self.labels).sum()) / len(self.labels)
+        return accuracy
 
 __all__ = ["CHECK_EVERY", "LiveEvaluator"]
