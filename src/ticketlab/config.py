@@ -191,9 +191,13 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str) -> C:
     return cls(**{key: coerce(value, types[key], f"{where}.{key}") for key, value in values.items()})
 
 
+KERNELS = ("dense", "sparse", "auto")  # Runtime.kernels (sparsity.kernels)
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how to run: nothing here changes results, so none of it is hashed."""
+    """Where and how to run: nothing here changes results (threads and kernels change the order of
+    float sums only), so none of it is hashed."""
 
     runs_dir: str | None = hp(None, "root of run directories (default: $TICKETLAB_RUNS or ./runs)")
     data_dir: str | None = hp(None, "directory with dataset files (default: $TICKETLAB_DATA)")
@@ -201,6 +205,9 @@ class Runtime:
                                      "~/.cache/ticketlab; `ticketlab cache` lists and clears it)")
     device: str = hp("auto", "auto, cpu or cuda")
     threads: int = hp(1, "CPU threads for PyTorch (1 never collapses on a busy 2-core machine; see BENCHMARKS.md)")
+    kernels: str = hp("auto", "masked Linear layers trained on dense or sparse (CSR) kernels: dense, sparse, or auto "
+                              "(sparse where measured faster: large layers keeping at most a fifth of their weights, "
+                              "on the CPU); the results agree to float rounding")
     force: bool = hp(False, "redo the run even if it is finished")
     progress: bool = hp(True, "show progress bars")
 

@@ -34,6 +34,7 @@ from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.stage import Stage
 from ticketlab.store import Run, atomic_write_json, atomic_write_text, csv_text, read_csv
+from ticketlab.sparsity.kernels import evaluated_copy
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 
@@ -145,13 +146,15 @@ def sweep(run: TrainRun, ks: Sequence[float] = DEFAULT_KS, *, step: str = "best"
         return {"train": run.run.name, "train_path": str(run.path), "step": step, "ks": ks}, \
             (trained, dataset, model, device)
 
-    result.produce(runtime.force, prepare, lambda prepared: _sweep(result.run, run, ks, step, *prepared))
+    result.produce(runtime.force, prepare,
+                   lambda prepared: _sweep(result.run, run, ks, step, *prepared, kernels=runtime.kernels))
     return result
 
 
 def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[str, torch.Tensor], dataset: Dataset,
-           model: nn.Module, device: torch.device) -> dict[str, Any]:
-    """Prune and evaluate for each k and method; write the table and the histograms; the summary."""
+           model: nn.Module, device: torch.device, kernels: str = "dense") -> dict[str, Any]:
+    """Prune and evaluate for each k and method (the pruned network on `kernels`); write the table
+    and the histograms; the summary."""
     started = time.perf_counter()
     model.load_state_dict(trained)
     (test_loss, test_acc), (val_loss, val_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
@@ -164,7 +167,8 @@ def _sweep(out: Run, run: TrainRun, ks: list[float], step: str, trained: dict[st
             model.load_state_dict(trained)
             mask = MASKS[method](model, k)
             mask.apply(model)
-            (t_loss, t_acc), (v_loss, v_acc) = evaluate(model, dataset.test), evaluate(model, dataset.val)
+            pruned = evaluated_copy(model, mask, kernels)
+            (t_loss, t_acc), (v_loss, v_acc) = evaluate(pruned, dataset.test), evaluate(pruned, dataset.val)
             rows.append({"k": k, "method": method, "sparsity": sparsity_of(mask, names),
                          "test_loss": t_loss, "test_acc": t_acc, "val_loss": v_loss, "val_acc": v_acc})
             histograms.count(model, method, k)

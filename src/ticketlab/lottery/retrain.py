@@ -109,7 +109,8 @@ def retrain(made: Retrained, setting: Setting, weights: dict[str, torch.Tensor],
         model.load_state_dict(weights)
         mask.apply(model)
         trainer = Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
-                          label=run.name, constraint=MaskedTraining(model, mask), start_iteration=start_iteration)
+                          label=run.name, constraint=MaskedTraining(model, mask, setting.runtime.kernels),
+                          start_iteration=start_iteration)
         # The dense run's schedule it follows is recorded too (a study's board reads its steps).
         return {**hparams, "train": dataclasses.asdict(setting.dense.training)}, trainer
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ticketlab.config import TicketlabError
+from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.models.structure import ChannelGroup
 from ticketlab.models.tracing import traced
 
@@ -32,11 +33,12 @@ class ZooModel(nn.Module):
         self.num_classes = num_classes
 
     def prunable_parameters(self) -> list[str]:
-        """Names of every Linear/Conv weight, output layer included, in module order."""
+        """Names of every Linear/Conv weight, output layer included, in module order (a Linear on
+        sparse kernels, models.sparse_linear, too: its weight is trained as its kept values)."""
         return [
             f"{name}.weight"
             for name, module in self.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))
+            if isinstance(module, (nn.Linear, nn.Conv2d, SparseLinear))
         ]
 
     def channel_groups(self) -> list[ChannelGroup]:

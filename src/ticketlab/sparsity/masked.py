@@ -21,6 +21,10 @@ zero for the entry's new state and update (the loss's L1/L2 penalties are in the
 gradient). So pruned weights and their optimiser state stay exactly 0.0 with no masking
 after the step; tests/test_masked_training.py checks this per optimiser at every step.
 
+Sparse kernels: `MaskedTraining(model, mask, kernels="auto")` (or "sparse") first moves the
+Linear layers that kernels.sparse_layers chooses onto CSR kernels (models.sparse_linear): they
+hold their kept weights only, so there is nothing to zero, and the rest is masked as above.
+
 Cost: one multiply over the masked gradients per step. With Adam, PyTorch's (non-fused)
 step also takes the square root of the pruned entries' zero second moments, which on some
 CPUs is several times slower than on other numbers; bench/masked_training.py measures it.
@@ -35,6 +39,7 @@ from torch import nn
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset
+from ticketlab.sparsity.kernels import dense_part, use_kernels
 from ticketlab.sparsity.mask import Mask
 from ticketlab.training.loop import fit
 
@@ -43,11 +48,13 @@ class MaskedTraining:
     """Keeps `model`'s pruned entries at zero during training (a training.loop.StepConstraint).
 
     Building it zeroes them in the model. Build it after the model is on its final device: the
-    masks are copied there once.
+    masks are copied there once. With `kernels` other than "dense" it first replaces the Linear
+    layers that sparsity.kernels chooses, in place (their names: `sparse`); build the optimiser after.
     """
 
-    def __init__(self, model: nn.Module, mask: Mask):
-        mask.check_fits(model)
+    def __init__(self, model: nn.Module, mask: Mask, kernels: str = "dense"):
+        self.sparse = use_kernels(model, mask, kernels)
+        mask = dense_part(mask, self.sparse)
         params = dict(model.named_parameters())
         # A tensor that keeps everything needs no work at each step.
         pruned = [name for name, keep in mask.items() if not keep.all()]
@@ -81,10 +88,13 @@ class MaskedTraining:
             torch._foreach_mul_(list(grads), list(keeps))
 
 
-def masked_fit(model: nn.Module, data: Dataset, cfg: TrainConfig, mask: Mask, **options: Any) -> dict[str, Any]:
+def masked_fit(model: nn.Module, data: Dataset, cfg: TrainConfig, mask: Mask, kernels: str = "dense",
+               **options: Any) -> dict[str, Any]:
     """Train `model` on `data` with the entries `mask` prunes held at exactly zero.
 
-    Takes the options of training.loop.fit (`directory` to checkpoint and resume there,
-    `progress`, ...) and returns its summary. A mask made for another model is a TicketlabError.
+    `kernels` "sparse" or "auto" trains (and leaves) the chosen Linear layers on sparse kernels
+    (sparsity.kernels). Takes the options of training.loop.fit (`directory` to checkpoint and
+    resume there, `progress`, ...) and returns its summary. A mask made for another model is a
+    TicketlabError.
     """
-    return fit(model, data, cfg, constraint=MaskedTraining(model, mask), **options)
+    return fit(model, data, cfg, constraint=MaskedTraining(model, mask, kernels), **options)

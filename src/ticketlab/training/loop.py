@@ -26,6 +26,7 @@ from ticketlab import paths
 from ticketlab.store import (atomic_torch_save, atomic_write_json, atomic_write_text, csv_text,
                              load_checkpoint, read_json)
 from ticketlab.manifest import remove_artifact
+from ticketlab.models.sparse_linear import SparseLinear, trained_parameter
 from ticketlab.training.optim import build_optimizer, lr_factor_fn
 from ticketlab.training.progress import Progress
 from ticketlab.training.steps import Step, parse_steps, step_name
@@ -125,9 +126,14 @@ def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
     """The weights the L1/L2 penalties act on: the model's declared prunable ones, else every Linear/Conv weight."""
     declared = getattr(model, "prunable_parameters", None)
     if declared is not None:
-        params = dict(model.named_parameters())
-        return [params[name] for name in declared()]
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+        return [trained_parameter(model, name) for name in declared()]
+    return [m.values if isinstance(m, SparseLinear) else m.weight for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, SparseLinear))]
+
+
+def sparse_layers_of(model: nn.Module) -> list[str]:
+    """The model's layers on sparse kernels (SparseLinear): what its optimiser's state is shaped by."""
+    return [name for name, module in model.named_modules() if isinstance(module, SparseLinear)]
 
 
 @torch.inference_mode()
@@ -192,6 +198,7 @@ class Trainer:
             "iteration": self.iteration, "wall_time": self.wall_time, "rows": self.rows, "best": self.best,
             "rng": torch.get_rng_state(), "stopped_early_at": self.stopped_early_at,
             "callbacks": [callback.state_dict() for callback in self.callbacks],
+            "sparse_layers": sparse_layers_of(self.model),
         }, self._path(paths.RESUME))
         atomic_write_text(self._path(paths.METRICS), csv_text(self.rows, METRIC_COLUMNS))
 
@@ -199,6 +206,11 @@ class Trainer:
         if self.directory is None or not self._path(paths.RESUME).exists():
             return
         state = load_checkpoint(self._path(paths.RESUME))
+        started, now = state.get("sparse_layers", []), sparse_layers_of(self.model)
+        if started != now:  # the optimiser's state has the shapes of the kernels it started with
+            raise TicketlabError(f"this run started with {', '.join(started) or 'no layer'} on sparse kernels and "
+                                 f"would resume with {', '.join(now) or 'none'}; resume it with the --kernels it "
+                                 "started with (or --force to start it again)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.wall_time = state["iteration"], state["wall_time"]
@@ -338,7 +350,7 @@ class Trainer:
         return {"iterations": self.schedule.total, "iterations_per_epoch": self.schedule.iterations_per_epoch,
                 "final": self.rows[-1], "best": self.best, "select_by": self.cfg.select_by,
                 "wall_time": round(self.wall_time, 3), "checkpoints": sorted(self.schedule.save_at.values()),
-                "stopped_early_at": self.stopped_early_at}
+                "stopped_early_at": self.stopped_early_at, "sparse_layers": sparse_layers_of(self.model)}
 
 
 def fit(model: nn.Module, data: Any, cfg: TrainConfig, *, directory: str | Path | None = None,

@@ -1,0 +1,236 @@
+"""Sparse kernels (models.sparse_linear, sparsity.kernels): the same function, gradients and training
+as the dense masked path, to float rounding; pruned weights zero by construction; dense files."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.analysis.sweep import sweep
+from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, TicketlabError, TrainConfig
+from ticketlab.data import Dataset, load_data
+from ticketlab.lottery.experiment import run_lottery
+from ticketlab.models import build_model
+from ticketlab.models.sparse_linear import SparseLinear
+from ticketlab.sparsity.kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, densify, sparse_layers
+from ticketlab.sparsity.mask import Mask, prunable_names
+from ticketlab.sparsity.masked import MaskedTraining, masked_fit
+from ticketlab.training.loop import Trainer
+from ticketlab.training.stage import check_runtime, train
+
+TOLERANCE = 1e-5  # float32 sums of up to 784 terms in another order
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_data(DataConfig(name="digits"))
+
+
+def lenet(data: Dataset, bias: bool = True) -> nn.Module:
+    return build_model(ModelConfig(name="lenet300_100", bias=bias), data.input_shape, data.num_classes,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def random_mask(model: nn.Module, kept: float, seed: int = 1) -> Mask:
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(seed)
+    return Mask({name: torch.rand(params[name].shape, generator=generator) < kept for name in prunable_names(model)})
+
+
+def layer_pair(keep: torch.Tensor, bias: bool = True) -> tuple[nn.Linear, SparseLinear]:
+    torch.manual_seed(0)
+    linear = nn.Linear(keep.shape[1], keep.shape[0], bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(keep)
+    return linear, SparseLinear(linear, keep)
+
+
+KEEPS = {
+    "random 10%": lambda: torch.rand(30, 40, generator=torch.Generator().manual_seed(2)) < 0.1,
+    "random 60%": lambda: torch.rand(30, 40, generator=torch.Generator().manual_seed(3)) < 0.6,
+    "an all-pruned row and column": lambda: _emptied(torch.rand(30, 40, generator=torch.Generator().manual_seed(4)) < 0.3),
+    "all kept": lambda: torch.ones(30, 40, dtype=torch.bool),
+    "all pruned": lambda: torch.zeros(30, 40, dtype=torch.bool),
+}
+
+
+def _emptied(keep: torch.Tensor) -> torch.Tensor:
+    keep[7] = False
+    keep[:, 11] = False
+    return keep
+
+
+@pytest.mark.parametrize("case", KEEPS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias):
+    keep = KEEPS[case]()
+    linear, sparse = layer_pair(keep, bias)
+    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(5))
+    x_dense, x_sparse = x.clone().requires_grad_(), x.clone().requires_grad_()
+    target = torch.randn(16, 30, generator=torch.Generator().manual_seed(6))
+    F.mse_loss(linear(x_dense), target).backward()
+    out = sparse(x_sparse)
+    F.mse_loss(out, target).backward()
+    assert torch.allclose(out, linear(x), atol=TOLERANCE)
+    assert torch.allclose(x_sparse.grad, x_dense.grad, atol=TOLERANCE)
+    assert sparse.values.shape == (int(keep.sum()),)
+    dense_grad = torch.zeros(keep.numel()).index_put((sparse.flat,), sparse.values.grad).view_as(keep)
+    assert torch.allclose(dense_grad, linear.weight.grad * keep, atol=TOLERANCE)
+    assert torch.equal(sparse.weight.detach(), linear.weight.detach())
+    if bias:
+        assert sparse.bias is linear.bias
+    with torch.inference_mode():  # the product without autograd agrees too
+        assert torch.allclose(sparse(x), linear(x), atol=TOLERANCE)
+        assert sparse(x.view(4, 4, 40)).shape == (4, 4, 30)
+
+
+def test_the_state_dict_is_nn_linears_dense_one_and_loads_at_the_pattern():
+    keep = KEEPS["random 10%"]()
+    linear, sparse = layer_pair(keep)
+    state = sparse.state_dict()
+    assert list(state) == list(linear.state_dict()) == ["weight", "bias"]
+    assert torch.equal(state["weight"], linear.weight.detach())
+    other = SparseLinear(nn.Linear(40, 30), keep)
+    noisy = {"weight": torch.randn(30, 40), "bias": torch.zeros(30)}
+    other.load_state_dict(noisy)
+    assert torch.equal(other.weight.detach(), noisy["weight"] * keep)  # outside the pattern: pruned, dropped
+    with pytest.raises(RuntimeError):  # a weight of another shape is refused as nn.Linear would refuse it
+        other.load_state_dict({"weight": torch.randn(30, 41), "bias": torch.zeros(30)})
+
+
+def test_auto_chooses_large_layers_kept_at_most_the_crossover_and_never_a_conv():
+    data = load_data(DataConfig(name="smoke-mnist"))
+    model = build_model(ModelConfig(name="lenet300_100"), data.input_shape, data.num_classes)
+    sparse_fc1 = random_mask(model, AUTO_MAX_DENSITY / 2)
+    assert model.fc1.weight.numel() >= AUTO_MIN_WEIGHTS > model.fc2.weight.numel()
+    assert sparse_layers(model, sparse_fc1, "auto") == ["fc1"]  # fc2, fc3: too small to gain
+    assert sparse_layers(model, sparse_fc1, "sparse") == ["fc1", "fc2", "fc3"]
+    assert sparse_layers(model, sparse_fc1, "dense") == []
+    assert sparse_layers(model, random_mask(model, 2 * AUTO_MAX_DENSITY), "auto") == []
+    assert sparse_layers(model, Mask.ones(model), "sparse") == []  # nothing pruned: nothing to gain
+    conv = build_model(ModelConfig(name="conv2"), data.input_shape, data.num_classes)
+    chosen = sparse_layers(conv, random_mask(conv, 0.01), "sparse")
+    assert chosen and all(isinstance(conv.get_submodule(name), nn.Linear) for name in chosen)
+
+
+def test_unknown_kernels_are_refused_in_one_line():
+    with pytest.raises(TicketlabError, match="unknown kernels 'fast': expected one of dense, sparse, auto"):
+        check_runtime(Runtime(kernels="fast"))
+
+
+OPTIMIZERS = {
+    "adam_wd": dict(optimizer="adam", lr=1e-3, weight_decay=5e-4),
+    "sgd_momentum_wd": dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "adadelta_l2": dict(optimizer="adadelta", lr=1.0, l2=1e-4),
+    "sgd_l1": dict(optimizer="sgd", lr=0.05, l1=1e-4),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_a_whole_training_run_matches_the_dense_masked_path(digits, optimizer):
+    cfg = TrainConfig(steps="3ep", batch_size=32, save_at="", **OPTIMIZERS[optimizer])
+    mask = random_mask(lenet(digits), 0.1)
+    runs = {}
+    for kernels in ("dense", "sparse"):
+        model = lenet(digits)
+        mask.apply(model)
+        trainer = Trainer(model, digits, cfg, progress=False, constraint=MaskedTraining(model, mask, kernels))
+        summary = trainer.run()
+        runs[kernels] = (model.state_dict(), summary, trainer)
+    (dense_state, dense, _), (sparse_state, sparse, trainer) = runs["dense"], runs["sparse"]
+    assert sparse["sparse_layers"] == ["fc1", "fc2", "fc3"] and dense["sparse_layers"] == []
+    for name, weight in sparse_state.items():
+        assert torch.allclose(weight, dense_state[name], rtol=1e-3, atol=1e-4), name
+        if name in mask:
+            assert int(weight[~mask[name]].count_nonzero()) == 0  # pruned: exactly zero
+    for dense_row, sparse_row in zip(dense_rows(dense), dense_rows(sparse)):
+        assert sparse_row == pytest.approx(dense_row, rel=1e-3, abs=1e-4)
+    if optimizer == "sgd_l1":
+        return  # plain SGD keeps no state
+    # The optimiser holds state for the kept weights only.
+    shapes = {tuple(v.shape) for state in trainer.optimizer.state.values() for v in state.values()
+              if torch.is_tensor(v) and v.dim()}
+    assert (int(mask["fc1.weight"].sum()),) in shapes and (300, 64) not in shapes
+
+
+def dense_rows(summary: dict) -> list[list[float]]:
+    return [[summary[which][key] for key in ("train_loss", "val_loss", "val_acc")] for which in ("best", "final")]
+
+
+def test_masked_fit_with_sparse_kernels_leaves_dense_looking_layers(digits):
+    model = lenet(digits)
+    mask = random_mask(model, 0.05)
+    masked_fit(model, digits, TrainConfig(steps="20it", save_at=""), mask, kernels="sparse", progress=False)
+    assert isinstance(model.fc1, SparseLinear) and model.fc1.weight.shape == (300, 64)
+    logits = model(digits.test.x[:8])
+    densify(model)
+    assert type(model.fc1) is nn.Linear and torch.allclose(model(digits.test.x[:8]), logits, atol=TOLERANCE)
+    assert all(int(p[~mask[n]].count_nonzero()) == 0 for n, p in model.named_parameters() if n in mask)
+
+
+def test_a_resume_with_other_kernels_is_refused_and_loses_nothing(digits, tmp_path):
+    cfg = TrainConfig(steps="4ep", save_at="")
+    mask = random_mask(lenet(digits), 0.05)
+
+    class Stop(Exception):
+        pass
+
+    class StopAt:
+        def __init__(self, epoch=None):
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch, model):
+            if epoch == self.epoch:
+                raise Stop
+            return False
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    def trainer(kernels, stop_at=None):
+        model = lenet(digits)
+        return Trainer(model, digits, cfg, tmp_path, progress=False, constraint=MaskedTraining(model, mask, kernels),
+                       callbacks=[StopAt(stop_at)])
+
+    with pytest.raises(Stop):
+        trainer("sparse", stop_at=2).run()
+    written = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(TicketlabError, match="started with fc1, fc2, fc3 on sparse kernels and would resume with "
+                                             "none; resume it with the --kernels it started with"):
+        trainer("dense").run()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == written
+    summary = trainer("sparse").run()
+    assert summary["final"]["epoch"] == 4
+
+
+def test_a_short_lottery_finds_the_same_tickets_on_either_kernels(tmp_path):
+    data, model, training = DataConfig(name="digits"), ModelConfig(name="lenet300_100"), TrainConfig(steps="2ep")
+    lottery = LotteryConfig(levels=3, rate=0.6)  # 40%, 16%, 6.4% of the weights
+    results = {}
+    for kernels in ("dense", "sparse"):
+        runtime = Runtime(runs_dir=str(tmp_path / kernels), progress=False, kernels=kernels)
+        results[kernels] = run_lottery(data, model, training, lottery, runtime=runtime).lotteries[0].levels
+    for dense, sparse in zip(results["dense"], results["sparse"]):
+        if dense.number:
+            assert dense.retrained.run.name == sparse.retrained.run.name  # kernels are not in a run's identity
+            dense_mask, sparse_mask = dense.retrained.mask(), sparse.retrained.mask()
+            assert 1 - dense_mask.hamming(sparse_mask) / dense_mask.total() >= 0.999
+            assert sparse.summary["sparse_layers"] == ["fc1", "fc2", "fc3"]
+        assert sparse.summary["best"]["test_acc"] == pytest.approx(dense.summary["best"]["test_acc"], abs=0.01)
+
+
+def test_a_sweep_evaluated_on_sparse_kernels_gives_the_dense_table(tmp_path):
+    runtime = Runtime(runs_dir=str(tmp_path), progress=False, kernels="dense")
+    run = train(DataConfig(name="digits"), ModelConfig(name="lenet300_100"), TrainConfig(steps="2ep"), runtime)
+    ks = (0.0, 0.9, 0.99)
+    dense = sweep(run, ks, runtime=runtime).rows
+    redone = sweep(run, ks, runtime=dataclasses.replace(runtime, kernels="sparse", force=True)).rows
+    assert [(r["k"], r["method"], r["sparsity"]) for r in redone] == [(r["k"], r["method"], r["sparsity"]) for r in dense]
+    for sparse_row, dense_row in zip(redone, dense):
+        assert sparse_row["test_acc"] == pytest.approx(dense_row["test_acc"], abs=2e-3)  # a near-tie may flip
+        assert sparse_row["test_loss"] == pytest.approx(dense_row["test_loss"], rel=1e-4)
