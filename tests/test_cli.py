@@ -13,7 +13,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", ["train", "run", "runs", "presets", "prune", "sweep", "lottery", "search",
-                                     "shrink", "earlybird", "criteria", "models"])
+                                     "shrink", "export", "earlybird", "criteria", "models"])
 def test_every_command_has_help_with_each_default_once(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

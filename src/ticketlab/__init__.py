@@ -14,6 +14,7 @@ from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.masked import MaskedTraining, masked_fit
 from ticketlab.sparsity.selection import score_and_select
+from ticketlab.sparsity.ticket_file import save_ticket
 from ticketlab.structure.saving import export_onnx, load, save_model
 from ticketlab.structure.stage import units_from_mask
 from ticketlab.structure.surgery import shrink
@@ -36,7 +37,6 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "DataConfig", "Dataset", "Mask", "MaskedTraining", "ModelConfig", "Runtime", "ScoreContext", "TicketlabError",
     "TrainConfig", "TrainRun", "build_model", "channel_groups", "dataset_from", "evaluate", "export_onnx", "fit", "load",
-    "load_data",
-    "load_preset", "masked_fit", "prunable_names", "save_model", "score_and_select", "shrink", "trace", "train",
-    "units_from_mask", "user_data",
+    "load_data", "load_preset", "masked_fit", "prunable_names", "save_model", "save_ticket", "score_and_select",
+    "shrink", "trace", "train", "units_from_mask", "user_data",
 ]

@@ -1,4 +1,4 @@
-"""Commands that make and use masks: `prune`, `sweep`, `search`, `shrink`."""
+"""Commands that make and use masks: `prune`, `sweep`, `search`, `shrink`, `export`."""
 
 from __future__ import annotations
 
@@ -113,6 +113,18 @@ def cmd_shrink(args: argparse.Namespace) -> Result:
     return lines, payload
 
 
+def cmd_export(args: argparse.Namespace) -> Result:
+    from ticketlab.lottery.export import export_ticket
+
+    runtime = runtime_from_args(args)
+    written = export_ticket(args.run, args.output, runtime.runs_dir, step=args.step)
+    kept = f"{written['kept']:,} of {written['total']:,} masked weights kept ({100 * written['kept'] / written['total']:.1f}%)"
+    use = "ticketlab.load(path) runs it, on sparse kernels where faster" if written["format"] == "sparse" else \
+        "the dense network, pruned weights zero"
+    return [f"wrote {written['run']} at {written['step']} to {written['path']} ({written['bytes']:,} bytes): {kept}; "
+            f"{use}"], written
+
+
 def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     prune = commands.add_parser("prune", help="score a trained run's weights and save a mask (cached)",
                                 formatter_class=formatter)
@@ -155,3 +167,12 @@ def register(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
                              "against the masked network")
     add_runtime_flags(shrink)
     shrink.set_defaults(handler=cmd_shrink)
+
+    export = commands.add_parser("export", help="write a retrained ticket to a file: its kept weights in CSR form "
+                                 "(.safetensors, reloaded by ticketlab.load on sparse kernels) or ONNX (.onnx)",
+                                 formatter_class=formatter)
+    add_run_flag(export, "the retrained run (a lottery level, a control, a comparison's ticket): its directory or name")
+    export.add_argument("--step", default="best", help="checkpoint to write: best (by validation), final, ...")
+    export.add_argument("-o", "--output", required=True, help="file to write: NAME.safetensors or NAME.onnx")
+    add_runtime_flags(export)
+    export.set_defaults(handler=cmd_export)

@@ -51,7 +51,11 @@ def cmd_lottery(args: argparse.Namespace) -> Result:
         *training_from_args(args), cfg, runtime, replicates=args.replicates, controls=[c for c in args.controls.split(",") if c],
         control_levels=[coerce(v, int, "--control-levels") for v in args.control_levels.split(",") if v] or None)
     report = write_report(experiment, runtime)
-    return describe_lottery(report) + [figures_hint(report.run.name, runtime)], {"run_dir": str(report.path), "rows": report.rows}
+    last = experiment.lotteries[0].levels[-1].retrained.run.name  # levels are at least 1
+    return describe_lottery(report) + [
+        figures_hint(report.run.name, runtime),
+        f"  last level's ticket: {last} (ticketlab export --run {last} -o ticket.safetensors)",
+    ], {"run_dir": str(report.path), "rows": report.rows}
 
 
 def cmd_earlybird(args: argparse.Namespace) -> Result:

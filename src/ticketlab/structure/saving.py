@@ -11,10 +11,12 @@ architecture: the zoo model's config (or, for a model of the user's, the input s
 traced on), input shape, class count and each channel group's keep-flags. Loading builds the
 model (the zoo's, or `factory()`), shrinks it with the flags, and loads the weights, so nothing
 in the file is ever run as code (never `weights_only=False`). One file means one atomic rename.
+`load` also reads an unstructured ticket's sparse file (sparsity.ticket_file.save_ticket).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -31,7 +33,10 @@ from torch import nn
 from ticketlab.config import ModelConfig, TicketlabError, from_dict
 from ticketlab.manifest import verified_bytes
 from ticketlab.models import ZooModel, build_model
+from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.models.tracing import trace, traced_input
+from ticketlab.sparsity.kernels import check_kernels, densify
+from ticketlab.sparsity.ticket_file import is_ticket, ticket_from
 from ticketlab.store import atomic_path
 from ticketlab.structure.surgery import shrink
 
@@ -63,12 +68,13 @@ def save_model(model: nn.Module, path: str | Path, units: Mapping[str, torch.Ten
         tmp.write_bytes(save_safetensors(tensors, metadata={METADATA_KEY: json.dumps(header)}))
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A `save_model` file's header and tensors; raises what a damaged file raises."""
+def _read(path: Path, tickets: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A `save_model` file's header and tensors (or, with `tickets`, a `save_ticket` file's); raises
+    what a damaged file raises."""
     with safe_open(path, "pt") as handle:
         header = json.loads((handle.metadata() or {})[METADATA_KEY])
         state = {key: handle.get_tensor(key) for key in handle.keys()}
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
+    if not (tickets and is_ticket(header)) and (header.get("format") != FORMAT or header.get("version") != VERSION):
         raise ValueError(f"format {header.get('format')!r} version {header.get('version')!r}")
     return header, state
 
@@ -84,12 +90,17 @@ def saved_units(path: str | Path) -> dict[str, torch.Tensor]:
     return _flags(header)
 
 
-def load(path: str | Path, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
-    """The model a `save_model` file (a shrink run's model.safetensors) holds, in eval mode; a model
-    of the user's is rebuilt by `factory()` (its class, say), traced and shrunk as it was."""
+def load(path: str | Path, factory: Callable[[], nn.Module] | None = None, kernels: str = "auto") -> nn.Module:
+    """The model a `save_model` file (a shrink run's model.safetensors) or a `save_ticket` file
+    (sparsity.ticket_file) holds, in eval mode; a model of the user's is rebuilt by `factory()`
+    (its class, say), traced and shrunk as it was. A ticket's masked Linear layers run on `kernels`
+    (sparsity.kernels: auto, sparse where that is faster; sparse for all; dense for plain nn.Linear)."""
     verified_bytes(Path(path), "model file")
+    check_kernels(kernels)
     try:
-        header, state = _read(Path(path))
+        header, state = _read(Path(path), tickets=True)
+        if is_ticket(header):
+            return ticket_from(header, state, factory, kernels, path)
         if "model_config" in header:
             config = from_dict(ModelConfig, header["model_config"], "model_config")
             model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
@@ -115,6 +126,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
     # torch's TorchScript exporter imports onnx; the newer dynamo exporter also needs onnxscript.
     if importlib.util.find_spec("onnx") is None:
         raise TicketlabError("ONNX export needs the onnx package: pip install onnx")
+    if any(isinstance(m, SparseLinear) for m in model.modules()):  # exported as the dense layers they stand for
+        model = copy.deepcopy(model)
+        densify(model)
     param = next(model.parameters())
     example = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
     training = model.training
