@@ -5,8 +5,9 @@
 Training step: the real `Trainer` on mnist5k, lth-lenet's settings (Adam 1.2e-3, batch 60),
 `constraint=MaskedTraining(model, mask, kernels)` with kernels dense (the masked path every
 lottery tool uses), sparse (every masked Linear on sparse kernels: models/sparse_linear.py)
-and auto (the rule in sparsity/kernels.py); the time is `Trainer.wall_time` over the iterations (forward, loss,
-backward, masking, optimiser step; evaluations cut to one batch and not timed). Masks are
+and auto (the rule in sparsity/kernels.py); the time is `Trainer.wall_time` over the
+iterations (forward, loss, backward, masking, optimiser step; evaluations cut to one batch
+and not timed). Masks are
 random with the lottery's per-layer fractions: at IMP level L of lth-lenet, 0.8^L of each
 hidden layer and 0.9^L of the output layer (levels 0, 3, 7, 11, 15, 18, 20: 100, 51.3, 21.1, 8.7,
 3.6, 1.9, 1.2% of the weights); mlp_1000 (784-1000-1000-500-200-10) at 10, 5, 2 and 1% of every layer.
@@ -127,7 +128,7 @@ def ladder(data: Dataset, cfg: TrainConfig, repeats: int) -> None:
     print(f"training step (ms; Adam, batch 60, {cfg.steps}) and inference (ms; batch 1 / 64), "
           f"{torch.get_num_threads()} thread(s), median of {repeats}; ratios are dense / variant")
     print("| model | mask | kept | auto's sparse layers | step dense | step sparse | ratio | step auto | ratio "
-          "| infer b1 dense / sparse | ratio | infer b64 dense / sparse | ratio |")
+          "| infer b1 dense / sparse / auto | ratios | infer b64 dense / sparse / auto | ratios |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for model_name, label, kept in cases:
         model = model_of(model_name, data)
@@ -136,8 +137,8 @@ def ladder(data: Dataset, cfg: TrainConfig, repeats: int) -> None:
         steps = paired(lambda k: step_ms(model_name, kept, k, data, cfg), repeats)
         infer = {b: paired(lambda k: inference_ms(model_name, kept, k, data, b), repeats) for b in (1, 64)}
         med = {k: statistics.median(v) for k, v in steps.items()}
-        cells = [f"{statistics.median(infer[b]['dense']):.3f} / {statistics.median(infer[b]['sparse']):.3f} "
-                 f"| {ratio(infer[b], 'sparse'):.2f}×" for b in (1, 64)]
+        cells = [" / ".join(f"{statistics.median(infer[b][k]):.3f}" for k in KERNELS)
+                 + f" | {ratio(infer[b], 'sparse'):.2f}×, {ratio(infer[b], 'auto'):.2f}×" for b in (1, 64)]
         print(f"| {model_name} | {label} | {100 * mask.kept() / mask.total():.1f}% | {auto} | {med['dense']:.3f} "
               f"| {med['sparse']:.3f} | {ratio(steps, 'sparse'):.2f}× | {med['auto']:.3f} | {ratio(steps, 'auto'):.2f}× "
               f"| {' | '.join(cells)} |", flush=True)

@@ -13,7 +13,7 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Ti
 from ticketlab.data import Dataset, load_data
 from ticketlab.lottery.experiment import run_lottery
 from ticketlab.models import build_model
-from ticketlab.models.sparse_linear import SparseLinear
+from ticketlab.models.sparse_linear import CSR_BELOW_BATCH, SparseLinear
 from ticketlab.sparsity.kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, densify, sparse_layers
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.masked import MaskedTraining, masked_fit
@@ -64,12 +64,13 @@ def _emptied(keep: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("case", KEEPS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias):
+@pytest.mark.parametrize("batch", [1, 3, CSR_BELOW_BATCH])  # the products: MKL's CSR ones, embedding_bag
+def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias, batch):
     keep = KEEPS[case]()
     linear, sparse = layer_pair(keep, bias)
-    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(batch, 40, generator=torch.Generator().manual_seed(5))
     x_dense, x_sparse = x.clone().requires_grad_(), x.clone().requires_grad_()
-    target = torch.randn(16, 30, generator=torch.Generator().manual_seed(6))
+    target = torch.randn(batch, 30, generator=torch.Generator().manual_seed(6))
     F.mse_loss(linear(x_dense), target).backward()
     out = sparse(x_sparse)
     F.mse_loss(out, target).backward()
@@ -83,7 +84,7 @@ def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias):
         assert sparse.bias is linear.bias
     with torch.inference_mode():  # the product without autograd agrees too
         assert torch.allclose(sparse(x), linear(x), atol=TOLERANCE)
-        assert sparse(x.view(4, 4, 40)).shape == (4, 4, 30)
+        assert sparse(x.view(batch, 1, 40)).shape == (batch, 1, 30)
 
 
 def test_the_state_dict_is_nn_linears_dense_one_and_loads_at_the_pattern():
@@ -234,3 +235,32 @@ def test_a_sweep_evaluated_on_sparse_kernels_gives_the_dense_table(tmp_path):
     for sparse_row, dense_row in zip(redone, dense):
         assert sparse_row["test_acc"] == pytest.approx(dense_row["test_acc"], abs=2e-3)  # a near-tie may flip
         assert sparse_row["test_loss"] == pytest.approx(dense_row["test_loss"], rel=1e-4)
+
+
+def test_an_interrupted_level_resumes_on_the_kernels_it_started_on(tmp_path, monkeypatch):
+    data, model, training = DataConfig(name="digits"), ModelConfig(name="lenet300_100"), TrainConfig(steps="3ep")
+    lottery = LotteryConfig(levels=1, rate=0.9)
+
+    def level_one(kernels: str, where: str):
+        runtime = Runtime(runs_dir=str(tmp_path / where), progress=False, kernels=kernels)
+        return run_lottery(data, model, training, lottery, runtime=runtime).lotteries[0].level(1)
+
+    clean = level_one("sparse", "clean")
+
+    class Killed(Exception):
+        pass
+
+    save = Trainer._save_resume_point
+
+    def save_then_die(trainer):
+        save(trainer)
+        if trainer.constraint is not None:  # the level's retraining, not the dense run
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_save_resume_point", save_then_die)
+    with pytest.raises(Killed):
+        level_one("sparse", "killed")
+    monkeypatch.setattr(Trainer, "_save_resume_point", save)
+    resumed = level_one("dense", "killed")  # asked for dense kernels, it continues on the sparse ones
+    assert resumed.summary["sparse_layers"] == clean.summary["sparse_layers"] == ["fc1", "fc2", "fc3"]
+    assert resumed.summary["final"]["val_loss"] == clean.summary["final"]["val_loss"]

@@ -19,7 +19,7 @@ from ticketlab.data import Dataset
 from ticketlab.sparsity.mask import Mask
 from ticketlab.sparsity.masked import MaskedTraining
 from ticketlab.stage import Stage
-from ticketlab.training.loop import Trainer
+from ticketlab.training.loop import Trainer, resumed_sparse_layers
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 from ticketlab.training.steps import Step
 
@@ -108,8 +108,11 @@ def retrain(made: Retrained, setting: Setting, weights: dict[str, torch.Tensor],
         model = setting.model()
         model.load_state_dict(weights)
         mask.apply(model)
+        # An interrupted run resumes on the kernels it started on (a forced one starts afresh).
+        started = None if setting.runtime.force else resumed_sparse_layers(run.path)
+        kernels = setting.runtime.kernels if started is None else started
         trainer = Trainer(model, setting.data, setting.dense.training, run.path, setting.runtime.progress,
-                          label=run.name, constraint=MaskedTraining(model, mask, setting.runtime.kernels),
+                          label=run.name, constraint=MaskedTraining(model, mask, kernels),
                           start_iteration=start_iteration)
         # The dense run's schedule it follows is recorded too (a study's board reads its steps).
         return {**hparams, "train": dataclasses.asdict(setting.dense.training)}, trainer

@@ -2,8 +2,9 @@
 
 `SparseLinear(linear, keep)` stands in for `linear` under the boolean mask `keep`: its one
 weight parameter, `values`, is the kept entries in row-major (CSR) order, and the pattern
-lives in index buffers. Forward is a CSR × dense product; backward gives the input's gradient
-through the transposed pattern and the weights' gradient at the kept entries only
+lives in index buffers. Forward is a CSR × dense product (embedding_bag's weighted sums from a
+batch of CSR_BELOW_BATCH on, MKL's CSR product below it); backward gives the input's gradient
+through the transposed pattern the same way, and the weights' gradient at the kept entries only
 (`torch.sparse.sampled_addmm`), never the dense outer product. An optimiser of `values` keeps
 state for kept entries only, and a pruned weight is zero by construction: it has no entry.
 
@@ -28,12 +29,20 @@ from torch import nn
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
-def _gathered_sums(indices: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor,
-                   table: torch.Tensor) -> torch.Tensor:
-    """Row r of the result: the sum over k in [starts[r], starts[r + 1]) of weights[k] · table[indices[k]],
-    a CSR matrix times `table`. embedding_bag computes it (FBGEMM's kernel on the CPU) about 2.5×
-    faster than PyTorch's CSR × dense product here (BENCHMARKS.md, "Sparse kernels")."""
-    return torch.nn.functional.embedding_bag(indices, table, starts, mode="sum", per_sample_weights=weights)
+# Below this many columns (the batch), PyTorch's CSR × dense product (MKL) beats embedding_bag,
+# which pays per kept weight; from it on, embedding_bag (FBGEMM) is up to 2.5× faster
+# (BENCHMARKS.md, "Sparse kernels").
+CSR_BELOW_BATCH = 16
+
+
+def csr_product(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """A @ table for A the CSR matrix (crow, col, values) with as many columns as `table` has rows:
+    row r of the result is the sum over k in [crow[r], crow[r + 1]) of values[k] · table[col[k]]."""
+    if table.shape[1] < CSR_BELOW_BATCH:
+        matrix = torch.sparse_csr_tensor(crow, col, values, (len(crow) - 1, len(table)), check_invariants=False)
+        # One column: MKL's matrix-vector product, about half the time of its matrix-matrix one here.
+        return (matrix @ table[:, 0]).unsqueeze(1) if table.shape[1] == 1 else matrix @ table
+    return torch.nn.functional.embedding_bag(col, table, crow[:-1], mode="sum", per_sample_weights=values)
 
 
 class _CSRLinear(torch.autograd.Function):
@@ -55,7 +64,7 @@ class _CSRLinear(torch.autograd.Function):
         grad_t = grad.t().contiguous()  # (out, batch): the next layer's input gradient already is
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:  # not for a first layer, whose input is data
-            grad_x = _gathered_sums(layer.t_col, layer.t_crow[:-1], values[layer.t_order], grad_t).t()
+            grad_x = csr_product(layer.t_crow, layer.t_col, values[layer.t_order], grad_t).t()
         if ctx.needs_input_grad[1]:  # (grad.T @ x) at the kept entries only
             grad_values = torch.sparse.sampled_addmm(layer.csr(values), grad_t, x_t.t(), beta=0.0).values()
         return grad_x, grad_values, None
@@ -99,7 +108,7 @@ class SparseLinear(nn.Module):
 
     def product(self, values: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         """W @ x_t for x_t (in, batch), contiguous: (out, batch)."""
-        return _gathered_sums(self.col, self.crow[:-1], values, x_t)
+        return csr_product(self.crow, self.col, values, x_t)
 
     @property
     def weight(self) -> torch.Tensor:

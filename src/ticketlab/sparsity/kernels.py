@@ -20,6 +20,7 @@ the mask and the device only, so a resumed run picks what it started with.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -53,12 +54,16 @@ def sparse_layers(model: nn.Module, mask: Mask, kernels: str) -> list[str]:
     return chosen
 
 
-def use_kernels(model: nn.Module, mask: Mask, kernels: str) -> list[str]:
-    """Replace, in place, the Linear layers `kernels` chooses by SparseLinear layers holding their
-    kept weights (the model's weights are read as they are: zero the pruned ones first or not, they
-    are dropped). Returns those layers' names. Build the optimiser after this call."""
+def use_kernels(model: nn.Module, mask: Mask, kernels: str | Sequence[str]) -> list[str]:
+    """Replace, in place, the Linear layers `kernels` chooses (or names: a resumed run's own) by
+    SparseLinear layers holding their kept weights (the model's weights are read as they are: zero
+    the pruned ones first or not, they are dropped). Returns those layers' names. Build the
+    optimiser after this call."""
     mask.check_fits(model)
-    chosen = sparse_layers(model, mask, kernels)
+    chosen = sparse_layers(model, mask, kernels) if isinstance(kernels, str) else list(kernels)
+    for name in chosen:
+        if not isinstance(model.get_submodule(name), nn.Linear) or f"{name}.weight" not in mask:
+            raise TicketlabError(f"{name} cannot run on sparse kernels: expected a Linear layer the mask covers")
     for name in chosen:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, SparseLinear(model.get_submodule(name), mask[f"{name}.weight"]))

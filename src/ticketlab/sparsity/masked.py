@@ -32,6 +32,7 @@ CPUs is several times slower than on other numbers; bench/masked_training.py mea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -49,10 +50,11 @@ class MaskedTraining:
 
     Building it zeroes them in the model. Build it after the model is on its final device: the
     masks are copied there once. With `kernels` other than "dense" it first replaces the Linear
-    layers that sparsity.kernels chooses, in place (their names: `sparse`); build the optimiser after.
+    layers that sparsity.kernels chooses (or that `kernels` lists), in place (their names:
+    `sparse`); build the optimiser after.
     """
 
-    def __init__(self, model: nn.Module, mask: Mask, kernels: str = "dense"):
+    def __init__(self, model: nn.Module, mask: Mask, kernels: str | Sequence[str] = "dense"):
         self.sparse = use_kernels(model, mask, kernels)
         mask = dense_part(mask, self.sparse)
         params = dict(model.named_parameters())

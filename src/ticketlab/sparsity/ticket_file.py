@@ -49,10 +49,7 @@ def save_ticket(model: nn.Module, path: str | Path, mask: Mask, model_config: Mo
     header: dict[str, Any] = {"format": FORMAT, "version": VERSION,
                               "sparse": {name: list(keep.shape) for name, keep in mask.items()}}
     if isinstance(model, ZooModel):
-        if model_config is None:
-            raise TicketlabError("save_ticket needs the ModelConfig that built this zoo model")
-        header.update(model_config=dataclasses.asdict(model_config), input_shape=list(model.input_shape),
-                      num_classes=model.num_classes)
+        header.update(zoo_header(model, model_config, "save_ticket"))
     else:
         header["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
     tensors = {}
@@ -70,6 +67,27 @@ def save_ticket(model: nn.Module, path: str | Path, mask: Mask, model_config: Mo
         tmp.write_bytes(save_safetensors(tensors, metadata={METADATA_KEY: json.dumps(header)}))
 
 
+def zoo_header(model: ZooModel, model_config: ModelConfig | None, caller: str) -> dict[str, Any]:
+    """What a model file's header holds to rebuild a zoo model (read back by `rebuilt`)."""
+    if model_config is None:
+        raise TicketlabError(f"{caller} needs the ModelConfig that built this zoo model")
+    return {"model_config": dataclasses.asdict(model_config), "input_shape": list(model.input_shape),
+            "num_classes": model.num_classes}
+
+
+def rebuilt(header: dict[str, Any], factory: Callable[[], nn.Module] | None, path: str | Path) -> nn.Module:
+    """The network a model file's header names, at some initialisation: the zoo model its config
+    builds, or `factory()` for a model of the user's (this file's or a structure.saving one)."""
+    if "model_config" in header:
+        config = from_dict(ModelConfig, header["model_config"], "model_config")
+        return build_model(config, tuple(header["input_shape"]), header["num_classes"],
+                           generator=torch.Generator().manual_seed(0))
+    if factory is None:
+        raise TicketlabError(f"model file {path} holds a {header['model_class']}; load it with "
+                             "ticketlab.load(path, factory=...) giving what builds one")
+    return factory()
+
+
 def is_ticket(header: dict[str, Any]) -> bool:
     return header.get("format") == FORMAT
 
@@ -79,15 +97,7 @@ def ticket_from(header: dict[str, Any], state: dict[str, torch.Tensor], factory:
     """The network a save_ticket file's header and tensors hold (raises what a damaged file raises)."""
     if header.get("version") != VERSION:
         raise ValueError(f"format {header.get('format')!r} version {header.get('version')!r}")
-    if "model_config" in header:
-        config = from_dict(ModelConfig, header["model_config"], "model_config")
-        model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
-                            generator=torch.Generator().manual_seed(0))
-    elif factory is None:
-        raise TicketlabError(f"ticket file {path} holds a {header['model_class']}; load it with "
-                             "ticketlab.load(path, factory=...) giving what builds one")
-    else:
-        model = factory()
+    model = rebuilt(header, factory, path)
     dense, keeps = {}, {}
     for name, shape in header["sparse"].items():
         values, col, crow = (state.pop(f"{name}.{part}") for part in PARTS)

@@ -17,7 +17,6 @@ in the file is ever run as code (never `weights_only=False`). One file means one
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib.util
 import json
 import warnings
@@ -30,13 +29,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ticketlab.config import ModelConfig, TicketlabError, from_dict
+from ticketlab.config import ModelConfig, TicketlabError
 from ticketlab.manifest import verified_bytes
-from ticketlab.models import ZooModel, build_model
+from ticketlab.models import ZooModel
 from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.models.tracing import trace, traced_input
 from ticketlab.sparsity.kernels import check_kernels, densify
-from ticketlab.sparsity.ticket_file import is_ticket, ticket_from
+from ticketlab.sparsity.ticket_file import is_ticket, rebuilt, ticket_from, zoo_header
 from ticketlab.store import atomic_path
 from ticketlab.structure.surgery import shrink
 
@@ -52,10 +51,7 @@ def save_model(model: nn.Module, path: str | Path, units: Mapping[str, torch.Ten
     flags = {name: [bool(flag) for flag in keep] for name, keep in units.items()}
     header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "units": flags}
     if isinstance(model, ZooModel):
-        if model_config is None:
-            raise TicketlabError("save_model needs the ModelConfig that built this zoo model")
-        header.update(model_config=dataclasses.asdict(model_config), input_shape=list(model.input_shape),
-                      num_classes=model.num_classes)
+        header.update(zoo_header(model, model_config, "save_model"))
     else:
         example = traced_input(model)
         if example is None:
@@ -101,15 +97,8 @@ def load(path: str | Path, factory: Callable[[], nn.Module] | None = None, kerne
         header, state = _read(Path(path), tickets=True)
         if is_ticket(header):
             return ticket_from(header, state, factory, kernels, path)
-        if "model_config" in header:
-            config = from_dict(ModelConfig, header["model_config"], "model_config")
-            model = build_model(config, tuple(header["input_shape"]), header["num_classes"],
-                                generator=torch.Generator().manual_seed(0))
-        elif factory is None:
-            raise TicketlabError(f"model file {path} holds a {header['model_class']}; load it with "
-                                 "ticketlab.load(path, factory=...) giving what builds one")
-        else:
-            model = factory()
+        model = rebuilt(header, factory, path)
+        if "model_config" not in header:  # a model of the user's: traced as it was when shrunk
             trace(model, torch.zeros((2, *header["input_shape"])))
         small = shrink(model, _flags(header))
         small.load_state_dict(state)

@@ -136,6 +136,13 @@ def sparse_layers_of(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, SparseLinear)]
 
 
+def resumed_sparse_layers(directory: Path) -> list[str] | None:
+    """The layers a run with a resume point in `directory` trains on sparse kernels (None: it has no
+    resume point), so that it resumes on them whatever the kernels asked for now."""
+    path = directory / paths.RESUME
+    return load_checkpoint(path).get("sparse_layers", []) if path.exists() else None
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the model on a split, in eval mode."""
