@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ticketlab.config import DataConfig, ModelConfig, TrainConfig
+from ticketlab.config import KERNELS, DataConfig, ModelConfig, TrainConfig
 from ticketlab.data import Dataset, Split, load_data
 from ticketlab.models import build_model
 from ticketlab.models.sparse_linear import SparseLinear
@@ -44,7 +44,6 @@ from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.masked import MaskedTraining
 from ticketlab.training.loop import Trainer
 
-KERNELS = ("dense", "sparse", "auto")
 LENET_LEVELS = (0, 3, 7, 11, 15, 18, 20)
 MLP1000_KEPT = (0.10, 0.05, 0.02, 0.01)
 FRACTIONS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02)

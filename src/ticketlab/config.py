@@ -194,6 +194,11 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str) -> C:
 KERNELS = ("dense", "sparse", "auto")  # Runtime.kernels (sparsity.kernels)
 
 
+def check_kernels(kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise TicketlabError(f"unknown kernels {kernels!r}: expected one of {', '.join(KERNELS)}")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how to run: nothing here changes results (threads and kernels change the order of

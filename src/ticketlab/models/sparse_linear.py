@@ -1,4 +1,4 @@
-"""A Linear layer that holds only its kept weights and runs on CSR kernels.
+"""A Linear layer that holds only its kept weights and runs on sparse (CSR) kernels.
 
 `SparseLinear(linear, keep)` stands in for `linear` under the boolean mask `keep`: its one
 weight parameter, `values`, is the kept entries in row-major (CSR) order, and the pattern
@@ -45,7 +45,7 @@ def csr_product(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, tab
     return torch.nn.functional.embedding_bag(col, table, crow[:-1], mode="sum", per_sample_weights=values)
 
 
-class _CSRLinear(torch.autograd.Function):
+class _SparseLinearFunction(torch.autograd.Function):
     """x (batch, in), values (nnz,) -> x @ W.T, W the layer's CSR matrix of `values`."""
 
     @staticmethod
@@ -71,7 +71,7 @@ class _CSRLinear(torch.autograd.Function):
 
 
 class SparseLinear(nn.Module):
-    """`linear` under `keep` (a bool tensor of its weight's shape), trained and run on CSR kernels.
+    """`linear` under `keep` (a bool tensor of its weight's shape), trained and run on sparse kernels.
     The bias, if any, is `linear`'s own parameter, shared."""
 
     def __init__(self, linear: nn.Linear, keep: torch.Tensor):
@@ -123,7 +123,7 @@ class SparseLinear(nn.Module):
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features) if x.dim() != 2 else x
         if torch.is_grad_enabled() and (self.values.requires_grad or flat.requires_grad):
-            y = _CSRLinear.apply(flat, self.values, self)
+            y = _SparseLinearFunction.apply(flat, self.values, self)
         else:  # inference: the same product without autograd's bookkeeping
             y = self.product(self.values, flat.t().contiguous()).t()
         if self.bias is not None:

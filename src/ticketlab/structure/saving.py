@@ -29,12 +29,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ticketlab.config import ModelConfig, TicketlabError
+from ticketlab.config import ModelConfig, TicketlabError, check_kernels
 from ticketlab.manifest import verified_bytes
 from ticketlab.models import ZooModel
 from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.models.tracing import trace, traced_input
-from ticketlab.sparsity.kernels import check_kernels, densify
+from ticketlab.sparsity.kernels import densify
 from ticketlab.sparsity.ticket_file import is_ticket, rebuilt, ticket_from, zoo_header
 from ticketlab.store import atomic_path
 from ticketlab.structure.surgery import shrink

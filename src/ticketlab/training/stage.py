@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ticketlab import paths
-from ticketlab.config import KERNELS, DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, from_dict, non_default
+from ticketlab.config import (DataConfig, ModelConfig, Runtime, TicketlabError, TrainConfig, check_kernels, from_dict,
+                              non_default)
 from ticketlab.data import NPZ_PREFIX, Dataset, data_digest, data_shape, load_data
 from ticketlab.data.user import store_arrays
 from ticketlab.models import build_model, state_shapes
@@ -42,8 +43,7 @@ def check_runtime(runtime: Runtime) -> torch.device:
     """The device the runtime names, after checking its thread count; it changes nothing."""
     if runtime.threads < 1:
         raise TicketlabError(f"threads must be at least 1, got {runtime.threads}")
-    if runtime.kernels not in KERNELS:
-        raise TicketlabError(f"unknown kernels {runtime.kernels!r}: expected one of {', '.join(KERNELS)}")
+    check_kernels(runtime.kernels)
     return resolve_device(runtime.device)
 
 
