@@ -119,3 +119,7 @@ def test_ticketlab_export_writes_a_lottery_levels_ticket(tmp_path, capsys):
     assert all(torch.equal(loaded.state_dict()[name], value) for name, value in best.items())
     assert main(["export", "--run", lottery.dense.run.name, "--runs-dir", runtime.runs_dir, "-o", str(out)]) == 2
     assert "is a train run; expected a level or control or ticket run" in capsys.readouterr().err
+    assert main(["export", "--run", level.retrained.run.name, "--runs-dir", runtime.runs_dir,
+                 "-o", str(tmp_path / "ticket.pt")]) == 2
+    assert "expected a file name ending in .safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "ticket.pt").exists()

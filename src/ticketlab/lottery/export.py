@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ticketlab.config import TicketlabError
 from ticketlab.data import data_shape
 from ticketlab.lottery.retrain import ControlRun, LevelRun, Retrained, TicketRun
 from ticketlab.models import build_model
@@ -45,6 +46,9 @@ def export_ticket(ref: str, out: str | Path, runs_dir: str | None = None, step: 
     """Write the retrained run `ref`'s weights at `step` under its mask to `out`: a sparse ticket file
     (.safetensors), or ONNX (.onnx). Returns what was written."""
     out = Path(out)
+    if out.suffix not in (".safetensors", ".onnx"):
+        raise TicketlabError(f"cannot tell what to write to {out}: expected a file name ending in .safetensors "
+                             "(the kept weights, sparse) or .onnx (the dense network)")
     retrained, dense = find_retrained(ref, runs_dir)
     input_shape, num_classes = data_shape(dense.data)
     model = build_model(dense.model_config, input_shape, num_classes)

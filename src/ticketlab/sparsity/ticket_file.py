@@ -10,7 +10,7 @@ flattened): `NAME.values`, `NAME.col_indices` (int32), `NAME.crow_indices` (int3
 tensor of the state_dict is stored as it is. The metadata says what rebuilds the network: the
 zoo model's config with the input shape and class count, or, for a model of the user's, its
 class (loading then needs `factory=`). Nothing in the file is run as code. At 3.6% of
-LeNet-300-100's weights the file is about 1/14 of the dense checkpoint.
+LeNet-300-100's weights the file is about 1/13 of the dense checkpoint.
 """
 
 from __future__ import annotations
