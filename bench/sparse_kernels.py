@@ -139,7 +139,8 @@ def ladder(data: Dataset, cfg: TrainConfig, repeats: int) -> None:
         cells = [" / ".join(f"{statistics.median(infer[b][k]):.3f}" for k in KERNELS)
                  + f" | {ratio(infer[b], 'sparse'):.2f}×, {ratio(infer[b], 'auto'):.2f}×" for b in (1, 64)]
         print(f"| {model_name} | {label} | {100 * mask.kept() / mask.total():.1f}% | {auto} | {med['dense']:.3f} "
-              f"| {med['sparse']:.3f} | {ratio(steps, 'sparse'):.2f}× | {med['auto']:.3f} | {ratio(steps, 'auto'):.2f}× "
+              f"| {med['sparse']:.3f} | {ratio(steps, 'sparse'):.2f}× "
+              f"| {med['auto']:.3f} | {ratio(steps, 'auto'):.2f}× "
               f"| {' | '.join(cells)} |", flush=True)
 
 

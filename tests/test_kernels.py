@@ -47,10 +47,14 @@ def layer_pair(keep: torch.Tensor, bias: bool = True) -> tuple[nn.Linear, Sparse
     return linear, SparseLinear(linear, keep)
 
 
+def kept_at_random(fraction: float, seed: int) -> torch.Tensor:
+    return torch.rand(30, 40, generator=torch.Generator().manual_seed(seed)) < fraction
+
+
 KEEPS = {
-    "random 10%": lambda: torch.rand(30, 40, generator=torch.Generator().manual_seed(2)) < 0.1,
-    "random 60%": lambda: torch.rand(30, 40, generator=torch.Generator().manual_seed(3)) < 0.6,
-    "an all-pruned row and column": lambda: _emptied(torch.rand(30, 40, generator=torch.Generator().manual_seed(4)) < 0.3),
+    "random 10%": lambda: kept_at_random(0.1, 2),
+    "random 60%": lambda: kept_at_random(0.6, 3),
+    "an all-pruned row and column": lambda: _emptied(kept_at_random(0.3, 4)),
     "all kept": lambda: torch.ones(30, 40, dtype=torch.bool),
     "all pruned": lambda: torch.zeros(30, 40, dtype=torch.bool),
 }
@@ -231,7 +235,10 @@ def test_a_sweep_evaluated_on_sparse_kernels_gives_the_dense_table(tmp_path):
     ks = (0.0, 0.9, 0.99)
     dense = sweep(run, ks, runtime=runtime).rows
     redone = sweep(run, ks, runtime=dataclasses.replace(runtime, kernels="sparse", force=True)).rows
-    assert [(r["k"], r["method"], r["sparsity"]) for r in redone] == [(r["k"], r["method"], r["sparsity"]) for r in dense]
+    def layout(rows):
+        return [(r["k"], r["method"], r["sparsity"]) for r in rows]
+
+    assert layout(redone) == layout(dense)
     for sparse_row, dense_row in zip(redone, dense):
         assert sparse_row["test_acc"] == pytest.approx(dense_row["test_acc"], abs=2e-3)  # a near-tie may flip
         assert sparse_row["test_loss"] == pytest.approx(dense_row["test_loss"], rel=1e-4)

@@ -212,7 +212,7 @@ class Runtime:
     threads: int = hp(1, "CPU threads for PyTorch (1 never collapses on a busy 2-core machine; see BENCHMARKS.md)")
     kernels: str = hp("auto", "masked Linear layers trained on dense or sparse (CSR) kernels: dense, sparse, or auto "
                               "(sparse where measured faster: large layers keeping at most a fifth of their weights, "
-                              "on the CPU); the results agree to float rounding")
+                              "on the CPU); they change the order of float sums only")
     force: bool = hp(False, "redo the run even if it is finished")
     progress: bool = hp(True, "show progress bars")
 

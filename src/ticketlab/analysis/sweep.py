@@ -30,11 +30,11 @@ from ticketlab.config import Runtime, TicketlabError
 from ticketlab.data import Dataset
 from ticketlab.sparsity.criteria import ScoreContext
 from ticketlab.sparsity.criteria.base import incoming_weights
+from ticketlab.sparsity.kernels import evaluated_copy
 from ticketlab.sparsity.mask import Mask, output_layer_names, prunable_names
 from ticketlab.sparsity.selection import score_and_select
 from ticketlab.stage import Stage
 from ticketlab.store import Run, atomic_write_json, atomic_write_text, csv_text, read_csv
-from ticketlab.sparsity.kernels import evaluated_copy
 from ticketlab.training.loop import evaluate
 from ticketlab.training.stage import TrainRun, apply_runtime, init_model
 

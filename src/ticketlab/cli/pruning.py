@@ -118,7 +118,8 @@ def cmd_export(args: argparse.Namespace) -> Result:
 
     runtime = runtime_from_args(args)
     written = export_ticket(args.run, args.output, runtime.runs_dir, step=args.step)
-    kept = f"{written['kept']:,} of {written['total']:,} masked weights kept ({100 * written['kept'] / written['total']:.1f}%)"
+    share = 100 * written["kept"] / written["total"]
+    kept = f"{written['kept']:,} of {written['total']:,} masked weights kept ({share:.1f}%)"
     use = "ticketlab.load(path) runs it, on sparse kernels where faster" if written["format"] == "sparse" else \
         "the dense network, pruned weights zero"
     return [f"wrote {written['run']} at {written['step']} to {written['path']} ({written['bytes']:,} bytes): {kept}; "

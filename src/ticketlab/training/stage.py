@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_runtime(runtime: Runtime) -> torch.device:
-    """The device the runtime names, after checking its thread count; it changes nothing."""
+    """The device the runtime names, after checking its thread count and kernels; it changes nothing."""
     if runtime.threads < 1:
         raise TicketlabError(f"threads must be at least 1, got {runtime.threads}")
     check_kernels(runtime.kernels)
