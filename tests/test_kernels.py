@@ -150,7 +150,7 @@ def test_a_whole_training_run_matches_the_dense_masked_path(digits, optimizer):
         assert torch.allclose(weight, dense_state[name], rtol=1e-3, atol=1e-4), name
         if name in mask:
             assert int(weight[~mask[name]].count_nonzero()) == 0  # pruned: exactly zero
-    for dense_row, sparse_row in zip(dense_rows(dense), dense_rows(sparse)):
+    for dense_row, sparse_row in zip(compared_metrics(dense), compared_metrics(sparse)):
         assert sparse_row == pytest.approx(dense_row, rel=1e-3, abs=1e-4)
     if optimizer == "sgd_l1":
         return  # plain SGD keeps no state
@@ -160,7 +160,7 @@ def test_a_whole_training_run_matches_the_dense_masked_path(digits, optimizer):
     assert (int(mask["fc1.weight"].sum()),) in shapes and (300, 64) not in shapes
 
 
-def dense_rows(summary: dict) -> list[list[float]]:
+def compared_metrics(summary: dict) -> list[list[float]]:
     return [[summary[which][key] for key in ("train_loss", "val_loss", "val_acc")] for which in ("best", "final")]
 
 
