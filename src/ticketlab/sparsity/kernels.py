@@ -70,10 +70,11 @@ def use_kernels(model: nn.Module, mask: Mask, kernels: str | Sequence[str]) -> l
 def evaluated_copy(model: nn.Module, mask: Mask, kernels: str) -> nn.Module:
     """`model` (already under `mask`) itself where `kernels` chooses no layer, else a copy with
     the chosen Linear layers on sparse kernels: for evaluating a pruned network without training it."""
-    if not sparse_layers(model, mask, kernels):
+    chosen = sparse_layers(model, mask, kernels)
+    if not chosen:
         return model
     copied = copy.deepcopy(model)
-    use_kernels(copied, mask, kernels)
+    use_kernels(copied, mask, chosen)
     return copied
 
 
