@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,21 @@ def test_every_command_has_help_with_each_default_once(command, capsys):
     for flag_help in text.split(" --")[1:]:
         assert flag_help.count("(default") <= 1, flag_help
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_closed_pipe_ends_the_command_quietly_and_main_leaves_sigpipe_ignored(capsys):
+    """`ticketlab runs | head` ends without a traceback; and main() never gives SIGPIPE its default
+    action, which would let a write to a just-died worker kill the study's driver (or the caller)."""
+    reading, writing = os.pipe()
+    os.close(reading)  # the reader is gone before the command writes a byte
+    try:
+        ended = subprocess.run([sys.executable, "-m", "ticketlab.cli", "models"], stdout=writing,
+                               stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writing)
+    assert (ended.returncode, ended.stderr) == (128 + signal.SIGPIPE, "")
+    assert main(["models"]) == 0 and "lenet300_100" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
 
 
 def test_train_help_lists_the_issue_flags(capsys):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
+import select
 import shlex
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +61,31 @@ def _first_file(path: str | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ticketlab runs | head` ends quietly
+    # SIGPIPE stays ignored: with its default action, a write to a worker that has just died would
+    # kill a study's driver without a word (and kill whatever process called main()).
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # `ticketlab runs | head`: the reader has what it wanted. End quietly, with the status a
+        # tool killed by SIGPIPE has, and let nothing flush into the closed pipe as Python exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end has been closed."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by an object that is no file
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     set_invocation("ticketlab " + shlex.join(argv))
     try:
@@ -71,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ticketlab: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the user's disk or directories: a full disk, a read-only or missing path
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            raise  # not an error: see main()
         print(f"ticketlab: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -81,4 +108,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     if args.json:
         print(json.dumps({"command": args.command, **payload}, default=str))
+    sys.stdout.flush()  # a closed pipe is met here, not as Python exits
     return 0
