@@ -134,6 +134,32 @@ def test_layers_before_the_first_changed_one_are_reused(tmp_path):
     assert new.outputs[2] is not old.outputs[2]
 
 
+def test_a_subset_of_units_is_padded_to_a_size_whose_bits_are_the_whole_layers(tmp_path, monkeypatch):
+    """Which subset sizes reproduce the full layer's bits depends on the CPU's library; the
+    evaluator computes only sizes that its probe found exact, and the probe's verdict holds."""
+    from ticketlab.search.evaluators import chain
+
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    evaluator = make_evaluator(model, weights, weight_space(model), x, y, metric="loss")
+    first = evaluator.layers[0]  # 784 -> 300
+    inputs = [xb for xb, _ in evaluator.batches]
+    three = torch.zeros(first.rows, dtype=torch.bool)
+    three[[5, 100, 299]] = True
+    monkeypatch.setattr(chain.ChainLayer, "subset_is_exact", lambda layer, count, shape: count >= 64)
+    rows = first.rows_to_compute(three, inputs)
+    assert len(rows) == 64 and three[rows].sum() == 3  # the 3 asked for, padded to the first exact size
+    monkeypatch.setattr(chain.ChainLayer, "subset_is_exact", lambda layer, count, shape: count > 288)
+    assert first.rows_to_compute(three, inputs) is None  # no exact subset: the whole layer
+    monkeypatch.undo()
+    rows = first.rows_to_compute(three, inputs)
+    weight = weights["fc1.weight"]
+    for xb in inputs:  # what it chose really has the whole layer's bits, on this machine
+        flat = xb.flatten(1)
+        whole = torch.nn.functional.linear(flat, weight)
+        part = torch.nn.functional.linear(flat, weight if rows is None else weight[rows])
+        assert torch.equal(part, whole if rows is None else whole[:, rows])
+
+
 def test_the_weights_are_never_written_and_score_many_is_a_loop(tmp_path):
     model, weights, _, _, x, y = setting(BASICCNN, tmp_path)
     before = {key: value.clone() for key, value in weights.items()}

@@ -18,11 +18,13 @@ candidate. Five ways of getting there:
   Why this is exact: every number comes from the same operation (F.linear, F.conv2d,
   F.relu, F.batch_norm) on the same input values as in the model's forward, in the same
   batches of 256 images. Computing a subset of a layer's output units gives each unit the
-  same bits as computing all of them, for convolutions, ReLU and BatchNorm of any size, and
-  for Linear layers from 12 output rows on (below that, MKL on the CPUs tested takes another
-  kernel, with another summation order), so subsets are padded to MIN_ROWS rows. A unit
-  that is skipped is left at +0.0 where the full forward may hold -0.0; the next layer only
-  ever multiplies it by a zero weight, so no score can tell. tests/test_search_evaluator.py
+  same bits as computing all of them, for ReLU and BatchNorm of any size, and for Linear and
+  convolution layers wherever the CPU's library takes the same kernel for the subset as for the
+  whole layer. It does not always (MKL on AVX2 for Linear layers of under 12 outputs, on AVX-512
+  for a 784-input layer of up to 176 outputs), so each subset size is checked once per shape and
+  process on random numbers (ChainLayer.subset_is_exact) and a subset is padded to a size that
+  passed. A unit that is skipped is left at +0.0 where the full forward may hold -0.0; the
+  next layer only ever multiplies it by a zero weight, so no score can tell. tests/test_search_evaluator.py
   checks == against the reference on random masks along move sequences.
 - Forward (any other model or device): the masked weights live in the model's parameters,
   rewritten only for the parameters whose mask changed, and each score is one forward pass.

@@ -18,9 +18,10 @@ from ticketlab.search.space import SearchSpace
 from ticketlab.sparsity.mask import Mask
 
 # Subsets of a layer's output units are computed in multiples of 16 (the channel blocks of
-# oneDNN's convolutions: a thinner one is no faster) and at least 32 (MKL computes a Linear
-# layer of fewer than 12 outputs with another kernel, whose sums round differently).
-ROW_BLOCK, MIN_ROWS = 16, 32
+# oneDNN's convolutions: a thinner one is no faster), and only at sizes where the CPU's library
+# gives each unit the bits the full layer gives it: see subset_is_exact.
+ROW_BLOCK = 16
+_EXACT: dict[tuple, bool] = {}  # subset_is_exact's answers, for every evaluator of this process
 
 
 class Scored(Protocol):
@@ -72,15 +73,51 @@ class ChainLayer:
             live |= kept("norm_weight", True) | kept("norm_bias", True)
         return live
 
-    def rows_to_compute(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """Indices of `rows`, padded with others to a multiple of ROW_BLOCK and at least
-        MIN_ROWS; None when that is all of them."""
-        wanted = max(MIN_ROWS, -(-int(rows.sum()) // ROW_BLOCK) * ROW_BLOCK)
+    def rows_to_compute(self, rows: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor | None:
+        """Indices of `rows`, padded with others to a multiple of ROW_BLOCK, and further to the
+        first such size whose results on `inputs`' shapes are exact; None when that is all of them."""
+        wanted = max(ROW_BLOCK, -(-int(rows.sum()) // ROW_BLOCK) * ROW_BLOCK)
+        shapes = sorted({tuple(x.shape) for x in inputs})
+        while wanted < self.rows and not all(self.subset_is_exact(wanted, shape) for shape in shapes):
+            wanted += ROW_BLOCK
         if wanted >= self.rows:
             return None
         rows = rows.clone()
         rows[(~rows).nonzero().flatten()[:wanted - int(rows.sum())]] = True
         return rows.nonzero().flatten()
+
+    def subset_is_exact(self, count: int, shape: tuple[int, ...]) -> bool:
+        """Whether the layer's product over `count` of its output units gives each of them the bits
+        that the product over all units gives, on an input of `shape`.
+
+        Not a property of arithmetic but of the CPU's library: for some shapes it takes another
+        kernel, with another summation order. MKL on AVX2 did so for Linear layers of fewer than
+        12 outputs; on AVX-512 it does for a 784-input layer of up to 176 outputs at batch 64 and
+        above. So it is measured once per shape and process, on random numbers (two summation
+        orders agree on every one of thousands of random sums only if they are the same order).
+        """
+        module = self.module
+        conv = isinstance(module, nn.Conv2d)
+        weight = self.tensors["weight"]
+        key = (conv, tuple(weight.shape), "bias" in self.tensors, shape, count, weight.device,
+               (module.stride, module.padding, module.dilation, module.groups) if conv else None)
+        if key not in _EXACT:
+            generator = torch.Generator().manual_seed(count)
+            weight = torch.randn(weight.shape, generator=generator).to(weight)
+            x = torch.randn(shape, generator=generator).to(weight)
+            if self.stage.flatten:
+                x = x.flatten(1)
+            bias = torch.randn(self.rows, generator=generator).to(weight) if "bias" in self.tensors else None
+            rows = torch.randperm(self.rows, generator=generator)[:count].sort().values.to(weight.device)
+
+            def product(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+                if conv:
+                    return F.conv2d(x, w, b, module.stride, module.padding, module.dilation, module.groups)
+                return F.linear(x, w, b)
+
+            subset = product(weight[rows], None if bias is None else bias[rows])
+            _EXACT[key] = torch.equal(subset, product(weight, bias).index_select(1, rows))
+        return _EXACT[key]
 
     def masked(self, role: str, mask: Mask, rows: torch.Tensor | None) -> torch.Tensor | None:
         """The checkpoint's tensor of a role (weight, bias, norm_weight, norm_bias) under the
@@ -195,7 +232,7 @@ class IncrementalEvaluator(ChainEvaluator):
     @staticmethod
     def update(layer: ChainLayer, inputs: list[torch.Tensor], mask: Mask, base: Snapshot, k: int) -> list[torch.Tensor]:
         """The base snapshot's output of stage k with the units whose weights changed recomputed."""
-        rows = layer.rows_to_compute(layer.changed_rows(mask, base.mask))
+        rows = layer.rows_to_compute(layer.changed_rows(mask, base.mask), inputs)
         if rows is None:
             return layer.forward(inputs, mask, None)
         return [old.clone().index_copy_(1, rows.to(old.device), new)
@@ -204,7 +241,7 @@ class IncrementalEvaluator(ChainEvaluator):
     @staticmethod
     def recompute(layer: ChainLayer, inputs: list[torch.Tensor], mask: Mask) -> list[torch.Tensor]:
         """Stage output from new inputs: only the units that can be nonzero are computed."""
-        rows = layer.rows_to_compute(layer.live_rows(mask))
+        rows = layer.rows_to_compute(layer.live_rows(mask), inputs)
         if rows is None:
             return layer.forward(inputs, mask, None)
         outputs = []
