@@ -145,12 +145,18 @@ def test_a_subset_of_units_is_padded_to_a_size_whose_bits_are_the_whole_layers(t
     inputs = [xb for xb, _ in evaluator.batches]
     three = torch.zeros(first.rows, dtype=torch.bool)
     three[[5, 100, 299]] = True
-    monkeypatch.setattr(chain.ChainLayer, "subset_is_exact", lambda layer, count, shape: count >= 64)
+    probed = []
+    monkeypatch.setattr(chain.ChainLayer, "subset_is_exact",
+                        lambda layer, count, shape: probed.append(count) is None and count >= 64)
     rows = first.rows_to_compute(three, inputs)
     assert len(rows) == 64 and three[rows].sum() == 3  # the 3 asked for, padded to the first exact size
+    asked = len(probed)
+    assert torch.equal(first.rows_to_compute(three, inputs), rows) and len(probed) == asked  # remembered
+    first.padded.clear()  # the layer remembers the probe's answers; this test changes them
     monkeypatch.setattr(chain.ChainLayer, "subset_is_exact", lambda layer, count, shape: count > 288)
     assert first.rows_to_compute(three, inputs) is None  # no exact subset: the whole layer
     monkeypatch.undo()
+    first.padded.clear()
     rows = first.rows_to_compute(three, inputs)
     weight = weights["fc1.weight"]
     for xb in inputs:  # what it chose really has the whole layer's bits, on this machine

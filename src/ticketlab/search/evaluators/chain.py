@@ -49,6 +49,7 @@ class ChainLayer:
             self.running = (weights[f"{stage.norm}.running_mean"].to(device),
                             weights[f"{stage.norm}.running_var"].to(device))
         self.rows = self.tensors["weight"].shape[0]
+        self.padded: dict[tuple, int] = {}  # padded_size's answers
 
     def changed_rows(self, new: Mask, old: Mask) -> torch.Tensor:
         """Which output units the two masks treat differently (their weights, bias or BatchNorm)."""
@@ -76,15 +77,25 @@ class ChainLayer:
     def rows_to_compute(self, rows: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor | None:
         """Indices of `rows`, padded with others to a multiple of ROW_BLOCK, and further to the
         first such size whose results on `inputs`' shapes are exact; None when that is all of them."""
-        wanted = max(ROW_BLOCK, -(-int(rows.sum()) // ROW_BLOCK) * ROW_BLOCK)
-        shapes = sorted({tuple(x.shape) for x in inputs})
-        while wanted < self.rows and not all(self.subset_is_exact(wanted, shape) for shape in shapes):
-            wanted += ROW_BLOCK
+        wanted = self.padded_size(int(rows.sum()), tuple(sorted({tuple(x.shape) for x in inputs})))
         if wanted >= self.rows:
             return None
         rows = rows.clone()
         rows[(~rows).nonzero().flatten()[:wanted - int(rows.sum())]] = True
         return rows.nonzero().flatten()
+
+    def padded_size(self, count: int, shapes: tuple[tuple[int, ...], ...]) -> int:
+        """The first multiple of ROW_BLOCK from `count` up whose subsets are exact on every one of
+        `shapes` (self.rows or more if none is). Remembered per layer: a search asks it for every
+        candidate."""
+        start = max(ROW_BLOCK, -(-count // ROW_BLOCK) * ROW_BLOCK)
+        key = (start, shapes)
+        if key not in self.padded:
+            wanted = start
+            while wanted < self.rows and not all(self.subset_is_exact(wanted, shape) for shape in shapes):
+                wanted += ROW_BLOCK
+            self.padded[key] = wanted
+        return self.padded[key]
 
     def subset_is_exact(self, count: int, shape: tuple[int, ...]) -> bool:
         """Whether the layer's product over `count` of its output units gives each of them the bits
