@@ -72,7 +72,8 @@ class TrainedEvaluator(Evaluator):
                 if step % per_epoch == 0:
                     order = torch.randperm(n, generator=order_generator).to(device)
                 index = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
-                loss = F.cross_entropy(self.model(self.data.x[index]), self.data.y[index])
+                x, y = self.data.x.index_select(0, index), self.data.y.index_select(0, index)  # as the Trainer gathers
+                loss = F.cross_entropy(self.model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 constraint.before_step()
