@@ -61,6 +61,12 @@ def _first_file(path: str | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit status.
+
+    For a caller in the same process: main() leaves SIGPIPE as it finds it (Python ignores it),
+    and when standard output is a pipe whose reader has gone it points this process's file
+    descriptor 1 at /dev/null for good and returns 141.
+    """
     # SIGPIPE stays ignored: with its default action, a write to a worker that has just died would
     # kill a study's driver without a word (and kill whatever process called main()).
     try:
