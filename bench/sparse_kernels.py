@@ -1,6 +1,7 @@
 """Sparse kernels against the dense masked path for masked Linear layers, in one process.
 
     PYTHONPATH=src python bench/sparse_kernels.py [--repeats 5] [--iterations 300] [--threads 1]
+        [--only ladder|crossover] [--models lenet300_100 mlp_1000]
 
 Training step: the real `Trainer` on mnist5k, lth-lenet's settings (Adam 1.2e-3, batch 60),
 `constraint=MaskedTraining(model, mask, kernels)` with kernels dense (the masked path every
@@ -30,7 +31,7 @@ import argparse
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ from ticketlab.training.loop import Trainer
 
 LENET_LEVELS = (0, 3, 7, 11, 15, 18, 20)
 MLP1000_KEPT = (0.10, 0.05, 0.02, 0.01)
+MODELS = ("lenet300_100", "mlp_1000")
 FRACTIONS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02)
 
 
@@ -119,11 +121,12 @@ def ratio(times: dict[str, list[float]], kernels: str) -> float:
     return statistics.median(d / v for d, v in zip(times["dense"], times[kernels]))
 
 
-def ladder(data: Dataset, cfg: TrainConfig, repeats: int) -> None:
+def ladder(data: Dataset, cfg: TrainConfig, repeats: int, models: Sequence[str] = MODELS) -> None:
     cases = [("lenet300_100", f"level {level}", lambda m, level=level: lenet_level(m, level))
              for level in LENET_LEVELS]
     cases += [("mlp_1000", f"{100 * f:g}% each", lambda m, f=f: {n: f for n in prunable_names(m)})
               for f in MLP1000_KEPT]
+    cases = [case for case in cases if case[0] in models]
     print(f"training step (ms; Adam, batch 60, {cfg.steps}) and inference (ms; batch 1 / 64), "
           f"{torch.get_num_threads()} thread(s), median of {repeats}; ratios are dense / variant")
     print("| model | mask | kept | auto's sparse layers | step dense | step sparse | ratio | step auto | ratio "
@@ -186,6 +189,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=("ladder", "crossover"), default=None)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS, help="the ladder's models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only != "ladder":
@@ -195,7 +199,7 @@ def main() -> None:
         one_batch = Split(data.test.x[:64], data.test.y[:64])
         data = dataclasses.replace(data, val=one_batch, test=one_batch)
         cfg = TrainConfig(steps=f"{args.iterations}it", optimizer="adam", lr=1.2e-3, batch_size=60, save_at="")
-        ladder(data, cfg, args.repeats)
+        ladder(data, cfg, args.repeats, args.models)
 
 
 if __name__ == "__main__":
