@@ -1,7 +1,7 @@
 """Sparse kernels against the dense masked path for masked Linear layers, in one process.
 
     PYTHONPATH=src python bench/sparse_kernels.py [--repeats 5] [--iterations 300] [--threads 1]
-        [--only ladder|crossover] [--models lenet300_100 mlp_1000]
+        [--only ladder|crossover|phases] [--models lenet300_100 mlp_1000]
 
 Training step: the real `Trainer` on mnist5k, lth-lenet's settings (Adam 1.2e-3, batch 60),
 `constraint=MaskedTraining(model, mask, kernels)` with kernels dense (the masked path every
@@ -15,6 +15,9 @@ hidden layer and 0.9^L of the output layer (levels 0, 3, 7, 11, 15, 18, 20: 100,
 
 Inference: the model in eval mode under inference_mode at batch 1 and 64, masked dense against
 the same weights on sparse kernels (kernels=sparse) and on auto's choice.
+
+Phases (--only phases): Trainer.run's loop body for LeNet at level 15, timed phase by phase
+per kernels: where a step's time goes.
 
 Crossover: one Linear layer of each shape alone, forward and both gradients (as in training
 inside a network) at batch 60, dense masked against SparseLinear over kept fractions; the
@@ -147,6 +150,50 @@ def ladder(data: Dataset, cfg: TrainConfig, repeats: int, models: Sequence[str] 
               f"| {' | '.join(cells)} |", flush=True)
 
 
+def phases(data: Dataset, cfg: TrainConfig, level: int = 15) -> None:
+    """Where a training step of LeNet at IMP level `level` goes, per kernels: Trainer.run's loop
+    body, timed phase by phase (µs per step over cfg.steps after one untimed epoch)."""
+    names = ("gather", "forward", "zero_grad", "backward", "masking", "optimiser", "bookkeeping")
+    print(f"\nphases of a LeNet step at level {level} (µs per step; Adam, batch 60)")
+    print("| kernels | " + " | ".join(names) + " | total |")
+    print("| --- | " + " | ".join("---" for _ in names) + " | --- |")
+    for kernels in KERNELS:
+        model = model_of("lenet300_100", data)
+        mask = random_mask(model, lenet_level(model, level))
+        mask.apply(model)
+        constraint = MaskedTraining(model, mask, kernels)
+        trainer = Trainer(model, data, cfg, progress=False, constraint=constraint)
+        optimizer, x_all, y_all = trainer.optimizer, data.train.x, data.train.y
+        seconds = [0.0] * len(names)
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        steps, per_epoch, batch = trainer.schedule.total, trainer.schedule.iterations_per_epoch, cfg.batch_size
+        order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0))
+        for step in range(per_epoch + steps):
+            index = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
+            marks = [time.perf_counter()]
+            x, y = x_all.index_select(0, index), y_all.index_select(0, index)
+            marks.append(time.perf_counter())
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            marks.append(time.perf_counter())
+            optimizer.zero_grad(set_to_none=True)
+            marks.append(time.perf_counter())
+            loss.backward()
+            marks.append(time.perf_counter())
+            constraint.before_step()
+            marks.append(time.perf_counter())
+            optimizer.step()
+            marks.append(time.perf_counter())
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            marks.append(time.perf_counter())
+            if step >= per_epoch:  # the first epoch warms up
+                for k in range(len(names)):
+                    seconds[k] += marks[k + 1] - marks[k]
+        cells = [f"{1e6 * s / steps:.0f}" for s in seconds]
+        print(f"| {kernels} | " + " | ".join(cells) + f" | {1e6 * sum(seconds) / steps:.0f} |", flush=True)
+
+
 def layer_step(linear: nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> Callable[[], None]:
     """One forward and backward (input and weight gradients) of `linear`; dense ones masked by `keep`."""
     x = x.clone().requires_grad_()
@@ -188,18 +235,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", choices=("ladder", "crossover"), default=None)
+    parser.add_argument("--only", choices=("ladder", "crossover", "phases"), default=None)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS, help="the ladder's models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.only != "ladder":
+    if args.only in (None, "crossover"):
         crossover(args.repeats)
-    if args.only != "crossover":
+    if args.only in (None, "ladder", "phases"):
         data = load_data(DataConfig(name="mnist5k"))
         one_batch = Split(data.test.x[:64], data.test.y[:64])
         data = dataclasses.replace(data, val=one_batch, test=one_batch)
         cfg = TrainConfig(steps=f"{args.iterations}it", optimizer="adam", lr=1.2e-3, batch_size=60, save_at="")
-        ladder(data, cfg, args.repeats, args.models)
+        if args.only == "phases":
+            phases(data, cfg)
+        else:
+            ladder(data, cfg, args.repeats, args.models)
 
 
 if __name__ == "__main__":

@@ -77,11 +77,12 @@ class ChainLayer:
     def rows_to_compute(self, rows: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor | None:
         """Indices of `rows`, padded with others to a multiple of ROW_BLOCK, and further to the
         first such size whose results on `inputs`' shapes are exact; None when that is all of them."""
-        wanted = self.padded_size(int(rows.sum()), tuple(sorted({tuple(x.shape) for x in inputs})))
+        count = int(rows.sum())
+        wanted = self.padded_size(count, tuple(sorted({tuple(x.shape) for x in inputs})))
         if wanted >= self.rows:
             return None
         rows = rows.clone()
-        rows[(~rows).nonzero().flatten()[:wanted - int(rows.sum())]] = True
+        rows[(~rows).nonzero().flatten()[:wanted - count]] = True
         return rows.nonzero().flatten()
 
     def padded_size(self, count: int, shapes: tuple[tuple[int, ...], ...]) -> int:
