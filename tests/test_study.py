@@ -4,11 +4,9 @@ run gives; a failing node is reported and skips only what needs it."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -19,20 +17,7 @@ from ticketlab.cli import main
 from ticketlab.config import TicketlabError
 from ticketlab.experiments.sections import Section
 from ticketlab.experiments.study import RETRIES, Node, check_workers, run_study
-
-COMPARISON = """\
-description: two masks at two sparsities on two seeds, for the study tests
-data: {name: digits}
-model: {name: lenet300_100}
-train: {steps: 60it, batch_size: 32, save_at: 0it}
-replicates: 2
-compare:
-  sparsities: [0.5, 0.8]
-  methods:
-    - {name: magnitude, prune: {criterion: magnitude}}
-    - {name: random, prune: {criterion: random}}
-"""
-
+from study_helpers import COMPARISON, comparable, finished
 
 LOTTERY = """\
 description: two replicates of a 2-level lottery with its reinit control, for the study tests
@@ -43,21 +28,6 @@ replicates: 2
 controls: [reinit]
 lottery: {levels: 2, rate: 0.5}
 """
-
-
-def finished(root):
-    return {p.name: json.loads((p / "summary.json").read_text()) for p in root.iterdir()
-            if (p / "summary.json").exists()}
-
-
-def comparable(summary):
-    """A summary without what differs between two identical runs: wall-clock time and thread placement."""
-    drop = {"wall_time", "seconds", "evaluations_per_s"}
-    if isinstance(summary, dict):
-        return {k: comparable(v) for k, v in summary.items() if k not in drop}
-    if isinstance(summary, list):
-        return [comparable(v) for v in summary]
-    return summary
 
 
 @pytest.mark.parametrize("section, text, runs, table", [
@@ -374,34 +344,6 @@ def test_ray_missing_is_one_line(tmp_path, monkeypatch):
         run_study([Node("a", _ok, (tmp_path / "a",))], backend="ray")
 
 
-def test_a_study_joins_a_running_ray_cluster(tmp_path):
-    """`ray start --head` as a cluster's head node would be started, then a driver that joins it by
-    its address: the study's runs are the serial run's."""
-    pytest.importorskip("ray")
-    ray = str(Path(sys.executable).with_name("ray"))
-    scratch = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    # Token authentication is Ray's business (a driver on another machine needs the head's token);
-    # here head and driver are one user on one machine, so it is off.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", "0", "--include-dashboard=false",
-                              "--disable-usage-stats", "--temp-dir", scratch], capture_output=True, text=True, env=env)
-    try:
-        assert started.returncode == 0, started.stderr
-        address = re.search(r"ray start --address='([^']+)'", started.stdout + started.stderr).group(1)
-        preset = tmp_path / "comparison.yaml"
-        preset.write_text(COMPARISON)
-        joined = subprocess.run([sys.executable, "-m", "ticketlab.cli", "run", str(preset), "--backend", "ray",
-                                 "--address", address, "--quiet", "--runs-dir", str(tmp_path / "cluster")],
-                                capture_output=True, text=True, env=env)
-        assert joined.returncode == 0, joined.stderr
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
-        shutil.rmtree(scratch, ignore_errors=True)
-    assert main(["run", str(preset), "--quiet", "--runs-dir", str(tmp_path / "serial")]) == 0
-    cluster, serial = finished(tmp_path / "cluster"), finished(tmp_path / "serial")
-    assert {n: comparable(s) for n, s in cluster.items()} == {n: comparable(s) for n, s in serial.items()}
-
-
 def test_force_redoes_each_stage_of_a_study_once(tmp_path, capsys, monkeypatch):
     """--force redoes every stage of the preset, each once: not again as an input of each node that
     needs it, nor when the sections gather their results."""
@@ -492,3 +434,4 @@ def test_two_workers_in_a_terminal_show_the_board_of_running_nodes(tmp_path, mon
 
 def _sleep(seconds):
     time.sleep(seconds)
+
