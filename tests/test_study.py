@@ -435,3 +435,46 @@ def test_two_workers_in_a_terminal_show_the_board_of_running_nodes(tmp_path, mon
 def _sleep(seconds):
     time.sleep(seconds)
 
+
+HELD_DRIVER = """\
+import os, sys, time
+from pathlib import Path
+from ticketlab.experiments.study import Node, run_study
+
+def hold(marker):
+    marker.write_text(str(os.getpid()))
+    time.sleep(120)
+
+folder = Path(sys.argv[1])
+run_study([Node(name, hold, (folder / name,)) for name in ("one", "two")], workers=2, progress=False)
+"""
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers end with their driver through Linux's prctl")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_the_workers_end_at_once_with_their_driver_however_it_is_stopped(signum, tmp_path):
+    """A signal to the driver alone, not its process group (a kill from another shell, a scheduler
+    ending a job): its workers, busy with nodes that would run two more minutes, end with it
+    instead of writing on into runs that the next study resumes."""
+    driver = subprocess.Popen([sys.executable, "-c", HELD_DRIVER, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    markers = [tmp_path / "one", tmp_path / "two"]
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(m.exists() and m.read_text() for m in markers):
+        time.sleep(0.05)
+    workers = [int(m.read_text()) for m in markers]
+    driver.send_signal(signum)
+    stopped = time.time()
+    _, err = driver.communicate(timeout=30)
+    while time.time() < stopped + 10 and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+    assert time.time() - stopped < 10
+    if signum == signal.SIGINT:
+        assert driver.returncode == -signal.SIGINT and err.rstrip().endswith("KeyboardInterrupt")

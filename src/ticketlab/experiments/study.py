@@ -16,6 +16,7 @@ import concurrent.futures
 import importlib
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import time
@@ -207,14 +208,30 @@ def _run(tracker: Tracker, workers: int, backend: str, address: str | None, thre
             pass
 
 
-def _worker_setup(modules: Sequence[str]) -> None:
-    """Import what the nodes run (torch and the stages' modules take seconds) as the worker starts
-    (a forked worker has them already)."""
+def _worker_setup(modules: Sequence[str], driver: int) -> None:
+    """End with the driver; import what the nodes run (torch and the stages' modules take seconds)
+    as the worker starts (a forked worker has them already)."""
+    _die_with_driver(driver)
     import torch
 
     torch.set_num_threads(1)  # each stage sets its runtime's threads; until then, no oversubscription
     for module in modules:
         importlib.import_module(module)
+
+
+def _die_with_driver(driver: int) -> None:
+    """Ask Linux to end this worker when its driver (process `driver`) ends, however it ends (a
+    kill, a scheduler's SIGTERM, a crash): an orphaned worker would go on writing the run it was
+    making while the next study resumes that same run. Elsewhere an orphan ends at its next node."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != driver:  # the driver ended before the request was made
+        os._exit(1)
 
 
 def _started() -> None:
@@ -235,7 +252,7 @@ def _run_pool(tracker: Tracker, workers: int, threads: int, modules: Sequence[st
     a node whose worker died RETRIES times fails). A retried stage resumes from what it had saved."""
     context = multiprocessing.get_context(start_method(threads))
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup,
-                                                initargs=(modules,)) as pool:
+                                                initargs=(modules, os.getpid())) as pool:
         # Every worker starts (and imports) at once, not one by one as the first nodes come to need them.
         try:
             for warmed in [pool.submit(_started) for _ in range(workers)]:
@@ -243,41 +260,62 @@ def _run_pool(tracker: Tracker, workers: int, threads: int, modules: Sequence[st
         except BrokenProcessPool:
             raise TicketlabError("the study's worker processes died as they started (out of memory?); "
                                  "try fewer --workers") from None
-        running: dict[concurrent.futures.Future[str | None], Node] = {}
-        while tracker.pending or running:
-            refused = False
-            for node in tracker.ready():
-                if len(running) >= workers:
-                    break
-                tracker.start(node)
-                try:
-                    running[pool.submit(make, node)] = node
-                except BrokenProcessPool:  # a worker died since the last wait: the pool takes nothing more
+        try:
+            return _fill_pool(pool, tracker, workers, lost)
+        except BaseException:  # Ctrl-C, or SIGINT to the driver alone: leaving the pool would wait for the
+            _stop_workers(pool)  # running nodes to end; they stop now instead, and resume when run again
+            raise
+
+
+def _fill_pool(pool: concurrent.futures.ProcessPoolExecutor, tracker: Tracker, workers: int,
+               lost: dict[str, int]) -> bool:
+    """_run_pool's loop: give the pool's free workers ready nodes and settle those that end."""
+    running: dict[concurrent.futures.Future[str | None], Node] = {}
+    while tracker.pending or running:
+        refused = False
+        for node in tracker.ready():
+            if len(running) >= workers:
+                break
+            tracker.start(node)
+            try:
+                running[pool.submit(make, node)] = node
+            except BrokenProcessPool:  # a worker died since the last wait: the pool takes nothing more
+                tracker.again(node)
+                refused = True
+                break
+        if not running:
+            return refused
+        finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        broken = False
+        for future in finished:
+            node = running.pop(future)
+            try:
+                tracker.settle(node.name, future.result())
+            except BrokenProcessPool:  # a worker was killed: every node the pool ran is lost
+                broken = True
+                lost[node.name] = lost.get(node.name, 0) + 1
+                if lost[node.name] > RETRIES:
+                    tracker.settle(node.name, f"its worker process died {lost[node.name]} times; run the same "
+                                              "command again to resume it")
+                else:
+                    tracker.say(f"{node.name}: its worker process died; running it again")
                     tracker.again(node)
-                    refused = True
-                    break
-            if not running:
-                return refused
-            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            broken = False
-            for future in finished:
-                node = running.pop(future)
-                try:
-                    tracker.settle(node.name, future.result())
-                except BrokenProcessPool:  # a worker was killed: every node the pool ran is lost
-                    broken = True
-                    lost[node.name] = lost.get(node.name, 0) + 1
-                    if lost[node.name] > RETRIES:
-                        tracker.settle(node.name, f"its worker process died {lost[node.name]} times; run the same "
-                                                  "command again to resume it")
-                    else:
-                        tracker.say(f"{node.name}: its worker process died; running it again")
-                        tracker.again(node)
-            if broken:
-                for node in running.values():  # they were lost with the pool: they run again, no fault of theirs
-                    tracker.again(node)
-                return True
+        if broken:
+            for node in running.values():  # they were lost with the pool: they run again, no fault of theirs
+                tracker.again(node)
+            return True
     return False
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """End the pool's workers at once, whatever they are running (Python 3.14 has
+    pool.terminate_workers(); until then its table of processes is the only handle on them)."""
+    processes = list(pool._processes.values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_workers(workers: int, threads: int) -> None:
