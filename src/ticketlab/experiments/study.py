@@ -222,7 +222,8 @@ def _worker_setup(modules: Sequence[str], driver: int) -> None:
 def _die_with_driver(driver: int) -> None:
     """Ask Linux to end this worker when its driver (process `driver`) ends, however it ends (a
     kill, a scheduler's SIGTERM, a crash): an orphaned worker would go on writing the run it was
-    making while the next study resumes that same run. Elsewhere an orphan ends at its next node."""
+    making while the next study resumes that same run, then wait on the pool's queue for good.
+    Other systems have no such request: there a driver killed outright leaves orphans."""
     if sys.platform != "linux":
         return
     import ctypes
