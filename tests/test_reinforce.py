@@ -13,7 +13,7 @@ from ticketlab.config import (DataConfig, MaskMethod, ModelConfig, PruneConfig, 
 from ticketlab.data import load_data
 from ticketlab.search import stage as stage_module
 from ticketlab.search.features import FEATURES, unit_features
-from ticketlab.search.reinforce import draw, log_prob, reinforce
+from ticketlab.search.reinforce import POLICY_BLOCK, UnitPolicy, draw, gumbel, log_prob, reinforce
 from ticketlab.search.space import Layer, SearchSpace, unit_space
 from ticketlab.search.stage import objective_score, search
 from ticketlab.sparsity.mask import Mask
@@ -73,6 +73,29 @@ def test_draws_come_at_the_frequencies_their_log_prob_gives():
         p = math.exp(float(log_prob(scores, order, TINY, TINY_FLOORS)[0]))
         assert abs(counts.get(tuple(order.tolist()), 0) / n - p) < 4.5 * math.sqrt(p * (1 - p) / n) + 1e-4
     assert set(counts) <= {tuple(o.tolist()) for o in tiny_orders()}
+
+
+def test_a_large_space_is_scored_in_blocks_as_in_one_pass_and_drawn_as_by_a_full_sort():
+    n = 3 * POLICY_BLOCK + 5
+    features = torch.rand(n, len(FEATURES), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    policy = UnitPolicy(features, 16)
+    torch.nn.init.normal_(policy.net[-1].weight)  # not the uniform start, so the scores differ
+    scores = policy()
+    assert torch.allclose(scores, policy.net(features).squeeze(1) + policy.offset, rtol=1e-5, atol=1e-6)
+    layers, floors = [Layer("a", slice(0, POLICY_BLOCK)), Layer("b", slice(POLICY_BLOCK, n))], [7, 11]
+    order = draw(scores, layers, floors, 500, torch.Generator().manual_seed(1))
+    # The same noise by hand: each floor by a stable full sort within its layer, then the rest over all.
+    generator, noisy = torch.Generator().manual_seed(1), scores.detach().double()
+    first = noisy + gumbel(n, generator)
+    expected = [first[:POLICY_BLOCK].argsort(descending=True, stable=True)[:7],
+                first[POLICY_BLOCK:].argsort(descending=True, stable=True)[:11] + POLICY_BLOCK]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[torch.cat(expected)] = False
+    rest = rest.nonzero().flatten()
+    second = noisy + gumbel(n, generator)
+    expected.append(rest[second[rest].argsort(descending=True, stable=True)[:500 - 18]])
+    assert torch.equal(order, torch.cat(expected))
 
 
 def test_the_estimator_is_unbiased():
@@ -195,9 +218,11 @@ def test_the_cli_runs_a_reinforce_search_that_caches(conv, runtime, capsys):
     assert main(argv) == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cached"]
 
 
-def test_an_interrupted_reinforce_search_resumes_to_the_same_result(conv, tmp_path, monkeypatch):
-    cfg = SearchConfig(method="reinforce", granularity="filter", sparsity=0.6, budget=30, val_size=100, at="final",
-                       episodes=3, seed=2)
+# Per weight, conv2's 367,680 units span many of the policy's blocks (reinforce.POLICY_BLOCK).
+@pytest.mark.parametrize("granularity", ["filter", "weight"])
+def test_an_interrupted_reinforce_search_resumes_to_the_same_result(conv, tmp_path, monkeypatch, granularity):
+    cfg = SearchConfig(method="reinforce", granularity=granularity, sparsity=0.6, budget=30, val_size=100,
+                       at="final", episodes=3, seed=2)
     whole = search(conv, cfg, Runtime(runs_dir=str(tmp_path / "whole"), progress=False))
     interrupted = Runtime(runs_dir=str(tmp_path / "interrupted"), progress=False)
     monkeypatch.setattr(stage_module, "CHECKPOINT_EVERY", 10)  # 10 and 20: mid-batch, with 2 episodes pending
