@@ -8,6 +8,7 @@ from ticketlab.config import ModelConfig, TicketlabError, TrainConfig
 from ticketlab.models import MODELS, build_model
 from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, LiveEvaluator,
                                         TrainedEvaluator, make_evaluator)
+from ticketlab.search.evaluators import delta as delta_module
 from ticketlab.search.evaluators import live as live_module
 from ticketlab.search.evaluators.certificate import TOLERANCE, recount_blocks
 from ticketlab.search.moves import Move
@@ -257,7 +258,7 @@ def test_delta_scores_stay_within_float_rounding_and_its_accuracy_is_exact(granu
     assert all(snapshot.depth <= resync for snapshot in delta.snapshots)
 
 
-def test_near_tied_images_are_recounted_exactly_in_blocks(tmp_path):
+def test_near_tied_images_are_recounted_exactly_in_blocks(tmp_path, monkeypatch):
     # With a tolerance of a whole logit every image is near-tied: every prediction then comes
     # from a recount of a block of 32 images (or the ragged last batch), which must give the
     # reference's bits; the 520 images make blocks that cross no batch and a last batch of 8.
@@ -266,12 +267,34 @@ def test_near_tied_images_are_recounted_exactly_in_blocks(tmp_path):
     candidates = move_sequence(space, 6, 0.9, seed=4)
     evaluator = make_evaluator(model, weights, space, x, y)
     evaluator.score(candidates[0])  # an exact forward
+    monkeypatch.setattr(delta_module, "TOLERANCE", float("inf"))
     for keep in candidates[1:]:
-        evaluator.tolerance = float("inf")
         assert evaluator.score(keep) == reference_score(path, builder, space.to_mask(keep), x, y)
     assert evaluator.recounted_images == len(y) * (len(candidates) - 1)
     blocks = recount_blocks(torch.arange(len(y)), len(y))
     assert blocks.tolist() == [*range(0, 512, 32), 512]
+
+
+def test_a_mask_that_cuts_the_network_off_is_scored_exactly_and_so_are_masks_chained_from_it(tmp_path):
+    # Without its output weights LeNet's logits are all exactly 0 (it has no biases). Such a mask
+    # reached at a resync once divided by its zero scale; a chain from it must not certify the
+    # masks that revive the network against that zero.
+    model, weights, path, builder, x, y = setting(LENET, tmp_path)
+    space = weight_space(model)
+    output = space.layers[-1].slice
+    live = space.random(0.9, torch.Generator().manual_seed(3))
+    dead = live.clone()
+    dead[output] = False
+    revived, again = dead.clone(), dead.clone()
+    revived[output.start::31] = True
+    again[output.start + 5::37] = True
+    evaluator = make_evaluator(model, weights, space, x, y)
+    evaluator.resync = 1
+    # live: exact; revived: updated from it; dead: at a resync (an exact forward of zeros); again: updated from dead
+    for keep in (live, revived, dead, again):
+        assert evaluator.score(keep) == reference_score(path, builder, space.to_mask(keep), x, y)
+    assert evaluator.snapshots[0].depth == 1 and evaluator.snapshots[1].scale == 0.0
+    assert evaluator.snapshots[0].scale > 0
 
 
 def test_delta_resync_bounds_the_chain_of_updates(tmp_path):

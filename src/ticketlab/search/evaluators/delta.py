@@ -31,15 +31,20 @@ fifth of a score).
 
 Rounding: sums are taken in another order than a fresh forward's, so the logits differ
 from it by float rounding, growing with the number of updates chained since the last exact
-forward. A snapshot `resync` (default RESYNC = 200) updates away from an exact forward is
-replaced by one; at that moment the drift of the chain is measured (the updated logits
-against the exact ones of the same mask), and the resync interval halves if it ever
-exceeds TOLERANCE / 4. Measured: 3e-7 per weight after 400 moves, 3e-6 per neuron.
+forward. Rounding is relative to the size of what is summed, so it is measured against a
+chain's scale: the largest |logit| of any mask from its exact forward on (a chain from a
+mask whose logits are all 0, a network the mask cut off, to one whose logits are not must
+not certify against the first mask's zero). A snapshot `resync` (default RESYNC = 200)
+updates away from an exact forward is replaced by one; at that moment the drift of the
+chain is measured (the updated logits against the exact ones of the same mask, relative to
+the scale), and the resync interval halves if it ever exceeds TOLERANCE / 4. Measured: 3e-7
+per weight after 400 moves, 3e-6 per neuron.
 
 Accuracy is nonetheless the reference's, exactly, by search.evaluators.certificate: an
 image's prediction can differ from the reference's only if its two largest delta logits are
-within 2 * TOLERANCE of each other (each logit is within TOLERANCE of the reference's), and
-such images are predicted again by an exact forward pass. The loss has no such certificate:
+within 2 * TOLERANCE * scale of each other (each logit is within TOLERANCE * scale of the
+reference's), and such images are predicted again by an exact forward pass (every image,
+where every logit on the chain was 0). The loss has no such certificate:
 with exact=True a loss objective gets the bit-exact
 search.evaluators.chain.IncrementalEvaluator instead.
 """
@@ -83,6 +88,7 @@ class DeltaSnapshot:
     slot: Slot
     score: float
     depth: int  # delta updates since the last exact forward
+    scale: float  # the largest |logit| of the masks its chain of updates passed, from that exact forward on
     packed: torch.Tensor | None = None  # the flat keep-vector, 8 entries a byte-word (weight spaces)
     source: torch.Tensor | None = None  # the keep-vector scored, as the caller passed it (what a Move's base names)
 
@@ -140,8 +146,7 @@ class DeltaEvaluator(Evaluator):
         self.snapshots: list[DeltaSnapshot] = []  # the latest first; at most one per slot
         self.exact_forwards = 0  # how many scores were full forward passes
         self.recounted_images = 0  # near-tied images predicted again exactly
-        self.drift = 0.0  # the largest logit drift measured at a resync, relative to the largest |logit|
-        self.tolerance = 0.0  # TOLERANCE in logit units, set by each exact forward
+        self.drift = 0.0  # the largest logit drift measured at a resync, relative to its chain's scale
 
     def new_slot(self) -> Slot:
         n = self.inputs.shape[1]
@@ -166,7 +171,8 @@ class DeltaEvaluator(Evaluator):
                 snapshot = self.resynchronise(mask, best, flips, slot)
             else:
                 self.update(mask, best, flips, slot)
-                snapshot = DeltaSnapshot(mask, slot, self.certified_score(mask, slot), best.depth + 1)
+                scale = max(best.scale, float(slot.post[-1].abs().max()))
+                snapshot = DeltaSnapshot(mask, slot, self.certified_score(mask, slot, scale), best.depth + 1, scale)
             snapshot.packed, snapshot.source = packed, keep
             self.snapshots = [snapshot, *([best] if best is not None else [])]
             return snapshot.score
@@ -253,9 +259,9 @@ class DeltaEvaluator(Evaluator):
             if self.layers[k].relu:
                 slot.post[k].copy_(torch.cat([post[k] for _, post in batches]).t())
         self.differ = [None] * len(self.layers)
-        self.tolerance = TOLERANCE * float(slot.post[-1].abs().max())
         logits = [post[-1] for _, post in batches]
-        return DeltaSnapshot(mask, slot, objective(zip(logits, self.labels.split(SCORE_BATCH)), self.metric), 0)
+        return DeltaSnapshot(mask, slot, objective(zip(logits, self.labels.split(SCORE_BATCH)), self.metric), 0,
+                             float(slot.post[-1].abs().max()))
 
     def resynchronise(self, mask: Mask, base: DeltaSnapshot, flips: Flips, slot: Slot) -> DeltaSnapshot:
         """An exact forward instead of the update that would chain too long; the update is also
@@ -263,7 +269,9 @@ class DeltaEvaluator(Evaluator):
         self.update(mask, base, flips, slot)
         chained = slot.post[-1].clone()
         snapshot = self.full(mask, slot)
-        drift = float((chained - slot.post[-1]).abs().max()) / float(slot.post[-1].abs().max())
+        # Relative to the scale the chain's certificate used; 0 only if every logit on it was 0.
+        scale = max(base.scale, float(chained.abs().max()), snapshot.scale)
+        drift = float((chained - slot.post[-1]).abs().max()) / scale if scale > 0 else 0.0
         self.drift = max(self.drift, drift)
         if drift > TOLERANCE / 4:  # the certificate's margin is getting thin: chain less
             self.resync = max(1, self.resync // 2)
@@ -271,14 +279,15 @@ class DeltaEvaluator(Evaluator):
 
     # --- scores of updated activations -----------------------------------------------------
 
-    def certified_score(self, mask: Mask, slot: Slot) -> float:
-        """The score of the updated logits; for accuracy the reference's exactly (see the module doc)."""
+    def certified_score(self, mask: Mask, slot: Slot, scale: float) -> float:
+        """The score of the updated logits; for accuracy the reference's exactly (see the module doc),
+        certified with TOLERANCE relative to `scale`, the chain's largest |logit|."""
         logits = slot.post[-1].t()
         if self.metric != "accuracy":
             return objective(zip(logits.split(SCORE_BATCH), self.labels.split(SCORE_BATCH)), self.metric)
         masked = functools.cache(lambda: [layer.masked(mask) for layer in self.layers])  # only if some are near-tied
         accuracy, recounted = certified_accuracy(
-            logits, self.labels, self.tolerance,
+            logits, self.labels, TOLERANCE * scale,
             lambda start, end: self.exact_layers(masked(), self.images[start:end])[1][-1])
         self.recounted_images += recounted
         return accuracy
