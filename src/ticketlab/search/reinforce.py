@@ -261,9 +261,9 @@ class Reinforce(SamplingSearcher):
         return self.current_scores
 
     def sample(self) -> torch.Tensor:
-        self.scores = self.policy_scores().detach()
-        self.order = draw(self.scores, self.layers, self.floors, self.kept, None if self.thesis else self.generator)
-        keep = torch.zeros(len(self.scores), dtype=torch.bool)
+        scores = self.policy_scores().detach()
+        self.order = draw(scores, self.layers, self.floors, self.kept, None if self.thesis else self.generator)
+        keep = torch.zeros(len(scores), dtype=torch.bool)
         keep[self.order] = True
         return keep
 
@@ -282,8 +282,8 @@ class Reinforce(SamplingSearcher):
         if terms is not None:
             entropy = float(terms[1].detach())
         else:  # thesis mode: the entropy of the softmax over every unit
-            with torch.no_grad():
-                entropy = float(-(F.softmax(self.scores.double(), 0) * F.log_softmax(self.scores.double(), 0)).sum())
+            scores = self.policy_scores().detach().double()
+            entropy = float(-(F.softmax(scores, 0) * F.log_softmax(scores, 0)).sum())
         state.history[-1].update(episode=state.step, reward=state.current_score, baseline=self.baseline,
                                  entropy=entropy)
         self.pending.append((self.order, state.current_score))

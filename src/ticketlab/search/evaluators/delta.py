@@ -171,7 +171,7 @@ class DeltaEvaluator(Evaluator):
                 snapshot = self.resynchronise(mask, best, flips, slot)
             else:
                 self.update(mask, best, flips, slot)
-                scale = max(best.scale, float(slot.post[-1].abs().max()))
+                scale = self.chain_scale(best, slot)
                 snapshot = DeltaSnapshot(mask, slot, self.certified_score(mask, slot, scale), best.depth + 1, scale)
             snapshot.packed, snapshot.source = packed, keep
             self.snapshots = [snapshot, *([best] if best is not None else [])]
@@ -267,10 +267,10 @@ class DeltaEvaluator(Evaluator):
         """An exact forward instead of the update that would chain too long; the update is also
         computed, to measure how far its logits drifted."""
         self.update(mask, base, flips, slot)
-        chained = slot.post[-1].clone()
+        chained, scale = slot.post[-1].clone(), self.chain_scale(base, slot)
         snapshot = self.full(mask, slot)
         # Relative to the scale the chain's certificate used; 0 only if every logit on it was 0.
-        scale = max(base.scale, float(chained.abs().max()), snapshot.scale)
+        scale = max(scale, snapshot.scale)
         drift = float((chained - slot.post[-1]).abs().max()) / scale if scale > 0 else 0.0
         self.drift = max(self.drift, drift)
         if drift > TOLERANCE / 4:  # the certificate's margin is getting thin: chain less
@@ -278,6 +278,10 @@ class DeltaEvaluator(Evaluator):
         return snapshot
 
     # --- scores of updated activations -----------------------------------------------------
+
+    def chain_scale(self, base: DeltaSnapshot, slot: Slot) -> float:
+        """The scale of the chain that `slot`'s logits, updated from `base`, extend (DeltaSnapshot.scale)."""
+        return max(base.scale, float(slot.post[-1].abs().max()))
 
     def certified_score(self, mask: Mask, slot: Slot, scale: float) -> float:
         """The score of the updated logits; for accuracy the reference's exactly (see the module doc),
