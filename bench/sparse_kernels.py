@@ -1,7 +1,7 @@
 """Sparse kernels against the dense masked path for masked Linear layers, in one process.
 
     PYTHONPATH=src python bench/sparse_kernels.py [--repeats 5] [--iterations 300] [--threads 1]
-        [--only ladder|crossover|phases] [--models lenet300_100 mlp_1000]
+        [--only ladder|crossover|phases|native] [--models lenet300_100 mlp_1000]
 
 Training step: the real `Trainer` on mnist5k, lth-lenet's settings (Adam 1.2e-3, batch 60),
 `constraint=MaskedTraining(model, mask, kernels)` with kernels dense (the masked path every
@@ -23,6 +23,10 @@ Crossover: one Linear layer of each shape alone, forward and both gradients (as 
 inside a network) at batch 60, dense masked against SparseLinear over kept fractions; the
 largest fraction at which the sparse layer is still faster, per shape (auto's rule comes from it).
 
+Native (--only native): the sparse layer alone as in the crossover, on its C kernels
+(models/native.py) against PyTorch's sparse operations (what runs where the C kernels cannot be
+built), at the kept fractions of lth-lenet's levels 11, 15 and 20 and mlp_1000's 5% and 1%.
+
 Each repeat runs the variants in turn after an untimed warm-up round; the report gives each
 variant's median time and the median over repeats of dense/variant (pairing neighbours in
 time cancels drifts in machine load).
@@ -31,6 +35,7 @@ time cancels drifts in machine load).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -42,6 +47,8 @@ from torch import nn
 from ticketlab.config import KERNELS, DataConfig, ModelConfig, TrainConfig
 from ticketlab.data import Dataset, Split, load_data
 from ticketlab.models import build_model
+from ticketlab.models import sparse_linear
+from ticketlab.models.native import native_status
 from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.sparsity.kernels import sparse_layers, use_kernels
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -230,15 +237,51 @@ def crossover(repeats: int) -> None:
               + (f" | {100 * max(faster):g}% |" if faster else " | never |"), flush=True)
 
 
+@contextlib.contextmanager
+def pytorch_ops():
+    """SparseLinear on PyTorch's sparse operations, as where the C kernels cannot be built."""
+    built = sparse_linear.native_kernels
+    sparse_linear.native_kernels = lambda: None
+    try:
+        yield
+    finally:
+        sparse_linear.native_kernels = built
+
+
+def native_against_pytorch(repeats: int) -> None:
+    cases = [((784, 300), f) for f in (0.8 ** 11, 0.8 ** 15, 0.8 ** 20)] + [((300, 100), 0.8 ** 15)]
+    cases += [((1000, 1000), f) for f in (0.05, 0.01)]
+    print(f"\nnative: one sparse layer's forward + backward at batch 60 (ms), PyTorch's operations / C kernels, "
+          f"median of {repeats}; {native_status()}")
+    print("| layer | kept | PyTorch ops | C kernels | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    generator = torch.Generator().manual_seed(0)
+    for (n_in, n_out), fraction in cases:
+        keep = torch.rand(n_out, n_in, generator=generator) < fraction
+        layer = SparseLinear(nn.Linear(n_in, n_out), keep)
+        step = layer_step(layer, torch.randn(60, n_in, generator=generator), None)
+        pairs = []
+        for _ in range(repeats):
+            with pytorch_ops():
+                slow = timed(step, 0.2)
+            pairs.append((slow, timed(step, 0.2)))
+        print(f"| {n_in}→{n_out} | {100 * fraction:.1f}% | {statistics.median(p for p, _ in pairs):.3f} "
+              f"| {statistics.median(c for _, c in pairs):.3f} | {statistics.median(p / c for p, c in pairs):.2f}× |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", choices=("ladder", "crossover", "phases"), default=None)
+    parser.add_argument("--only", choices=("ladder", "crossover", "phases", "native"), default=None)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS, help="the ladder's models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"sparse layers run on {native_status()}")
+    if args.only in (None, "native"):
+        native_against_pytorch(args.repeats)
     if args.only in (None, "crossover"):
         crossover(args.repeats)
     if args.only in (None, "ladder", "phases"):

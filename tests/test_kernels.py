@@ -13,6 +13,7 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Ti
 from ticketlab.data import Dataset, load_data
 from ticketlab.lottery.experiment import run_lottery
 from ticketlab.models import build_model
+from ticketlab.models import native, sparse_linear
 from ticketlab.models.sparse_linear import CSR_BELOW_BATCH, SparseLinear
 from ticketlab.sparsity.kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, densify, sparse_layers
 from ticketlab.sparsity.mask import Mask, prunable_names
@@ -66,10 +67,25 @@ def _emptied(keep: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+@pytest.fixture(params=["native", "pytorch"])
+def implementation(request, monkeypatch):
+    """Each layer test on both implementations: the C kernels, and PyTorch's operations (where
+    the C kernels cannot be built). The C kernels must build here unless turned off on purpose."""
+    if request.param == "native":
+        if native.native_kernels() is None:
+            if native.native_status().endswith("=0"):
+                pytest.skip(f"the C kernels are turned off (${native.DISABLE}=0)")
+            pytest.fail(f"the C kernels did not build: {native.native_status()}")
+    else:
+        monkeypatch.setattr(sparse_linear, "native_kernels", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("case", KEEPS)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch", [1, 3, CSR_BELOW_BATCH])  # the products: MKL's CSR ones, embedding_bag
-def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias, batch):
+# 1, 3, CSR_BELOW_BATCH: MKL's CSR products and embedding_bag; 8, 60: whole and padded vectors of 8 in C
+@pytest.mark.parametrize("batch", [1, 3, 8, CSR_BELOW_BATCH, 60])
+def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias, batch, implementation):
     keep = KEEPS[case]()
     linear, sparse = layer_pair(keep, bias)
     x = torch.randn(batch, 40, generator=torch.Generator().manual_seed(5))
@@ -86,9 +102,44 @@ def test_forward_and_both_gradients_equal_the_dense_masked_layer(case, bias, bat
     assert torch.equal(sparse.weight.detach(), linear.weight.detach())
     if bias:
         assert sparse.bias is linear.bias
+        bias_grad = linear.bias.grad.clone()
+        linear.bias.grad = None
+        F.mse_loss(linear(x), target).backward()
+        assert torch.allclose(bias_grad, 2 * linear.bias.grad, atol=TOLERANCE)  # both layers' gradients, equal
     with torch.inference_mode():  # the product without autograd agrees too
         assert torch.allclose(sparse(x), linear(x), atol=TOLERANCE)
         assert sparse(x.view(batch, 1, 40)).shape == (batch, 1, 30)
+
+
+def test_inputs_and_gradients_of_any_layout_give_the_same_results(implementation):
+    """Transposed, strided and broadcast inputs, an empty batch, and a gradient broadcast from a sum."""
+    keep = KEEPS["random 10%"]()
+    linear, sparse = layer_pair(keep)
+    base = torch.randn(40, 70, generator=torch.Generator().manual_seed(8))
+    for x in (base.t(), base.t()[::2], base[:1].t().expand(70, 40)[:, :].contiguous()[:5], base.t()[:0]):
+        assert torch.allclose(sparse(x), linear(x), atol=TOLERANCE)
+    x_dense, x_sparse = base.t().clone().requires_grad_(), base.t().clone().requires_grad_()
+    linear(x_dense).sum().backward()
+    sparse(x_sparse).sum().backward()  # the output's gradient: a ones tensor of stride 0
+    assert torch.allclose(x_sparse.grad, x_dense.grad, atol=TOLERANCE)
+
+
+def test_the_c_kernels_are_built_once_and_a_failed_build_is_said_and_leaves_pytorch_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_load", native._load.__wrapped__)  # uncached: each call builds or finds
+    if native._compiler() is None:
+        pytest.skip("no C compiler here")
+    assert native.native_kernels() is not None
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    assert native.native_kernels() is not None and built[0].stat().st_mtime_ns == stamp  # found, not rebuilt
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(native, "COMPILERS", ())
+    assert native.native_kernels() is None
+    assert native.native_status().startswith("PyTorch's sparse operations: the C kernels did not build with ")
+    monkeypatch.setenv(native.DISABLE, "0")
+    assert native.native_status() == f"PyTorch's sparse operations: ${native.DISABLE}=0"
 
 
 def test_the_state_dict_is_nn_linears_dense_one_and_loads_at_the_pattern():

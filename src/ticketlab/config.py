@@ -11,8 +11,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 
@@ -192,6 +194,12 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str) -> C:
 
 
 KERNELS = ("dense", "sparse", "auto")  # Runtime.kernels (sparsity.kernels)
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """What ticketlab keeps to save time (parsed data, built kernels): cache_dir, else
+    $TICKETLAB_CACHE, else ~/.cache/ticketlab."""
+    return Path(cache_dir if cache_dir is not None else os.environ.get("TICKETLAB_CACHE") or "~/.cache/ticketlab").expanduser()
 
 
 def check_kernels(kernels: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ticketlab.config import DataConfig
+from ticketlab.config import DataConfig, cache_root
 from ticketlab.data.cache import PARSED, known_digests, read_parsed
 from ticketlab.data.download import REMOTE, DownloadError, download as download_files
 from ticketlab.data.identity import file_sha256, user_fingerprint
@@ -54,8 +54,7 @@ def data_root(data_dir: str | Path | None) -> Path | None:
 
 def data_cache(cache_dir: str | Path | None) -> Path:
     """Where downloads and parsed arrays go: cache_dir, else $TICKETLAB_CACHE, else ~/.cache/ticketlab."""
-    base = cache_dir if cache_dir is not None else os.environ.get("TICKETLAB_CACHE") or "~/.cache/ticketlab"
-    return Path(base).expanduser() / "data"
+    return cache_root(cache_dir) / "data"
 
 
 def _find(spec: DatasetSpec, data_dir: str | Path | None, cache: Path, download: bool) -> tuple[Found, bool]:
