@@ -13,9 +13,9 @@ from ticketlab.config import DataConfig, LotteryConfig, ModelConfig, Runtime, Ti
 from ticketlab.data import Dataset, load_data
 from ticketlab.lottery.experiment import run_lottery
 from ticketlab.models import build_model
-from ticketlab.models import native, sparse_linear
-from ticketlab.models.sparse_linear import CSR_BELOW_BATCH, SparseLinear
-from ticketlab.sparsity.kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, densify, sparse_layers
+from ticketlab.models import native
+from ticketlab.models.sparse_linear import CSR_BELOW_BATCH, SparseLinear, trained_parameter
+from ticketlab.sparsity.kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, densify, sparse_layers, use_kernels
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.masked import MaskedTraining, masked_fit
 from ticketlab.training.loop import Trainer
@@ -77,7 +77,7 @@ def implementation(request, monkeypatch):
                 pytest.skip(f"the C kernels are turned off (${native.DISABLE}=0)")
             pytest.fail(f"the C kernels did not build: {native.native_status()}")
     else:
-        monkeypatch.setattr(sparse_linear, "native_kernels", lambda: None)
+        monkeypatch.setattr(native, "_load", lambda: (None, f"${native.DISABLE}=0"))
     return request.param
 
 
@@ -124,6 +124,39 @@ def test_inputs_and_gradients_of_any_layout_give_the_same_results(implementation
     assert torch.allclose(x_sparse.grad, x_dense.grad, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kernels", ["sparse", ("fc1",), ("fc2",)])  # every layer sparse, or one among dense ones
+@pytest.mark.parametrize("batch", [1, 13, 64])
+def test_an_mlp_runs_its_chain_as_one_operation_with_the_dense_masked_function_and_gradients(
+        digits, bias, kernels, batch, implementation):
+    dense = lenet(digits, bias)
+    mask = random_mask(dense, 0.1)
+    mask.apply(dense)
+    sparse = lenet(digits, bias)
+    mask.apply(sparse)
+    use_kernels(sparse, mask, kernels if kernels == "sparse" else list(kernels))
+    x = digits.train.x[:batch].clone().requires_grad_()
+    x_dense = x.detach().clone().requires_grad_()
+    out = sparse(x)
+    fused = "_ChainFunction" in type(out.grad_fn).__name__
+    assert fused == (implementation == "native")  # PyTorch's operations: the layers one by one
+    F.cross_entropy(out, digits.train.y[:batch]).backward()
+    reference = dense(x_dense)
+    F.cross_entropy(reference, digits.train.y[:batch]).backward()
+    assert torch.allclose(out, reference, atol=TOLERANCE)
+    assert torch.allclose(x.grad, x_dense.grad, atol=TOLERANCE)
+    for name, param in dense.named_parameters():
+        trained, keep = trained_parameter(sparse, name), mask.get(name)
+        grad, got = param.grad, trained.grad
+        if trained.shape != param.shape:  # a SparseLinear's values: the gradient at kept entries only
+            grad = grad.flatten()[sparse.get_submodule(name.rpartition(".")[0]).flat]
+        elif keep is not None:  # a dense layer's: masked later, by MaskedTraining
+            grad, got = grad * keep, got * keep
+        assert torch.allclose(got, grad, atol=TOLERANCE), name
+    with torch.inference_mode():
+        assert torch.allclose(sparse(x), dense(x), atol=TOLERANCE)
+
+
 def test_the_c_kernels_are_built_once_and_a_failed_build_is_said_and_leaves_pytorch_running(tmp_path, monkeypatch):
     monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "_load", native._load.__wrapped__)  # uncached: each call builds or finds
@@ -156,12 +189,14 @@ def test_the_state_dict_is_nn_linears_dense_one_and_loads_at_the_pattern():
         other.load_state_dict({"weight": torch.randn(30, 41), "bias": torch.zeros(30)})
 
 
-def test_auto_chooses_large_layers_kept_at_most_the_crossover_and_never_a_conv():
+def test_auto_chooses_large_layers_kept_at_most_the_crossover_and_never_a_conv(implementation):
     data = load_data(DataConfig(name="smoke-mnist"))
     model = build_model(ModelConfig(name="lenet300_100"), data.input_shape, data.num_classes)
     sparse_fc1 = random_mask(model, AUTO_MAX_DENSITY / 2)
     assert model.fc1.weight.numel() >= AUTO_MIN_WEIGHTS > model.fc2.weight.numel()
-    assert sparse_layers(model, sparse_fc1, "auto") == ["fc1"]  # fc2, fc3: too small to gain
+    # fc2, fc3 too small to gain alone; in the MLP's fused chain on the C kernels, not
+    expected = ["fc1", "fc2", "fc3"] if implementation == "native" else ["fc1"]
+    assert sparse_layers(model, sparse_fc1, "auto") == expected
     assert sparse_layers(model, sparse_fc1, "sparse") == ["fc1", "fc2", "fc3"]
     assert sparse_layers(model, sparse_fc1, "dense") == []
     assert sparse_layers(model, random_mask(model, 2 * AUTO_MAX_DENSITY), "auto") == []

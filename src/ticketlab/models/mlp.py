@@ -10,14 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.models.base import Shape, ZooModel
+from ticketlab.models.sparse_chain import chain
 from ticketlab.models.structure import ChannelGroup, chain_groups
 
 
 class MLP(ZooModel):
     """Flatten, then Linear+ReLU per hidden width, then a Linear to the classes.
 
-    Layers are named fc1, fc2, ...; the last one is the output layer.
+    Layers are named fc1, fc2, ...; the last one is the output layer. With some of them on sparse
+    kernels, the whole chain runs as one operation (models/sparse_chain.py).
     """
+
+    fuses_linear_chain = True  # read by sparsity.kernels: on auto, small layers are worth sparse kernels here
 
     def __init__(self, input_shape: Shape, num_classes: int, widths: Sequence[int], bias: bool = True) -> None:
         super().__init__(input_shape, num_classes)
@@ -27,8 +31,11 @@ class MLP(ZooModel):
         self.output_layer = f"fc{len(sizes) - 1}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *hidden, output = self.children()
+        *hidden, output = layers = list(self.children())
         x = x.flatten(1)
+        fused = chain(layers, x)  # some layers on sparse kernels: the whole chain as one operation
+        if fused is not None:
+            return fused
         for layer in hidden:
             x = F.relu(layer(x))
         return output(x)

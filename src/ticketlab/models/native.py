@@ -42,6 +42,8 @@ SIGNATURES = {
     "csr_weight_grad": [_I, _I, _P, _P, _P, _P, _P],
     "csr_input_grad": [_I, _I, _I, _P, _P, _P, _P, _P],
     "row_sums": [_I, _I, _P, _P],
+    "relu_pad": [_I, _I, _I, _P],
+    "relu_grad": [_I, _P, _P],
 }
 
 
@@ -86,6 +88,14 @@ class NativeKernels:
         self.library.csr_input_grad(g.shape[0], in_features, g.shape[1], crow.data_ptr(), col.data_ptr(),
                                     values.data_ptr(), g.data_ptr(), grad.data_ptr())
         return grad
+
+    def relu_pad(self, y: torch.Tensor, batch: int) -> None:
+        """y = relu(y) in place over the batch's columns, zeros past them."""
+        self.library.relu_pad(y.shape[0], batch, y.shape[1], y.data_ptr())
+
+    def relu_grad(self, y: torch.Tensor, g: torch.Tensor) -> None:
+        """g zeroed in place where the activation y is not positive."""
+        self.library.relu_grad(g.numel(), y.data_ptr(), g.data_ptr())
 
     def row_sums(self, g: torch.Tensor) -> torch.Tensor:
         out = torch.empty(g.shape[0])

@@ -138,7 +138,7 @@ class SparseLinear(nn.Module):
                              persistent=False)
         self.register_buffer("t_order", position.t()[keep.t()], persistent=False)  # values in W.T's CSR order
         self.values = nn.Parameter(linear.weight.detach()[keep].clone())
-        self.bias = linear.bias
+        self.register_parameter("bias", linear.bias)  # shared; registered even when None, as nn.Linear does
         self.register_state_dict_post_hook(_dense_state)
         self.register_load_state_dict_pre_hook(_values_from_dense)
         if unexpectedly_missing():

@@ -5,7 +5,9 @@
 
 `dense`: none. `sparse`: every Linear weight the mask prunes. `auto`: those whose kept
 fraction is at most AUTO_MAX_DENSITY and that hold at least AUTO_MIN_WEIGHTS weights, on the
-CPU only. Both limits come from bench/sparse_kernels.py (BENCHMARKS.md, "Sparse kernels"): above
+CPU only; in a model that runs its Linear layers as one fused chain (models/sparse_chain.py,
+`fuses_linear_chain`) on the C kernels, a layer of any size, since it no longer pays PyTorch's
+per-layer costs that make a small sparse layer alone slower than a dense one. Both limits come from bench/sparse_kernels.py (BENCHMARKS.md, "Sparse kernels"): above
 them, or for a small layer, the CSR products are no faster than the dense masked ones; on CUDA
 nothing is measured yet, so auto stays dense there. Conv layers always keep the dense masked
 path: no sparse convolution in PyTorch's CPU build measured faster here.
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ticketlab.config import TicketlabError, check_kernels
+from ticketlab.models.native import native_kernels
 from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.sparsity.mask import Mask
 
@@ -40,12 +43,13 @@ def sparse_layers(model: nn.Module, mask: Mask, kernels: str) -> list[str]:
     check_kernels(kernels)
     if kernels == "dense":
         return []
+    any_size = getattr(model, "fuses_linear_chain", False) and native_kernels() is not None
     chosen = []
     for name, module in model.named_modules():
         keep = mask.get(f"{name}.weight")
         if not isinstance(module, nn.Linear) or keep is None or bool(keep.all()):
             continue
-        if kernels == "sparse" or (module.weight.device.type == "cpu" and keep.numel() >= AUTO_MIN_WEIGHTS
+        if kernels == "sparse" or (module.weight.device.type == "cpu" and (any_size or keep.numel() >= AUTO_MIN_WEIGHTS)
                                    and float(keep.float().mean()) <= AUTO_MAX_DENSITY):
             chosen.append(name)
     return chosen

@@ -161,3 +161,18 @@ void row_sums(int64_t rows, int64_t ld, const float *restrict g, float *restrict
         out[r] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     }
 }
+
+/* y (rows x ld) = max(y, 0) in place over the first n columns, zeros past them: a hidden layer's
+   activation in a chain (models/sparse_chain.py), its padding kept zero for the next layer. */
+void relu_pad(int64_t rows, int64_t n, int64_t ld, float *restrict y) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *yr = y + r * ld;
+        for (int64_t j = 0; j < n; j++) yr[j] = yr[j] > 0.0f ? yr[j] : 0.0f;
+        for (int64_t j = n; j < ld; j++) yr[j] = 0.0f;
+    }
+}
+
+/* g = g where y > 0, else 0, in place: the gradient through that activation (y its output). */
+void relu_grad(int64_t count, const float *restrict y, float *restrict g) {
+    for (int64_t i = 0; i < count; i++) g[i] = y[i] > 0.0f ? g[i] : 0.0f;
+}
