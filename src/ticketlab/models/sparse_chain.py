@@ -26,27 +26,34 @@ from ticketlab.models.native import NativeKernels
 from ticketlab.models.sparse_linear import SparseLinear
 
 
+def _forward(x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
+             params: Sequence[torch.Tensor | None], inputs: list[torch.Tensor]) -> torch.Tensor:
+    """The chain's output; each layer's input, in the padded layout (zeros past the batch), appended to `inputs`."""
+    batch = len(x)
+    h = kernels.padded(x)
+    for i, layer in enumerate(layers):
+        inputs.append(h)
+        weight, bias = params[2 * i], params[2 * i + 1]
+        if isinstance(layer, SparseLinear):
+            h = kernels.forward(layer.crow, layer.col, weight, bias, h)
+        else:
+            h = torch.mm(weight, h) if bias is None else torch.addmm(bias.unsqueeze(1), weight, h)
+        if i < len(layers) - 1:
+            kernels.relu_pad(h, batch)
+    return h[:, :batch].t()
+
+
 class _ChainFunction(torch.autograd.Function):
     """x (batch, in), then each layer's weight (SparseLinear: its values) and bias -> the chain's output."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
                 *params: torch.Tensor | None) -> torch.Tensor:
-        batch = len(x)
-        h = kernels.padded(x)
-        inputs = []  # each layer's input, in the padded layout (zeros past the batch)
-        for i, layer in enumerate(layers):
-            inputs.append(h)
-            weight, bias = params[2 * i], params[2 * i + 1]
-            if isinstance(layer, SparseLinear):
-                h = kernels.forward(layer.crow, layer.col, weight, bias, h)
-            else:
-                h = torch.mm(weight, h) if bias is None else torch.addmm(bias.unsqueeze(1), weight, h)
-            if i < len(layers) - 1:
-                kernels.relu_pad(h, batch)
+        inputs: list[torch.Tensor] = []
+        out = _forward(x, layers, kernels, params, inputs)
         ctx.save_for_backward(*inputs, *params)
-        ctx.layers, ctx.kernels, ctx.batch = layers, kernels, batch
-        return h[:, :batch].t()
+        ctx.layers, ctx.kernels, ctx.batch = layers, kernels, len(x)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -87,4 +94,9 @@ def chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
             p is None or (p.dtype is torch.float32 and p.device.type == "cpu") for p in params):
         return None
     kernels = sparse[0].native(x)
-    return None if kernels is None else _ChainFunction.apply(x, tuple(layers), kernels, *params)
+    if kernels is None:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
+        return _ChainFunction.apply(x, tuple(layers), kernels, *params)
+    with torch.no_grad():  # inference: the same products without autograd's bookkeeping
+        return _forward(x, layers, kernels, params, [])

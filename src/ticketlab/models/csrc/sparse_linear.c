@@ -117,23 +117,57 @@ void csr_forward(int64_t rows, int64_t ld, const int32_t *restrict crow, const i
     }
 }
 
+static inline __attribute__((always_inline)) float sum8(v8 a) {
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+/* One row's kept entries of the weight gradient over `vectors` vectors of columns: the row of g
+   held in registers, each kept entry a dot product with its input row. */
+static inline __attribute__((always_inline)) void row_dots(
+        int vectors, int32_t lo, int32_t hi, const int32_t *restrict col, const float *restrict gr,
+        const float *restrict x, int64_t ld, float *restrict grad_values) {
+    v8 g[MAX_VECTORS];
+    for (int i = 0; i < vectors; i++) g[i] = LOAD(gr + 8 * i);
+    for (int32_t k = lo; k < hi; k++) {
+        const float *xk = x + (int64_t)col[k] * ld;
+        v8 a0 = g[0] * LOAD(xk), a1 = {0};
+        for (int i = 1; i < vectors; i++) {
+            if (i % 2) a1 += g[i] * LOAD(xk + 8 * i);
+            else a0 += g[i] * LOAD(xk + 8 * i);
+        }
+        grad_values[k] = sum8(a0 + a1);
+    }
+}
+
 /* grad_values[k] = <g row r, x row col[k]> for each kept entry k of row r: the weight gradient
    (g x^T) at the kept entries only. g (rows x ld), x (cols x ld). */
 void csr_weight_grad(int64_t rows, int64_t ld, const int32_t *restrict crow, const int32_t *restrict col,
                      const float *restrict g, const float *restrict x, float *restrict grad_values) {
     for (int64_t r = 0; r < rows; r++) {
         const float *gr = g + r * ld;
-        for (int32_t k = crow[r]; k < crow[r + 1]; k++) {
-            const float *xk = x + (int64_t)col[k] * ld;
-            v8 a0 = {0}, a1 = {0};
-            int64_t j = 0;
-            for (; j + 16 <= ld; j += 16) {
-                a0 += LOAD(gr + j) * LOAD(xk + j);
-                a1 += LOAD(gr + j + 8) * LOAD(xk + j + 8);
-            }
-            if (j < ld) a0 += LOAD(gr + j) * LOAD(xk + j);
-            a0 += a1;
-            grad_values[k] = ((a0[0] + a0[4]) + (a0[1] + a0[5])) + ((a0[2] + a0[6]) + (a0[3] + a0[7]));
+        const int32_t lo = crow[r], hi = crow[r + 1];
+        switch (ld / 8) { /* a batch of up to 64: the row of g in registers */
+            case 0: break;
+            case 1: row_dots(1, lo, hi, col, gr, x, ld, grad_values); break;
+            case 2: row_dots(2, lo, hi, col, gr, x, ld, grad_values); break;
+            case 3: row_dots(3, lo, hi, col, gr, x, ld, grad_values); break;
+            case 4: row_dots(4, lo, hi, col, gr, x, ld, grad_values); break;
+            case 5: row_dots(5, lo, hi, col, gr, x, ld, grad_values); break;
+            case 6: row_dots(6, lo, hi, col, gr, x, ld, grad_values); break;
+            case 7: row_dots(7, lo, hi, col, gr, x, ld, grad_values); break;
+            case 8: row_dots(8, lo, hi, col, gr, x, ld, grad_values); break;
+            default:
+                for (int32_t k = lo; k < hi; k++) {
+                    const float *xk = x + (int64_t)col[k] * ld;
+                    v8 a0 = {0}, a1 = {0};
+                    int64_t j = 0;
+                    for (; j + 16 <= ld; j += 16) {
+                        a0 += LOAD(gr + j) * LOAD(xk + j);
+                        a1 += LOAD(gr + j + 8) * LOAD(xk + j + 8);
+                    }
+                    if (j < ld) a0 += LOAD(gr + j) * LOAD(xk + j);
+                    grad_values[k] = sum8(a0 + a1);
+                }
         }
     }
 }
@@ -158,7 +192,7 @@ void row_sums(int64_t rows, int64_t ld, const float *restrict g, float *restrict
     for (int64_t r = 0; r < rows; r++) {
         v8 acc = {0};
         for (int64_t j = 0; j < ld; j += 8) acc += LOAD(g + r * ld + j);
-        out[r] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        out[r] = sum8(acc);
     }
 }
 
