@@ -17,7 +17,8 @@ two paths compute the same function with the same updates, summed in another ord
 either reuses the other's runs. Over a short run they agree to float rounding
 (tests/test_kernels.py); over thousands of steps their trajectories drift apart as for any
 change of summation order, and agree in what they find (BENCHMARKS.md). The same kernels on
-the same machine give the same results bit for bit; an interrupted run resumes on the layers
+the same machine, with the same implementation of them (the C kernels of models/native.py, or
+PyTorch's operations where no compiler builds those), give the same results bit for bit; an interrupted run resumes on the layers
 it started on (lottery.retrain passes them, read from its resume point, instead of a rule).
 """
 
