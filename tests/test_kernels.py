@@ -1,6 +1,7 @@
 """Sparse kernels (models.sparse_linear, sparsity.kernels): the same function, gradients and training
 as the dense masked path, to float rounding; pruned weights zero by construction; dense files."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -19,6 +20,7 @@ from ticketlab.sparsity.kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, densi
 from ticketlab.sparsity.mask import Mask, prunable_names
 from ticketlab.sparsity.masked import MaskedTraining, masked_fit
 from ticketlab.training.loop import Trainer
+from ticketlab.training.optim import NativeAdam
 from ticketlab.training.stage import check_runtime, train
 
 TOLERANCE = 1e-5  # float32 sums of up to 784 terms in another order
@@ -67,15 +69,22 @@ def _emptied(keep: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def built_kernels() -> native.NativeKernels:
+    """The C kernels; the test skipped where they cannot be here, failed where they should build."""
+    kernels = native.native_kernels()
+    if kernels is None:
+        if native.native_status().endswith("=0") or native._compiler() is None:
+            pytest.skip(f"the C kernels are not here: {native.native_status()}")
+        pytest.fail(f"the C kernels did not build: {native.native_status()}")
+    return kernels
+
+
 @pytest.fixture(params=["native", "pytorch"])
 def implementation(request, monkeypatch):
     """Each layer test on both implementations: the C kernels, and PyTorch's operations (where
     the C kernels cannot be built). With a C compiler here they must build (.ci/run installs one)."""
     if request.param == "native":
-        if native.native_kernels() is None:
-            if native.native_status().endswith("=0") or native._compiler() is None:
-                pytest.skip(f"the C kernels are not here: {native.native_status()}")
-            pytest.fail(f"the C kernels did not build: {native.native_status()}")
+        built_kernels()
     else:
         monkeypatch.setattr(native, "_load", lambda: (None, f"${native.DISABLE}=0"))
     return request.param
@@ -125,7 +134,8 @@ def test_inputs_and_gradients_of_any_layout_give_the_same_results(implementation
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("kernels", ["sparse", ("fc1",), ("fc2",)])  # every layer sparse, or one among dense ones
+# Every layer sparse; a small dense layer in the one-call chain; large dense layers, run layer by layer.
+@pytest.mark.parametrize("kernels", ["sparse", ("fc1", "fc2"), ("fc1",), ("fc2",)])
 @pytest.mark.parametrize("batch", [1, 13, 64])
 def test_an_mlp_runs_its_chain_as_one_operation_with_the_dense_masked_function_and_gradients(
         digits, bias, kernels, batch, implementation):
@@ -138,8 +148,12 @@ def test_an_mlp_runs_its_chain_as_one_operation_with_the_dense_masked_function_a
     x = digits.train.x[:batch].clone().requires_grad_()
     x_dense = x.detach().clone().requires_grad_()
     out = sparse(x)
-    fused = "_ChainFunction" in type(out.grad_fn).__name__
-    assert fused == (implementation == "native")  # PyTorch's operations: the layers one by one
+    function = type(out.grad_fn).__name__
+    if implementation == "native":  # the one-call chain unless a dense layer has over SMALL_DENSE weights
+        one_call = kernels in ("sparse", ("fc1", "fc2"))
+        assert function == ("_NativeChainFunctionBackward" if one_call else "_LayerByLayerFunctionBackward")
+    else:  # PyTorch's operations: the layers one by one
+        assert "Chain" not in function and "LayerByLayer" not in function
     F.cross_entropy(out, digits.train.y[:batch]).backward()
     reference = dense(x_dense)
     F.cross_entropy(reference, digits.train.y[:batch]).backward()
@@ -231,6 +245,9 @@ def test_a_whole_training_run_matches_the_dense_masked_path(digits, optimizer):
         summary = trainer.run()
         runs[kernels] = (model.state_dict(), summary, trainer)
     (dense_state, dense, _), (sparse_state, sparse, trainer) = runs["dense"], runs["sparse"]
+    # Adam's step in C for a model on sparse kernels, where they are built
+    assert isinstance(trainer.optimizer, NativeAdam) == (
+        optimizer.startswith("adam") and native.native_kernels() is not None)
     assert sparse["sparse_layers"] == ["fc1", "fc2", "fc3"] and dense["sparse_layers"] == []
     for name, weight in sparse_state.items():
         assert torch.allclose(weight, dense_state[name], rtol=1e-3, atol=1e-4), name
@@ -244,6 +261,48 @@ def test_a_whole_training_run_matches_the_dense_masked_path(digits, optimizer):
     shapes = {tuple(v.shape) for state in trainer.optimizer.state.values() for v in state.values()
               if torch.is_tensor(v) and v.dim()}
     assert (int(mask["fc1.weight"].sum()),) in shapes and (300, 64) not in shapes
+
+
+def test_native_adam_takes_adams_steps_and_shares_its_state():
+    """Adam's step in C: torch.optim.Adam's numbers to float rounding, through changing learning
+    rates and skipped parameters; a pruned entry (zero, with zero gradients) stays exactly zero;
+    the state loads into torch's Adam and back."""
+    kernels = built_kernels()
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(300,), (7, 5), (1,)]
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    start[0][:40] = 0.0  # "pruned": zero, and their gradients zero below
+    ours = [nn.Parameter(t.clone()) for t in start]
+    theirs = [nn.Parameter(t.clone()) for t in start]
+    native_adam = NativeAdam(ours, kernels, lr=1e-2, weight_decay=5e-4)
+    adam = torch.optim.Adam(theirs, lr=1e-2, weight_decay=5e-4, fused=True)
+
+    def steps(count: int, first: int) -> None:
+        for step in range(first, first + count):
+            for optimizer, params in ((native_adam, ours), (adam, theirs)):
+                optimizer.zero_grad()
+                optimizer.param_groups[0]["lr"] = 1e-2 / (1 + step)
+                for i, param in enumerate(params):
+                    if i == 2 and step % 3 == 0:
+                        continue  # no gradient: not stepped
+                    grad = torch.randn(param.shape, generator=torch.Generator().manual_seed(100 * step + i))
+                    if i == 0:
+                        grad[:40] = 0.0
+                    param.grad = grad
+                optimizer.step()
+            for mine, reference in zip(ours, theirs):
+                assert torch.allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+    steps(20, 0)
+    assert int(ours[0][:40].count_nonzero()) == 0
+    assert float(native_adam.state[ours[2]]["step"]) == float(adam.state[theirs[2]]["step"]) == 13
+    # Each resumes from the other's state (copied: a state_dict holds the optimiser's own tensors).
+    mine, reference = copy.deepcopy(native_adam.state_dict()), copy.deepcopy(adam.state_dict())
+    native_adam.load_state_dict(reference)
+    adam.load_state_dict(mine)
+    steps(5, 20)
+    with pytest.raises(TicketlabError, match="no closure"):
+        native_adam.step(lambda: 0.0)
 
 
 def compared_metrics(summary: dict) -> list[list[float]]:

@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,12 +31,13 @@ import torch
 from ticketlab.config import cache_root
 
 SOURCE = Path(__file__).with_name("csrc") / "sparse_linear.c"
-FLAGS = ("-O3", "-ffp-contract=fast", "-fPIC", "-shared")
+FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
+LIBRARIES = ("-lm",)
 MACHINE_FLAGS = ("-march=native",)  # dropped, and the build retried, where the compiler refuses it
 COMPILERS = ("cc", "gcc", "clang")
 DISABLE = "TICKETLAB_NATIVE_KERNELS"
 
-_P, _I = ctypes.c_void_p, ctypes.c_int64
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 SIGNATURES = {
     "transpose_pad": [_I, _I, _P, _I, _I, _P, _I],
     "csr_forward": [_I, _I, _P, _P, _P, _P, _P, _P],
@@ -44,7 +46,11 @@ SIGNATURES = {
     "row_sums": [_I, _I, _P, _P],
     "relu_pad": [_I, _I, _I, _P],
     "relu_grad": [_I, _P, _P],
+    "adam_step": [_I, _P, _P, _P, _P, _P, _D, _D, _D, _D, _D],
+    "chain_forward": [_I, _P, _I, _I, _P, _I, _I, _P, _P],
+    "chain_backward": [_I, _P, _I, _I, _P, _P, _I, _I, _P, _I, _P],
 }
+LAYER_WORDS = 8  # a layer of a chain for the C kernels: csrc's layer_t, eight 64-bit words
 
 
 class NativeKernels:
@@ -103,6 +109,36 @@ class NativeKernels:
         return out
 
 
+    def chain_forward(self, layers: ctypes.Array, shapes: Sequence[tuple[int, int]], x: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output of the chain `layers` (packed by models.sparse_chain; shapes: each one's
+        (rows, cols)) for x (batch × cols of the first, any strides), and the work buffer that
+        keeps every layer's input for chain_backward."""
+        batch, ld = x.shape[0], self.width(x.shape[0])
+        work = torch.empty(ld * (shapes[0][1] + sum(rows for rows, _ in shapes)))
+        out = torch.empty(batch, shapes[-1][0])
+        self.library.chain_forward(len(shapes), ctypes.addressof(layers), batch, ld, x.data_ptr(), x.stride(0),
+                                   x.stride(1), work.data_ptr(), out.data_ptr())
+        return out, work
+
+    def chain_backward(self, layers: ctypes.Array, shapes: Sequence[tuple[int, int]], work: torch.Tensor,
+                       grad: torch.Tensor, grad_x: torch.Tensor | None) -> None:
+        """The gradients of the chain from its output's `grad`, written where `layers` points,
+        and the input's into grad_x (batch × cols of the first) unless None."""
+        batch, ld = grad.shape[0], self.width(grad.shape[0])
+        widest = max(max(shape) for shape in shapes)
+        scratch = torch.empty(2 * widest * ld)
+        self.library.chain_backward(len(shapes), ctypes.addressof(layers), batch, ld, work.data_ptr(),
+                                    grad.data_ptr(), grad.stride(0), grad.stride(1), scratch.data_ptr(), widest,
+                                    None if grad_x is None else grad_x.data_ptr())
+
+    def adam_step(self, param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                  step: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+        """One step of Adam in place on param, its moments and its step count (contiguous, same numel)."""
+        self.library.adam_step(param.numel(), param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(),
+                               exp_avg_sq.data_ptr(), step.data_ptr(), lr, beta1, beta2, eps, weight_decay)
+
+
 def native_kernels() -> NativeKernels | None:
     """The built library, or None where it is turned off or cannot be built (native_status says why)."""
     kernels, _ = _load()
@@ -145,7 +181,7 @@ def _compiler() -> str | None:
 def _built(compiler: str) -> Path:
     """The library for this source, compiler and CPU: from the cache, else compiled into it."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS + MACHINE_FLAGS), compiler, version,
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS + MACHINE_FLAGS + LIBRARIES), compiler, version,
                                     platform.machine(), _cpu()]).encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"sparse_linear-{key}.so"
     if target.exists():
@@ -154,7 +190,7 @@ def _built(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         for machine in (MACHINE_FLAGS, ()):
-            result = subprocess.run([compiler, *FLAGS, *machine, str(SOURCE), "-o", str(built)],
+            result = subprocess.run([compiler, *FLAGS, *machine, str(SOURCE), *LIBRARIES, "-o", str(built)],
                                     capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
                 break

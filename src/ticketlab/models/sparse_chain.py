@@ -4,31 +4,93 @@
 
 Each layer on its own pays PyTorch's per-operation costs (the autograd Function, the transposes
 in and out, the tensors around every kernel call): about as much as LeNet's sparse layers
-compute at a lottery's late levels (BENCHMARKS.md, "Sparse kernels"). Here the input is
-transposed once into the kernels' layout (features × batch padded to 8, models/native.py), every
-layer and activation works in it, and backward walks the chain back in one call: the sparse
-layers on the C kernels, the dense ones as matrix products in the same layout. The function,
-its gradients and the parameters' gradients are the layers' own, summed in another order.
+compute at a lottery's late levels (BENCHMARKS.md, "Sparse kernels"). Here the whole chain is
+one call into the C kernels forward and one backward (models/native.py): the input is
+transposed once into their layout (features × batch padded to 8), each layer's input is kept
+in one work buffer for backward, and a small dense layer runs as the CSR matrix of all its
+entries. A chain with a larger dense layer runs layer by layer in the same layout instead, the
+dense layers as PyTorch's matrix products. Either way the function and the parameters'
+gradients are the layers' own, summed in another order.
 
 `chain` runs it where it applies (a SparseLinear among the layers, the C kernels built, float32
-on the CPU); models.mlp.MLP calls it for its layers.
+on the CPU, shapes that chain); models.mlp.MLP calls it for its layers, SparseLinear for itself.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ticketlab.models.native import NativeKernels
+from ticketlab.models.native import LAYER_WORDS, NativeKernels, native_kernels
 from ticketlab.models.sparse_linear import SparseLinear
 
+# A dense layer of at most this many weights runs inside the C chain as the CSR matrix of all its
+# entries (LeNet's 100 → 10 output layer; one call is worth more than MKL's speed there); a larger
+# one, layer by layer on MKL's matrix products, which run it several times faster.
+SMALL_DENSE = 16384
 
-def _forward(x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
-             params: Sequence[torch.Tensor | None], inputs: list[torch.Tensor]) -> torch.Tensor:
-    """The chain's output; each layer's input, in the padded layout (zeros past the batch), appended to `inputs`."""
+
+@functools.lru_cache(maxsize=32)
+def _every_entry(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR indices (crow, col) of a full rows × cols matrix: its row-major weight is their values."""
+    crow = torch.arange(0, rows * cols + 1, cols, dtype=torch.int32)
+    return crow, torch.arange(cols, dtype=torch.int32).repeat(rows)
+
+
+def _address(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _packed(layers: Sequence[nn.Module], params: Sequence[torch.Tensor | None],
+            grads: Sequence[torch.Tensor | None] | None = None) -> ctypes.Array:
+    """The layers as the C chain reads them (csrc's layer_t), with where to write their gradients."""
+    words: list[int] = []
+    for i, layer in enumerate(layers):
+        rows, cols = layer.out_features, layer.in_features
+        crow, col = (layer.crow, layer.col) if isinstance(layer, SparseLinear) else _every_entry(rows, cols)
+        weight_grad, bias_grad = (grads[2 * i], grads[2 * i + 1]) if grads is not None else (None, None)
+        words += [rows, cols, crow.data_ptr(), col.data_ptr(), params[2 * i].data_ptr(), _address(params[2 * i + 1]),
+                  _address(weight_grad), _address(bias_grad)]
+    assert len(words) == LAYER_WORDS * len(layers)
+    return (ctypes.c_int64 * len(words))(*words)
+
+
+def _shapes(layers: Sequence[nn.Module]) -> list[tuple[int, int]]:
+    return [(layer.out_features, layer.in_features) for layer in layers]
+
+
+class _NativeChainFunction(torch.autograd.Function):
+    """x (batch, in), then each layer's weight (SparseLinear: its values) and bias -> the chain's
+    output, forward and backward each one call into the C kernels."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
+                *params: torch.Tensor | None) -> torch.Tensor:
+        out, work = kernels.chain_forward(_packed(layers, params), _shapes(layers), x)
+        ctx.save_for_backward(work, *params)
+        ctx.layers, ctx.kernels, ctx.x_shape = layers, kernels, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        work, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grads = [torch.empty_like(p) if p is not None and needs[3 + j] else None for j, p in enumerate(params)]
+        grad_x = torch.empty(ctx.x_shape) if needs[0] else None
+        layers = ctx.layers
+        ctx.kernels.chain_backward(_packed(layers, params, grads), _shapes(layers), work, grad, grad_x)
+        return (grad_x, None, None, *grads)
+
+
+def _layer_by_layer(x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
+                    params: Sequence[torch.Tensor | None], inputs: list[torch.Tensor]) -> torch.Tensor:
+    """The chain's output, a kernel call or matrix product per layer; each layer's input, in the
+    padded layout (zeros past the batch), appended to `inputs`."""
     batch = len(x)
     h = kernels.padded(x)
     for i, layer in enumerate(layers):
@@ -43,14 +105,14 @@ def _forward(x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernel
     return h[:, :batch].t()
 
 
-class _ChainFunction(torch.autograd.Function):
-    """x (batch, in), then each layer's weight (SparseLinear: its values) and bias -> the chain's output."""
+class _LayerByLayerFunction(torch.autograd.Function):
+    """The same function as _NativeChainFunction, for a chain with a large dense layer."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
                 *params: torch.Tensor | None) -> torch.Tensor:
         inputs: list[torch.Tensor] = []
-        out = _forward(x, layers, kernels, params, inputs)
+        out = _layer_by_layer(x, layers, kernels, params, inputs)
         ctx.save_for_backward(*inputs, *params)
         ctx.layers, ctx.kernels, ctx.batch = layers, kernels, len(x)
         return out
@@ -82,21 +144,29 @@ class _ChainFunction(torch.autograd.Function):
 
 def chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
     """relu(...relu(x @ W1.T + b1)...) @ Wn.T + bn as one operation (x: batch × features), or None
-    where that does not apply: no layer on sparse kernels, a layer not Linear, the C kernels not
-    built, or not everything float32 on the CPU (the layers then run one by one)."""
-    sparse = [layer for layer in layers if isinstance(layer, SparseLinear)]
-    if not sparse or not all(isinstance(layer, (nn.Linear, SparseLinear)) for layer in layers):
+    where that does not apply: no layer on sparse kernels, a layer not Linear, shapes that do
+    not chain, the C kernels not built, or not everything float32 on the CPU (the layers then
+    run one by one, and report what is wrong)."""
+    if not any(isinstance(layer, SparseLinear) for layer in layers) or not all(
+            isinstance(layer, (nn.Linear, SparseLinear)) for layer in layers):
+        return None
+    if x.dim() != 2 or x.shape[1] != layers[0].in_features or any(
+            a.out_features != b.in_features for a, b in zip(layers, layers[1:])):
         return None
     # Each layer's weight (a SparseLinear's values) and bias, read without nn.Module's attribute lookup:
     # a step of a small network cannot spare the microseconds.
     params = [p for layer in layers for p in layer._parameters.values()]
-    if len(params) != 2 * len(layers) or not all(
-            p is None or (p.dtype is torch.float32 and p.device.type == "cpu") for p in params):
+    if len(params) != 2 * len(layers) or x.dtype is not torch.float32 or x.device.type != "cpu" or not all(
+            p is None or (p.dtype is torch.float32 and p.device.type == "cpu" and p.is_contiguous()) for p in params):
         return None
-    kernels = sparse[0].native(x)
+    kernels = native_kernels()
     if kernels is None:
         return None
+    one_call = all(isinstance(layer, SparseLinear) or layer.weight.numel() <= SMALL_DENSE for layer in layers)
     if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
-        return _ChainFunction.apply(x, tuple(layers), kernels, *params)
-    with torch.no_grad():  # inference: the same products without autograd's bookkeeping
-        return _forward(x, layers, kernels, params, [])
+        function = _NativeChainFunction if one_call else _LayerByLayerFunction
+        return function.apply(x, tuple(layers), kernels, *params)
+    # Inference, or nothing to differentiate: the same products, which autograd does not record.
+    if one_call:
+        return kernels.chain_forward(_packed(layers, params), _shapes(layers), x)[0]
+    return _layer_by_layer(x, layers, kernels, params, [])

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketlab.models.native import NativeKernels, native_kernels, native_status, unexpectedly_missing
+from ticketlab.models.native import native_status, unexpectedly_missing
 
 # PyTorch marks its CSR support beta, once per process; the kernels used here are tested against dense.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -78,32 +78,6 @@ class _SparseLinearFunction(torch.autograd.Function):
         return grad_x, grad_values, None
 
 
-class _NativeSparseLinearFunction(torch.autograd.Function):
-    """x (batch, in), values (nnz,), bias (out,) or None -> x @ W.T + bias, on the C kernels."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
-                layer: SparseLinear, kernels: NativeKernels) -> torch.Tensor:
-        x_t = kernels.padded(x)  # (in, batch padded to 8): read once here, again for the weights' gradient
-        ctx.save_for_backward(x_t, values)
-        ctx.layer, ctx.kernels, ctx.batch, ctx.has_bias = layer, kernels, len(x), bias is not None
-        return kernels.forward(layer.crow, layer.col, values, bias, x_t)[:, :len(x)].t()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x_t, values = ctx.saved_tensors
-        layer, kernels = ctx.layer, ctx.kernels
-        g_t = kernels.padded(grad)
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:  # not for a first layer, whose input is data
-            grad_x = kernels.input_grad(layer.crow, layer.col, values, g_t, layer.in_features)[:, :ctx.batch].t()
-        if ctx.needs_input_grad[1]:
-            grad_values = kernels.weight_grad(layer.crow, layer.col, g_t, x_t)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = kernels.row_sums(g_t)
-        return grad_x, grad_values, grad_bias, None, None
-
-
 @functools.cache
 def _say_native_missing() -> None:
     """Once per process: the layers run, slower, without the C kernels; why."""
@@ -144,14 +118,6 @@ class SparseLinear(nn.Module):
         if unexpectedly_missing():
             _say_native_missing()
 
-    def native(self, x: torch.Tensor) -> NativeKernels | None:
-        """The C kernels, where they are built and apply to this layer and input (float32, CPU)."""
-        values, bias = self.values, self.bias
-        if x.dtype is not torch.float32 or values.dtype is not torch.float32 or x.device.type != "cpu" \
-                or values.device.type != "cpu" or (bias is not None and bias.dtype is not torch.float32):
-            return None
-        return native_kernels()
-
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, values, (self.out_features, self.in_features),
                                        check_invariants=False)
@@ -172,15 +138,9 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features) if x.dim() != 2 else x
-        kernels = self.native(flat)
-        if kernels is not None:
-            if torch.is_grad_enabled() and (self.values.requires_grad or flat.requires_grad
-                                            or (self.bias is not None and self.bias.requires_grad)):
-                y = _NativeSparseLinearFunction.apply(flat, self.values, self.bias, self, kernels)
-            else:
-                y = kernels.forward(self.crow, self.col, self.values.detach(),
-                                    None if self.bias is None else self.bias.detach(), kernels.padded(flat))
-                y = y[:, :len(flat)].t()
+        from ticketlab.models.sparse_chain import chain  # here: that module builds on this one
+        y = chain((self,), flat)  # the C kernels, where they apply: a chain of one layer
+        if y is not None:
             return y.reshape(*lead, self.out_features) if x.dim() != 2 else y
         if torch.is_grad_enabled() and (self.values.requires_grad or flat.requires_grad):
             y = _SparseLinearFunction.apply(flat, self.values, self)

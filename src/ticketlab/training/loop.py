@@ -170,7 +170,7 @@ class Trainer:
             raise TicketlabError(f"select_by must be val_loss or val_acc, got {cfg.select_by!r}")
         self.model, self.data, self.cfg, self.directory = model, data, cfg, directory
         self.schedule = Schedule.of(cfg, len(data.train.y))
-        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.optimizer = build_optimizer(model.parameters(), cfg, native=bool(sparse_layers_of(model)))
         self.lr_factor = lr_factor_fn(cfg, self.schedule.iterations_per_epoch, self.schedule.total)
         self.penalised = prunable_weights(model) if (cfg.l1 or cfg.l2) else []
         self.bn_scales = [m.weight for m in model.modules()

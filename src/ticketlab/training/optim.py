@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ticketlab.config import TicketlabError, TrainConfig
+from ticketlab.models.native import NativeKernels, native_kernels
 from ticketlab.training.steps import Step, parse_steps
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")
@@ -37,8 +38,63 @@ def check_numbers(cfg: TrainConfig) -> None:
         raise TicketlabError("nesterov needs --optimizer sgd and a momentum above 0")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+class NativeAdam(torch.optim.Adam):
+    """torch.optim.Adam whose step is one C call per parameter (models/native.py). For a model
+    on sparse kernels, whose few kept weights leave PyTorch's own costs of a step (its
+    optimiser's Python, about 100 µs for LeNet's six tensors) most of what a step costs
+    (BENCHMARKS.md, "C kernels"). The numbers are Adam's, rounded in another order; the state is
+    fused Adam's (the step count a float tensor), so a resume point written by either loads into
+    the other."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], kernels: NativeKernels, lr: float,
+                 weight_decay: float):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
+        self.kernels = kernels
+
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise TicketlabError("NativeAdam takes no closure")
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+                self.kernels.adam_step(param, grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], state["step"],
+                                       lr, beta1, beta2, eps, decay)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:  # without the profiler's record, which costs more than this
+            for param in group["params"]:
+                param.grad = None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # the C step reads them as flat arrays
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    state[key] = value.to(torch.float32).contiguous()
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, native: bool = False
+                    ) -> torch.optim.Optimizer:
+    """The optimiser cfg names. `native`: Adam's step in C (NativeAdam) where the C kernels are
+    built and every parameter is a contiguous float32 tensor on the CPU; Trainer asks for it for
+    a model with layers on sparse kernels."""
     check_numbers(cfg)
+    if native and cfg.optimizer == "adam":
+        params = list(params)
+        kernels = native_kernels()
+        if kernels is not None and all(p.dtype is torch.float32 and p.device.type == "cpu" and p.is_contiguous()
+                                       for p in params):
+            return NativeAdam(params, kernels, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay

@@ -6,6 +6,7 @@
    Plain C with GCC/Clang vector extensions (8 floats; AVX on x86, two NEON registers on ARM),
    built by models/native.py for the machine it runs on. One thread; the same inputs give the same
    bits on the same machine. */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -209,4 +210,89 @@ void relu_pad(int64_t rows, int64_t n, int64_t ld, float *restrict y) {
 /* g = g where y > 0, else 0, in place: the gradient through that activation (y its output). */
 void relu_grad(int64_t count, const float *restrict y, float *restrict g) {
     for (int64_t i = 0; i < count; i++) g[i] = y[i] > 0.0f ? g[i] : 0.0f;
+}
+
+/* A Linear layer of a chain: its kept weights in CSR (a dense layer: the CSR of every entry, its
+   weight row-major), and where backward writes its gradients (NULL: not asked for). Eight 64-bit
+   words, as models/native.py packs them. */
+typedef struct {
+    int64_t rows, cols;
+    const int32_t *crow, *col;
+    const float *weight, *bias;
+    float *grad_weight, *grad_bias;
+} layer_t;
+
+/* out (n x m, row-major) = the first n columns of a (m x ld), transposed. */
+static void unpad(int64_t m, int64_t n, const float *restrict a, int64_t ld, float *restrict out) {
+    for (int64_t i0 = 0; i0 < m; i0 += TILE)
+        for (int64_t j0 = 0; j0 < n; j0 += TILE) {
+            const int64_t i1 = i0 + TILE < m ? i0 + TILE : m, j1 = j0 + TILE < n ? j0 + TILE : n;
+            for (int64_t j = j0; j < j1; j++)
+                for (int64_t i = i0; i < i1; i++) out[j * m + i] = a[i * ld + j];
+        }
+}
+
+/* relu(...relu(x W1^T + b1)...) Wn^T + bn for x (batch x layers[0].cols, strides sx0, sx1) into
+   out (batch x layers[count-1].rows). `work` (ld x (cols of the first + rows of every layer)
+   floats) keeps each layer's input in the padded layout, for chain_backward: x transposed, then
+   each hidden activation. */
+void chain_forward(int64_t count, const layer_t *layers, int64_t batch, int64_t ld, const float *x,
+                   int64_t sx0, int64_t sx1, float *work, float *out) {
+    transpose_pad(batch, layers[0].cols, x, sx0, sx1, work, ld);
+    float *h = work;
+    for (int64_t i = 0; i < count; i++) {
+        const layer_t *l = layers + i;
+        float *y = h + l->cols * ld;
+        csr_forward(l->rows, ld, l->crow, l->col, l->weight, l->bias, h, y);
+        if (i < count - 1) relu_pad(l->rows, batch, ld, y);
+        h = y;
+    }
+    unpad(layers[count - 1].rows, batch, h, ld, out);
+}
+
+/* The chain's backward from the gradient of its output (batch x rows of the last, strides sg0,
+   sg1): each layer's gradients where asked for, and the input's into grad_x (batch x cols of the
+   first) unless NULL. `work` as chain_forward left it; `scratch` 2 x widest x ld floats, widest
+   the most rows or columns of any layer. */
+void chain_backward(int64_t count, const layer_t *layers, int64_t batch, int64_t ld, const float *work,
+                    const float *grad_out, int64_t sg0, int64_t sg1, float *scratch, int64_t widest,
+                    float *grad_x) {
+    float *g = scratch, *spare = scratch + widest * ld;
+    const float *h = work;
+    for (int64_t i = 0; i < count - 1; i++) h += layers[i].cols * ld; /* the last layer's input */
+    transpose_pad(batch, layers[count - 1].rows, grad_out, sg0, sg1, g, ld);
+    for (int64_t i = count - 1; i >= 0; i--) {
+        const layer_t *l = layers + i;
+        if (l->grad_bias) row_sums(l->rows, ld, g, l->grad_bias);
+        if (l->grad_weight) csr_weight_grad(l->rows, ld, l->crow, l->col, g, h, l->grad_weight);
+        if (i == 0 && !grad_x) return;
+        csr_input_grad(l->rows, l->cols, ld, l->crow, l->col, l->weight, g, spare);
+        if (i > 0) {
+            relu_grad(l->cols * ld, h, spare); /* h: the previous layer's activation */
+            h -= layers[i - 1].cols * ld;
+        }
+        float *t = g; g = spare; spare = t;
+    }
+    unpad(layers[0].cols, batch, g, ld, grad_x);
+}
+
+/* One step of Adam over n parameters, as torch.optim.Adam takes it (weight decay added to the
+   gradient, no amsgrad), in float: the kept weights of a sparse layer, or any parameter of a
+   model that has one (training/optim.py). *step counts the steps taken, a float as in PyTorch's
+   fused Adam, so that the state is the same either way. */
+void adam_step(int64_t n, float *restrict param, const float *restrict grad, float *restrict exp_avg,
+               float *restrict exp_avg_sq, float *restrict step, double lr, double beta1, double beta2,
+               double eps, double weight_decay) {
+    const float t = *step + 1.0f;
+    *step = t;
+    const float step_size = (float)(lr / (1.0 - pow(beta1, t))), root = (float)sqrt(1.0 - pow(beta2, t));
+    const float b1 = (float)beta1, b2 = (float)beta2, e = (float)eps, decay = (float)weight_decay;
+    const float c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
+    for (int64_t i = 0; i < n; i++) {
+        const float g = grad[i] + decay * param[i];
+        const float m = exp_avg[i] * b1 + g * c1, v = exp_avg_sq[i] * b2 + c2 * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        param[i] -= step_size * m / (sqrtf(v) / root + e);
+    }
 }
