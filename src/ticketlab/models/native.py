@@ -15,6 +15,7 @@ warning. `TICKETLAB_NATIVE_KERNELS=0` turns the library off (to compare both, or
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 import hashlib
@@ -23,7 +24,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -109,26 +109,25 @@ class NativeKernels:
         return out
 
 
-    def chain_forward(self, layers: ctypes.Array, shapes: Sequence[tuple[int, int]], x: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The output of the chain `layers` (packed by models.sparse_chain; shapes: each one's
-        (rows, cols)) for x (batch × cols of the first, any strides), and the work buffer that
-        keeps every layer's input for chain_backward."""
+    def chain_forward(self, layers: array.array, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output of the chain `layers` (LAYER_WORDS each, packed by models.sparse_chain) for
+        x (batch × cols of the first, any strides), and the work buffer that keeps every layer's
+        input for chain_backward."""
         batch, ld = x.shape[0], self.width(x.shape[0])
-        work = torch.empty(ld * (shapes[0][1] + sum(rows for rows, _ in shapes)))
-        out = torch.empty(batch, shapes[-1][0])
-        self.library.chain_forward(len(shapes), ctypes.addressof(layers), batch, ld, x.data_ptr(), x.stride(0),
-                                   x.stride(1), work.data_ptr(), out.data_ptr())
+        work = torch.empty(ld * (layers[1] + sum(layers[::LAYER_WORDS])))  # the first's cols, every layer's rows
+        out = torch.empty(batch, layers[-LAYER_WORDS])
+        self.library.chain_forward(len(layers) // LAYER_WORDS, layers.buffer_info()[0], batch, ld, x.data_ptr(),
+                                   x.stride(0), x.stride(1), work.data_ptr(), out.data_ptr())
         return out, work
 
-    def chain_backward(self, layers: ctypes.Array, shapes: Sequence[tuple[int, int]], work: torch.Tensor,
-                       grad: torch.Tensor, grad_x: torch.Tensor | None) -> None:
+    def chain_backward(self, layers: array.array, work: torch.Tensor, grad: torch.Tensor,
+                       grad_x: torch.Tensor | None) -> None:
         """The gradients of the chain from its output's `grad`, written where `layers` points,
         and the input's into grad_x (batch × cols of the first) unless None."""
         batch, ld = grad.shape[0], self.width(grad.shape[0])
-        widest = max(max(shape) for shape in shapes)
+        widest = max(max(layers[::LAYER_WORDS]), max(layers[1::LAYER_WORDS]))
         scratch = torch.empty(2 * widest * ld)
-        self.library.chain_backward(len(shapes), ctypes.addressof(layers), batch, ld, work.data_ptr(),
+        self.library.chain_backward(len(layers) // LAYER_WORDS, layers.buffer_info()[0], batch, ld, work.data_ptr(),
                                     grad.data_ptr(), grad.stride(0), grad.stride(1), scratch.data_ptr(), widest,
                                     None if grad_x is None else grad_x.data_ptr())
 

@@ -18,7 +18,7 @@ on the CPU, shapes that chain); models.mlp.MLP calls it for its layers, SparseLi
 
 from __future__ import annotations
 
-import ctypes
+import array
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketlab.models.native import LAYER_WORDS, NativeKernels, native_kernels
+from ticketlab.models.native import NativeKernels, native_kernels
 from ticketlab.models.sparse_linear import SparseLinear
 
 # A dense layer of at most this many weights runs inside the C chain as the CSR matrix of all its
@@ -47,21 +47,19 @@ def _address(tensor: torch.Tensor | None) -> int:
 
 
 def _packed(layers: Sequence[nn.Module], params: Sequence[torch.Tensor | None],
-            grads: Sequence[torch.Tensor | None] | None = None) -> ctypes.Array:
+            grads: Sequence[torch.Tensor | None] | None = None) -> array.array:
     """The layers as the C chain reads them (csrc's layer_t), with where to write their gradients."""
     words: list[int] = []
     for i, layer in enumerate(layers):
         rows, cols = layer.out_features, layer.in_features
-        crow, col = (layer.crow, layer.col) if isinstance(layer, SparseLinear) else _every_entry(rows, cols)
+        if isinstance(layer, SparseLinear):  # its buffers read directly: nn.Module's lookup costs more than the rest
+            crow, col = layer._buffers["crow"], layer._buffers["col"]
+        else:
+            crow, col = _every_entry(rows, cols)
         weight_grad, bias_grad = (grads[2 * i], grads[2 * i + 1]) if grads is not None else (None, None)
         words += [rows, cols, crow.data_ptr(), col.data_ptr(), params[2 * i].data_ptr(), _address(params[2 * i + 1]),
                   _address(weight_grad), _address(bias_grad)]
-    assert len(words) == LAYER_WORDS * len(layers)
-    return (ctypes.c_int64 * len(words))(*words)
-
-
-def _shapes(layers: Sequence[nn.Module]) -> list[tuple[int, int]]:
-    return [(layer.out_features, layer.in_features) for layer in layers]
+    return array.array("q", words)
 
 
 class _NativeChainFunction(torch.autograd.Function):
@@ -71,7 +69,7 @@ class _NativeChainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layers: Sequence[nn.Module], kernels: NativeKernels,
                 *params: torch.Tensor | None) -> torch.Tensor:
-        out, work = kernels.chain_forward(_packed(layers, params), _shapes(layers), x)
+        out, work = kernels.chain_forward(_packed(layers, params), x)
         ctx.save_for_backward(work, *params)
         ctx.layers, ctx.kernels, ctx.x_shape = layers, kernels, x.shape
         return out
@@ -83,7 +81,7 @@ class _NativeChainFunction(torch.autograd.Function):
         grads = [torch.empty_like(p) if p is not None and needs[3 + j] else None for j, p in enumerate(params)]
         grad_x = torch.empty(ctx.x_shape) if needs[0] else None
         layers = ctx.layers
-        ctx.kernels.chain_backward(_packed(layers, params, grads), _shapes(layers), work, grad, grad_x)
+        ctx.kernels.chain_backward(_packed(layers, params, grads), work, grad, grad_x)
         return (grad_x, None, None, *grads)
 
 
@@ -147,26 +145,35 @@ def chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
     where that does not apply: no layer on sparse kernels, a layer not Linear, shapes that do
     not chain, the C kernels not built, or not everything float32 on the CPU (the layers then
     run one by one, and report what is wrong)."""
-    if not any(isinstance(layer, SparseLinear) for layer in layers) or not all(
-            isinstance(layer, (nn.Linear, SparseLinear)) for layer in layers):
+    if x.dim() != 2 or x.dtype is not torch.float32 or x.device.type != "cpu":
         return None
-    if x.dim() != 2 or x.shape[1] != layers[0].in_features or any(
-            a.out_features != b.in_features for a, b in zip(layers, layers[1:])):
+    # One pass over the layers, parameters read without nn.Module's attribute lookup: a step of a
+    # small network cannot spare the microseconds.
+    params: list[torch.Tensor | None] = []
+    sparse, one_call, features = False, True, x.shape[1]
+    for layer in layers:
+        if isinstance(layer, SparseLinear):
+            sparse = True
+        elif isinstance(layer, nn.Linear):
+            one_call = one_call and layer.in_features * layer.out_features <= SMALL_DENSE
+        else:
+            return None
+        if layer.in_features != features:
+            return None
+        features = layer.out_features
+        params.extend(layer._parameters.values())
+    if not sparse or len(params) != 2 * len(layers):
         return None
-    # Each layer's weight (a SparseLinear's values) and bias, read without nn.Module's attribute lookup:
-    # a step of a small network cannot spare the microseconds.
-    params = [p for layer in layers for p in layer._parameters.values()]
-    if len(params) != 2 * len(layers) or x.dtype is not torch.float32 or x.device.type != "cpu" or not all(
-            p is None or (p.dtype is torch.float32 and p.device.type == "cpu" and p.is_contiguous()) for p in params):
-        return None
+    for p in params:
+        if p is not None and (p.dtype is not torch.float32 or p.device.type != "cpu" or not p.is_contiguous()):
+            return None
     kernels = native_kernels()
     if kernels is None:
         return None
-    one_call = all(isinstance(layer, SparseLinear) or layer.weight.numel() <= SMALL_DENSE for layer in layers)
     if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
         function = _NativeChainFunction if one_call else _LayerByLayerFunction
         return function.apply(x, tuple(layers), kernels, *params)
     # Inference, or nothing to differentiate: the same products, which autograd does not record.
     if one_call:
-        return kernels.chain_forward(_packed(layers, params), _shapes(layers), x)[0]
+        return kernels.chain_forward(_packed(layers, params), x)[0]
     return _layer_by_layer(x, layers, kernels, params, [])
