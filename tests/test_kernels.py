@@ -171,6 +171,19 @@ def test_an_mlp_runs_its_chain_as_one_operation_with_the_dense_masked_function_a
         assert torch.allclose(sparse(x), dense(x), atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("kernels", ["sparse", ("fc1",)])  # the one-call chain, and layer by layer
+def test_a_gradient_of_the_chains_gradient_is_refused_not_wrong(digits, kernels):
+    built_kernels()
+    model = lenet(digits)
+    mask = random_mask(model, 0.1)
+    mask.apply(model)
+    use_kernels(model, mask, kernels if kernels == "sparse" else list(kernels))
+    x = digits.train.x[:4].clone().requires_grad_()
+    (grad_x,) = torch.autograd.grad(model(x).pow(2).sum(), x, create_graph=True)  # its gradient depends on x
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()
+
+
 def test_the_c_kernels_are_built_once_and_a_failed_build_is_said_and_leaves_pytorch_running(tmp_path, monkeypatch):
     monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "_load", native._load.__wrapped__)  # uncached: each call builds or finds

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ticketlab.models.native import NativeKernels, native_kernels
 from ticketlab.models.sparse_linear import SparseLinear
@@ -75,6 +76,7 @@ class _NativeChainFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels' products are not recorded: a gradient of this gradient is refused
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         work, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad
@@ -116,6 +118,7 @@ class _LayerByLayerFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels' products are not recorded: a gradient of this gradient is refused
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         layers, kernels = ctx.layers, ctx.kernels
         saved = ctx.saved_tensors
