@@ -9,7 +9,8 @@ is zero by construction: it has no entry.
 
 Two implementations compute it. For float32 on the CPU, the C kernels of models/native.py (one
 pass over the kept weights per product, the bias added in the same pass; several times faster
-than PyTorch's operations at a training batch). Elsewhere, or where they cannot be built,
+than PyTorch's operations at a training batch), the layer run as a chain of one
+(models/sparse_chain.py). Elsewhere, or where they cannot be built,
 PyTorch's: embedding_bag's weighted sums from a batch of CSR_BELOW_BATCH on, MKL's CSR product
 below it, and `torch.sparse.sampled_addmm` for the weights' gradient.
 
