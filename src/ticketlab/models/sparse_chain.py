@@ -148,12 +148,11 @@ def chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
     where that does not apply: no layer on sparse kernels, a layer not Linear, shapes that do
     not chain, the C kernels not built, or not everything float32 on the CPU (the layers then
     run one by one, and report what is wrong)."""
-    if x.dim() != 2 or x.dtype is not torch.float32 or x.device.type != "cpu":
-        return None
-    # One pass over the layers, parameters read without nn.Module's attribute lookup: a step of a
-    # small network cannot spare the microseconds.
+    # The layers are judged before x, so that torch.fx tracing a dense model passes through
+    # untouched (its x is a Proxy, which cannot be compared); one pass over them, parameters read
+    # without nn.Module's attribute lookup: a step of a small network cannot spare the microseconds.
     params: list[torch.Tensor | None] = []
-    sparse, one_call, features = False, True, x.shape[1]
+    sparse, one_call, features = False, True, None
     for layer in layers:
         if isinstance(layer, SparseLinear):
             sparse = True
@@ -161,11 +160,15 @@ def chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
             one_call = one_call and layer.in_features * layer.out_features <= SMALL_DENSE
         else:
             return None
-        if layer.in_features != features:
+        if features is not None and layer.in_features != features:
             return None
         features = layer.out_features
         params.extend(layer._parameters.values())
     if not sparse or len(params) != 2 * len(layers):
+        return None
+    if x.dim() != 2 or x.shape[1] != layers[0].in_features:
+        return None
+    if x.dtype is not torch.float32 or x.device.type != "cpu":
         return None
     for p in params:
         if p is not None and (p.dtype is not torch.float32 or p.device.type != "cpu" or not p.is_contiguous()):
