@@ -31,6 +31,7 @@ import torch
 from ticketlab.config import cache_root
 
 SOURCE = Path(__file__).with_name("csrc") / "sparse_linear.c"
+# -fno-math-errno: sqrtf without errno, so that Adam's step vectorises.
 FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
 LIBRARIES = ("-lm",)
 MACHINE_FLAGS = ("-march=native",)  # dropped, and the build retried, where the compiler refuses it
@@ -108,7 +109,6 @@ class NativeKernels:
         self.library.row_sums(g.shape[0], g.shape[1], g.data_ptr(), out.data_ptr())
         return out
 
-
     def chain_forward(self, layers: array.array, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output of the chain `layers` (LAYER_WORDS each, packed by models.sparse_chain) for
         x (batch × cols of the first, any strides), and the work buffer that keeps every layer's
@@ -180,8 +180,8 @@ def _compiler() -> str | None:
 def _built(compiler: str) -> Path:
     """The library for this source, compiler and CPU: from the cache, else compiled into it."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS + MACHINE_FLAGS + LIBRARIES), compiler, version,
-                                    platform.machine(), _cpu()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS + MACHINE_FLAGS + LIBRARIES), compiler,
+                                    version, platform.machine(), _cpu()]).encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"sparse_linear-{key}.so"
     if target.exists():
         return target

@@ -1,4 +1,5 @@
-/* Kernels for a Linear layer under an unstructured mask, its kept weights in CSR (models/sparse_linear.py).
+/* Kernels for a Linear layer under an unstructured mask, its kept weights in CSR (models/sparse_linear.py),
+   for a chain of such layers with ReLUs between (models/sparse_chain.py), and Adam's step over them.
 
    Every matrix of activations or gradients is held transposed, features x batch, with the batch
    padded to `ld`, a multiple of 8 (zeros beyond the batch): a row of the batch is then whole
