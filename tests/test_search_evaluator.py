@@ -6,6 +6,7 @@ from torch import nn
 
 from ticketlab.config import ModelConfig, TicketlabError, TrainConfig
 from ticketlab.models import MODELS, build_model
+from ticketlab.models.sparse_linear import SparseLinear
 from ticketlab.search.evaluators import (DeltaEvaluator, ForwardEvaluator, IncrementalEvaluator, LiveEvaluator,
                                         TrainedEvaluator, make_evaluator)
 from ticketlab.search.evaluators import delta as delta_module
@@ -217,6 +218,24 @@ def test_training_each_candidate_is_deterministic_and_keeps_pruned_weights_at_ze
     untrained = make_evaluator(model, weights, space, x, y, metric="loss").score(first)
     assert score > untrained  # trained on the scoring subset itself: the loss falls
     assert all(torch.equal(weights[key], before[key]) for key in before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_candidates_trained_on_sparse_kernels_score_what_the_dense_masked_ones_do(tmp_path, optimizer):
+    model, weights, _, _, x, y = setting(LENET, tmp_path)
+    space = weight_space(model)
+    config = TrainConfig(optimizer=optimizer, lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=64)
+    dense = make_evaluator(copy.deepcopy(model), weights, space, x, y, metric="loss", train_steps=8,
+                           train_config=config, kernels="dense")
+    sparse = make_evaluator(model, weights, space, x, y, metric="loss", train_steps=8, train_config=config,
+                            kernels="sparse")
+    for keep in move_sequence(space, 3, 0.9):
+        score = sparse.score(keep)
+        assert score == pytest.approx(dense.score(keep), abs=1e-5)  # float32 sums in another order
+        assert sparse.score(keep) == score  # each candidate trains the same way every time
+    assert not any(isinstance(module, SparseLinear) for module in model.modules())  # copies train sparse
+    with pytest.raises(TicketlabError, match="unknown kernels 'csr'"):
+        make_evaluator(model, weights, space, x, y, train_steps=1, kernels="csr")
 
 
 def fresh_logits(model, weights, mask, x):

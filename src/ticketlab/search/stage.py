@@ -226,13 +226,14 @@ def _set_up(train: TrainRun, cfg: SearchConfig, runtime: Runtime) -> SearchSetup
     def evaluator_on(split: Split, metric: str) -> Evaluator:
         # Candidates that train first do so on the training images, with the run's optimiser and batch size.
         return make_evaluator(model, weights, space, split.x, split.y, metric=metric, train_steps=cfg.train_steps,
-                              train_config=train.training, train_data=data.train, exact=cfg.exact)
+                              train_config=train.training, train_data=data.train, exact=cfg.exact,
+                              kernels=runtime.kernels)
 
     # The agent's state, and the tracker's own copy of the model, before the evaluator takes it over.
     features = unit_features(model, space) if searcher.needs_features else None
     tracker = make_evaluator(copy.deepcopy(model), weights, space, rest.x, rest.y, metric=cfg.metric,
                              train_steps=cfg.train_steps, train_config=train.training, train_data=data.train,
-                             incremental=False) if len(rest.y) else None
+                             incremental=False, kernels=runtime.kernels) if len(rest.y) else None
     return SearchSetup(device, data, space, objective, rest, start, features, generator,
                        evaluator_on(objective, cfg.metric), evaluator_on, tracker)
 

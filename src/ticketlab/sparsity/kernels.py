@@ -7,10 +7,11 @@
 fraction is at most AUTO_MAX_DENSITY and that hold at least AUTO_MIN_WEIGHTS weights, on the
 CPU only; in a model that runs its Linear layers as one fused chain (models/sparse_chain.py,
 `fuses_linear_chain`) on the C kernels, a layer of any size, since it no longer pays PyTorch's
-per-layer costs that make a small sparse layer alone slower than a dense one. Both limits come from bench/sparse_kernels.py (BENCHMARKS.md, "Sparse kernels"): above
-them, or for a small layer, the CSR products are no faster than the dense masked ones; on CUDA
-nothing is measured yet, so auto stays dense there. Conv layers always keep the dense masked
-path: no sparse convolution in PyTorch's CPU build measured faster here.
+per-layer costs that make a small sparse layer alone slower than a dense one. Both limits come
+from bench/sparse_kernels.py (BENCHMARKS.md, "Sparse kernels"): above them, or for a small
+layer, the CSR products are no faster than the dense masked ones; on CUDA nothing is measured
+yet, so auto stays dense there. Conv layers always keep the dense masked path: no sparse
+convolution in PyTorch's CPU build measured faster here.
 
 The choice is a runtime option, like the thread count, and not part of a run's identity: the
 two paths compute the same function with the same updates, summed in another order, and
@@ -18,8 +19,9 @@ either reuses the other's runs. Over a short run they agree to float rounding
 (tests/test_kernels.py); over thousands of steps their trajectories drift apart as for any
 change of summation order, and agree in what they find (BENCHMARKS.md). The same kernels on
 the same machine, with the same implementation of them (the C kernels of models/native.py, or
-PyTorch's operations where no compiler builds those), give the same results bit for bit; an interrupted run resumes on the layers
-it started on (lottery.retrain passes them, read from its resume point, instead of a rule).
+PyTorch's operations where no compiler builds those), give the same results bit for bit; an
+interrupted run resumes on the layers it started on (lottery.retrain passes them, read from its
+resume point, instead of a rule).
 """
 
 from __future__ import annotations

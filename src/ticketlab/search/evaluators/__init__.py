@@ -30,7 +30,8 @@ candidate. Five ways of getting there:
   rewritten only for the parameters whose mask changed, and each score is one forward pass.
   Exact by construction; no per-candidate reload or copy.
 - Trained (train_steps > 0): each candidate is reset to `weights`, trained that many
-  iterations under its mask, then scored. Slow by design; it has no reference to equal.
+  iterations under its mask (its sparse Linear layers on sparse kernels, as `kernels` chooses),
+  then scored. Slow by design; it has no reference to equal.
 
 - Delta (chains of Linear layers and ReLUs only, on the CPU, for accuracy; also for the loss with exact=False):
   search.evaluators.delta's DeltaEvaluator updates pre-activations by what each move flips. Its
@@ -68,14 +69,16 @@ from ticketlab.search.space import SearchSpace
 def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: SearchSpace, x: torch.Tensor,
                    y: torch.Tensor, *, metric: str = "accuracy", train_steps: int = 0,
                    train_config: TrainConfig | None = None, train_data: Split | None = None,
-                   exact: bool = True, incremental: bool = True) -> Evaluator:
+                   exact: bool = True, incremental: bool = True, kernels: str = "dense") -> Evaluator:
     """An Evaluator of masks of `space` over `model` at the checkpoint `weights` (a state_dict,
     read, never written), scored on (x, y) (on the model's device).
 
     The evaluator owns `model`: it may load `weights` into it and overwrite its parameters.
     With train_steps > 0 each candidate first trains that many iterations from `weights`
     under its mask, with train_config's optimiser, learning rate (constant) and batch size,
-    on train_data (default: the scoring subset itself), in an order fixed by its seed.
+    on train_data (default: the scoring subset itself), in an order fixed by its seed, its
+    Linear layers on the sparse kernels that `kernels` chooses (sparsity.kernels; the scores of
+    the other evaluators never train, and are the reference's whatever `kernels` says).
 
     exact=False trades the bit-for-bit equality with the reference for speed where a faster
     way exists: the loss of a chain of Linear layers on the CPU is then scored by a
@@ -94,17 +97,18 @@ def make_evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: Se
                              "another shape); expected the weights of this model")
     space.to_mask(torch.ones(space.size, dtype=torch.bool)).check_fits(model)
     evaluator = _evaluator(model, weights, space, x, y, metric, train_steps, train_config, train_data, exact,
-                           incremental)
+                           incremental, kernels)
     evaluator.network = (model, weights)
     return evaluator
 
 
 def _evaluator(model: nn.Module, weights: dict[str, torch.Tensor], space: SearchSpace, x: torch.Tensor,
                y: torch.Tensor, metric: str, train_steps: int, train_config: TrainConfig | None,
-               train_data: Split | None, exact: bool, incremental: bool) -> Evaluator:
+               train_data: Split | None, exact: bool, incremental: bool, kernels: str) -> Evaluator:
     if train_steps:
         data = train_data if train_data is not None else Split(x, y)
-        return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data)
+        return TrainedEvaluator(model, weights, space, x, y, metric, train_steps, train_config or TrainConfig(), data,
+                                kernels)
     stages = layer_chain(model, x.dim()) if incremental else None
     if stages is not None and is_perceptron(model, stages) and x.device.type == "cpu" and \
             (metric == "accuracy" or not exact):
