@@ -59,7 +59,7 @@ class TrainedEvaluator(Evaluator):
         self.steps, self.cfg, self.data, self.kernels = steps, cfg, data, kernels
 
     def _score(self, mask: Mask) -> float:
-        self.model.load_state_dict(self.weights)  # copies: the last candidate's training moved every weight
+        self.model.load_state_dict(self.weights)  # copies: a candidate trained in the model moved every weight
         model, chosen = self.model, sparse_layers(self.model, mask, self.kernels)
         if chosen:  # the model itself stays dense, for the next candidate's other layers
             model = copy.deepcopy(self.model)
