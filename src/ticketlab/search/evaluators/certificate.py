@@ -22,10 +22,9 @@ RECOUNT_BLOCK = 32
 TOLERANCE = 1e-5  # the largest logit drift a certificate allows for, relative to the largest |logit|
 
 
-def near_tied(logits: torch.Tensor, tolerance: float, largest: torch.Tensor | None = None) -> torch.Tensor:
+def near_tied(logits: torch.Tensor, largest: torch.Tensor, tolerance: float) -> torch.Tensor:
     """Indices of the images (rows of images x classes logits) whose largest logit (`largest`,
-    per image, when the caller has it) has another within 2 * tolerance of it: too close to call."""
-    largest = logits.max(1).values if largest is None else largest
+    one per image) has another within 2 * tolerance of it: too close to call."""
     return ((logits >= (largest - 2 * tolerance)[:, None]).sum(1) > 1).nonzero().flatten()
 
 
@@ -46,7 +45,7 @@ def certified_accuracy(logits: torch.Tensor, labels: torch.Tensor, tolerance: fl
     # max, not argmax: on a transposed (classes x images) view argmax took 8x as long on the CPU
     # tested. Both pick the first of equal maxima, and an image with equal maxima is near-tied anyway.
     largest, predicted = logits.max(1)
-    near = near_tied(logits, tolerance, largest)
+    near = near_tied(logits, largest, tolerance)
     if len(near):
         n = len(logits)
         for start in recount_blocks(near, n).tolist():
